@@ -1,0 +1,17 @@
+"""Cerebro: deep-learning model selection with Model Hopper Parallelism."""
+
+from __future__ import annotations
+
+from cerebro.errors import CerebroError, ParamsError, SpecError, UserCodeError, WorkerError
+from cerebro.spec import ETLSpec, MinibatchSpec
+
+__all__ = [
+    "CerebroError",
+    "ETLSpec",
+    "MinibatchSpec",
+    "ParamsError",
+    "SpecError",
+    "UserCodeError",
+    "WorkerError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+"""The two classes a user subclasses: :class:`ETLSpec` and :class:`MinibatchSpec`.
+
+They are the whole contract between a data scientist and Cerebro (the "Minibatch spec" page
+of the original system, with the loose ends decided in DESIGN.md §2). A subclass is checked
+by :func:`check_spec` before any work starts, so a misspelled or mis-declared method fails
+in a second with one clear message instead of deep inside a worker an hour later.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cerebro.errors import SpecError
+
+__all__ = ["ETLSpec", "MinibatchMetrics", "MinibatchSpec", "check_spec"]
+
+
+class ETLSpec:
+    """How one raw CSV row becomes tensors.
+
+    Cerebro calls these hooks inside its ETL worker processes: :meth:`initialize_worker` and
+    :meth:`read_misc` once per process, then :meth:`row_prep` once per row of every split.
+    The object travels to the processes by value (cloudpickle), so it may be defined in a
+    notebook cell or a script's ``__main__``.
+
+    Example:
+        >>> import torch
+        >>> class ToyETL(ETLSpec):
+        ...     def row_prep(self, row, mode, object_dir):
+        ...         x = torch.tensor([row["a"], row["b"]], dtype=torch.float32)
+        ...         return x, (None if mode == "predict" else torch.tensor(row["label"]))
+        >>> ToyETL().row_prep({"a": 1, "b": 2, "label": 0}, "train", None)[0]
+        tensor([1., 2.])
+    """
+
+    def initialize_worker(self) -> None:
+        """One-time set-up in each ETL process (load a tokenizer, seed a library...)."""
+
+    def read_misc(self, misc_path: str) -> None:
+        """Read the ``misc`` files of ``params``; called once per process after set-up.
+
+        Args:
+            misc_path: folder holding every file listed under ``params["misc"]``.
+        """
+
+    def set_features(self) -> list[str]:
+        """Names of the CSV columns whose values are paths of object files (images, ...).
+
+        The paths are relative to the split's ``*_dir`` in ``params``; Cerebro checks that
+        each file exists before any row is processed. Default: no such columns.
+        """
+        return []
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> tuple[Any, Any]:
+        """Turn one row into ``(input, label)``.
+
+        Args:
+            row: the CSV row as ``{column: value}`` (numbers already parsed).
+            mode: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``.
+            object_dir: the split's ``*_dir`` from ``params`` (``None`` when not given).
+
+        Returns:
+            ``(input, label)``: each a tensor, or a tuple/list/dict of tensors. ``label`` is
+            ``None`` in predict mode.
+        """
+        raise NotImplementedError
+
+
+class MinibatchMetrics(dict):  # type: ignore[type-arg]
+    """``{metric: [one value per minibatch]}`` for one model, one epoch, one mode.
+
+    A plain dict for the user's :meth:`MinibatchSpec.metrics_agg`, with the size of each
+    minibatch in :attr:`batch_sizes` so that the default aggregate can weight by it.
+    """
+
+    def __init__(self, values: Mapping[str, Sequence[float]], batch_sizes: Sequence[int]):
+        super().__init__({k: list(v) for k, v in values.items()})
+        self.batch_sizes: list[int] = list(batch_sizes)
+
+
+class MinibatchSpec:
+    """How to build, train, evaluate and use one model configuration.
+
+    Who calls what, where and how often:
+
+    * :meth:`initialize_worker`, then :meth:`read_misc`: once in each worker process.
+    * :meth:`create_model_components`: in a worker, at the start of every hop (the model's
+      trained state is loaded into what it returns), so keep it cheap and deterministic.
+    * :meth:`train`: once per minibatch of a train partition; :meth:`valtest` once per
+      minibatch of a validation or test partition; :meth:`predict` once per minibatch of the
+      predict split. ``minibatch`` is ``(inputs, labels)`` (``(inputs, row_ids)`` for
+      predict), ``batch_size`` rows or fewer for the last one.
+    * :meth:`metrics_agg`: in the controller, once per model, epoch and mode.
+
+    ``hyperparams`` always holds ``batch_size``; every other key is the user's.
+    """
+
+    def initialize_worker(self) -> None:
+        """One-time set-up in each worker process."""
+
+    def read_misc(self, misc_path: str) -> None:
+        """Read the ``misc`` files of ``params``; called once per worker after set-up."""
+
+    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        """Build the model objects for one configuration.
+
+        Returns:
+            ``{name: object}`` with at least the key ``"optimizer"``. Objects with a
+            ``state_dict`` (modules, optimizers, LR schedulers) have their state carried
+            from hop to hop; modules are moved to the worker's device first.
+        """
+        raise NotImplementedError
+
+    def train(
+        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, Any]:
+        """Train on one minibatch and return its metrics ``{name: scalar}``.
+
+        Returning ``(model_object, metrics)``, the form of the deployed original, works too.
+        """
+        raise NotImplementedError
+
+    def valtest(
+        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, Any]:
+        """Evaluate one minibatch without updating the model; return ``{name: scalar}``."""
+        raise NotImplementedError
+
+    def predict(
+        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> tuple[Sequence[Any], Sequence[float]]:
+        """Return ``(classes, confidences)``, one of each per row of the minibatch."""
+        raise NotImplementedError
+
+    def metrics_agg(
+        self, mode: str, hyperparams: dict[str, Any], metrics: dict[str, list[float]]
+    ) -> dict[str, float]:
+        """Reduce one epoch's per-minibatch metrics to one value each.
+
+        Args:
+            mode: ``"train"``, ``"val"`` or ``"test"``.
+            hyperparams: the model's configuration.
+            metrics: ``{name: [value per minibatch]}`` of this epoch only (a
+                :class:`MinibatchMetrics`, whose ``batch_sizes`` gives each minibatch's size).
+
+        Returns:
+            ``{name: float}``. Default: the mean weighted by minibatch size.
+        """
+        sizes = getattr(metrics, "batch_sizes", None)
+        out: dict[str, float] = {}
+        for name, values in metrics.items():
+            if not values:
+                continue
+            if sizes is not None and len(sizes) == len(values) and sum(sizes) > 0:
+                out[name] = float(sum(v * n for v, n in zip(values, sizes)) / sum(sizes))
+            else:
+                out[name] = float(sum(values) / len(values))
+        return out
+
+
+# The hooks of each base class with the parameters a subclass must accept, in order.
+_HOOKS: dict[type, dict[str, tuple[str, ...]]] = {
+    ETLSpec: {
+        "initialize_worker": (),
+        "read_misc": ("misc_path",),
+        "set_features": (),
+        "row_prep": ("row", "mode", "object_dir"),
+    },
+    MinibatchSpec: {
+        "initialize_worker": (),
+        "read_misc": ("misc_path",),
+        "create_model_components": ("hyperparams",),
+        "train": ("model_object", "minibatch", "hyperparams", "device"),
+        "valtest": ("model_object", "minibatch", "hyperparams", "device"),
+        "predict": ("model_object", "minibatch", "hyperparams", "device"),
+        "metrics_agg": ("mode", "hyperparams", "metrics"),
+    },
+}
+_REQUIRED = {
+    ETLSpec: ("row_prep",),
+    MinibatchSpec: ("create_model_components", "train", "valtest"),
+}
+# Names the original or a near-miss might use, mapped to the name we call.
+_ALIASES = {"val_test": "valtest", "initialize_workers": "initialize_worker"}
+
+
+def _adopt_aliases(spec: object) -> None:
+    """Let ``val_test`` (the original's other spelling) stand for ``valtest``."""
+    cls = type(spec)
+    if isinstance(spec, MinibatchSpec) and "val_test" in _defined_names(cls):
+        if "valtest" in _defined_names(cls):
+            raise SpecError(
+                f"{cls.__name__} defines both valtest and val_test; keep one (valtest)."
+            )
+        cls.valtest = cls.val_test  # type: ignore[attr-defined]
+
+
+def _defined_names(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in (ETLSpec, MinibatchSpec, object):
+            break
+        names.update(vars(klass))
+    return names
+
+
+def _accepts(func: Any, expected: tuple[str, ...]) -> str | None:
+    """Return why ``func`` (bound) cannot be called with ``expected`` positionally, or None."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None  # builtins / C callables: trust them
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    kw_required = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(positional) < len(expected) or len(required) > len(expected) or kw_required:
+        got = "(" + ", ".join(p.name for p in params) + ")"
+        return f"takes {got} but Cerebro calls it as ({', '.join(expected)})"
+    return None
+
+
+def check_spec(spec: object, kind: type) -> None:
+    """Check a user's spec instance against the contract of ``kind`` before any work starts.
+
+    Raises:
+        TypeError: ``spec`` is a class rather than an instance, or not a ``kind`` subclass.
+        SpecError: a required hook is missing, a hook is not callable, a method name looks
+            like a misspelled hook, or a hook's signature does not fit how Cerebro calls it.
+    """
+    if isinstance(spec, type):
+        raise TypeError(
+            f"expected an instance of your {kind.__name__} subclass, got the class "
+            f"{spec.__name__}; pass {spec.__name__}() instead."
+        )
+    if not isinstance(spec, kind):
+        raise TypeError(
+            f"expected a subclass instance of cerebro.{kind.__name__}, got "
+            f"{type(spec).__name__}; declare it as `class {type(spec).__name__}"
+            f"({kind.__name__}): ...`."
+        )
+    _adopt_aliases(spec)
+    cls = type(spec)
+    own = _defined_names(cls)
+    hooks = _HOOKS[kind]
+    for name in _REQUIRED[kind]:
+        if name not in own:
+            near = _near_miss(name, own)
+            hint = f" (found {near!r}: a misspelling?)" if near else ""
+            raise SpecError(f"{cls.__name__} must define {kind.__name__}.{name}(){hint}.")
+    for name in sorted(own):
+        if name.startswith("_") or name in hooks:
+            continue
+        near = _near_miss(name, set(hooks))
+        if near and near not in own:
+            raise SpecError(
+                f"{cls.__name__}.{name} looks like a misspelling of the hook {near!r}; "
+                f"Cerebro would never call it. Rename it to {near}."
+            )
+    for name, expected in hooks.items():
+        func = getattr(spec, name, None)
+        if not callable(func):
+            raise SpecError(f"{cls.__name__}.{name} must be a method, got {type(func).__name__}.")
+        why = _accepts(func, expected)
+        if why:
+            raise SpecError(f"{cls.__name__}.{name} {why}; fix its signature.")
+
+
+def _near_miss(name: str, candidates: set[str]) -> str | None:
+    import difflib
+
+    if name in _ALIASES and _ALIASES[name] in candidates:
+        return _ALIASES[name]
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.85)
+    return match[0] if match and match[0] != name else None
