@@ -1,0 +1,257 @@
+"""Parallel ETL: ``row_prep`` over a pool of processes, streamed into partitions on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
+from cerebro.errors import UserCodeError, WorkerError
+from cerebro.etl._read import plan_split
+from cerebro.params import SPLITS, Params
+from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
+from cerebro.spec import ETLSpec, check_spec
+
+__all__ = ["MANIFEST", "load_manifest", "run_etl"]
+
+MANIFEST = "manifest.json"
+_CHUNK_ROWS = 256
+
+
+@dataclass
+class _RowFailure:
+    split: str
+    row_id: Any
+    function: str
+    message: str
+    traceback: str
+
+
+# --- in the ETL processes ---------------------------------------------------------------------
+
+
+def _setup(state: dict[str, Any], spec: ETLSpec, misc_dir: str, threads: int) -> int:
+    import torch
+
+    torch.set_num_threads(threads)
+    state["spec"] = spec
+    spec.initialize_worker()
+    spec.read_misc(misc_dir)
+    return os.getpid()
+
+
+def _prep_chunk(
+    state: dict[str, Any], split: str, object_dir: str | None, rows: list[dict[str, Any]]
+) -> list[tuple[int, Any]] | _RowFailure:
+    spec: ETLSpec = state["spec"]
+    name = f"{type(spec).__name__}.row_prep"
+    out = []
+    for row in rows:
+        row_id = row["id"]
+        try:
+            result = spec.row_prep(row, split, object_dir)
+        except Exception as e:  # noqa: BLE001 - reported with the row id
+            return _RowFailure(split, row_id, name, f"{type(e).__name__}: {e}",
+                               traceback.format_exc())
+        why = _check_row(result, split)
+        if why:
+            return _RowFailure(split, row_id, name, why, "")
+        inputs, label = result
+        out.append((int(row_id), (inputs, None if split == "predict" else label)))
+    return out
+
+
+def _check_row(result: Any, split: str) -> str | None:
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        return (f"row_prep must return (input, label), got {type(result).__name__}"
+                + (f" of length {len(result)}" if isinstance(result, tuple | list) else ""))
+    inputs, label = result
+    if inputs is None:
+        return "row_prep returned None as the input"
+    if label is None and split != "predict":
+        return f"row_prep returned label None in {split} mode; only predict rows have no label"
+    try:
+        flatten(inputs, "input")
+        if split != "predict":
+            flatten(label, "label")
+    except StructureError as e:
+        return str(e)
+    return None
+
+
+# --- in the driver ----------------------------------------------------------------------------
+
+
+def _spec_fingerprint(spec: ETLSpec) -> str:
+    try:
+        text = inspect.getsource(type(spec)).encode()
+    except (OSError, TypeError):
+        text = cloudpickle.dumps(type(spec))
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _fingerprint(params: Params, spec: ETLSpec, partitions: int, fraction: float,
+                 seed: int) -> dict[str, Any]:
+    splits = {}
+    for split, path in params.mains.items():
+        st = path.stat()
+        splits[split] = {"csv": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"spec": f"{type(spec).__qualname__}:{_spec_fingerprint(spec)}",
+            "partitions": partitions, "fraction": fraction, "seed": seed, "splits": splits}
+
+
+def load_manifest(data_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a finished ETL in ``data_dir``, or None when there is none."""
+    try:
+        return json.loads((Path(data_dir) / MANIFEST).read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def run_etl(
+    spec: ETLSpec,
+    params: Params,
+    data_dir: Path,
+    misc_dir: Path,
+    *,
+    partitions: int,
+    fraction: float,
+    seed: int,
+    processes: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess every split of ``params`` into ``partitions`` partitions under ``data_dir``.
+
+    Skips the work when ``data_dir`` already holds the output of the same inputs, spec,
+    fraction, seed and partition count. Returns the manifest.
+
+    Raises:
+        UserCodeError: ``row_prep`` (or a set-up hook) raised or returned bad output; names
+            the split and row id.
+        ParamsError: a CSV or its object files are wrong (see ``plan_split``).
+    """
+    check_spec(spec, ETLSpec)
+    if not 0.0 < fraction <= 1.0:
+        from cerebro.errors import ParamsError
+
+        raise ParamsError(f"fraction must be in (0, 1], got {fraction!r}.")
+    fp = _fingerprint(params, spec, partitions, fraction, seed)
+    old = load_manifest(data_dir)
+    if old is not None and old.get("fingerprint") == fp:
+        return old
+    features = _call_driver_hook(spec, "set_features")
+    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
+        raise UserCodeError(f"must return a list of column names, got {features!r}",
+                            function=f"{type(spec).__name__}.set_features", where="ETL")
+    plans = [plan_split(split, params.mains[split], list(features),
+                        params.dirs.get(split), partitions, fraction, seed)
+             for split in SPLITS if split in params.mains]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MANIFEST).unlink(missing_ok=True)
+    for split_dir in data_dir.iterdir():
+        if split_dir.is_dir():
+            shutil.rmtree(split_dir)
+    items: list[tuple[str, int, list[dict[str, Any]]]] = []
+    for plan in plans:
+        for p, rows in plan.chunks(_CHUNK_ROWS):
+            items.append((plan.split, p, rows))
+        for p, size in enumerate(plan.sizes):
+            if size == 0:
+                PartitionWriter(partition_path(data_dir, plan.split, p), 0).close()
+    total_rows = sum(len(r) for _, _, r in items)
+    n_proc = max(1, min(processes, len(items)))
+    children = [Child(f"ETL process {i}", env={"OMP_NUM_THREADS": "1"}) for i in range(n_proc)]
+    writers: dict[tuple[str, int], PartitionWriter] = {}
+    sizes = {(plan.split, p): s for plan in plans for p, s in enumerate(plan.sizes)}
+    bar = _progress(total_rows, progress)
+    try:
+        for child in children:
+            r = child.call(_setup, spec, str(misc_dir), 1)
+            if isinstance(r, RemoteError):
+                raise UserCodeError(f"{r.type_name}: {r.message}", function=_hook_name(spec, r),
+                                    where=f"{child.name}", user_traceback=r.traceback)
+
+        def on_result(i: int, value: Any) -> None:
+            split, p, rows = items[i]
+            if isinstance(value, RemoteError):
+                raise UserCodeError(f"{value.type_name}: {value.message}",
+                                    function=f"{type(spec).__name__}.row_prep",
+                                    where=f"split {split!r}", user_traceback=value.traceback)
+            if isinstance(value, _RowFailure):
+                raise UserCodeError(value.message, function=value.function,
+                                    where=f"split {value.split!r}, row id {value.row_id}",
+                                    user_traceback=value.traceback)
+            key = (split, p)
+            if key not in writers:
+                writers[key] = PartitionWriter(partition_path(data_dir, split, p), sizes[key])
+            w = writers[key]
+            for row_id, row in value:
+                try:
+                    w.append(row_id, row)
+                except StructureError as e:
+                    raise UserCodeError(str(e), function=f"{type(spec).__name__}.row_prep",
+                                        where=f"split {split!r}, row id {row_id}") from e
+            if w.filled == w.rows:
+                w.close()
+            bar.update(len(rows))
+
+        parallel_map(children, _prep_chunk,
+                     ((split, params.object_dir(split), rows) for split, _, rows in items),
+                     on_result)
+    except ChildDied as e:
+        raise WorkerError(f"an ETL process died: {e}. Rerun run_etl; if it repeats, the "
+                          "process may be running out of memory in row_prep.") from e
+    finally:
+        bar.close()
+        for child in children:
+            child.kill()
+        for w in writers.values():
+            if w.tmp.exists():
+                shutil.rmtree(w.tmp, ignore_errors=True)
+    manifest = {
+        "fingerprint": fp,
+        "partitions": partitions,
+        "splits": {plan.split: {"rows": len(plan.rows), "sizes": plan.sizes} for plan in plans},
+    }
+    tmp = data_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, data_dir / MANIFEST)
+    return manifest
+
+
+def _hook_name(spec: ETLSpec, err: RemoteError) -> str:
+    hook = "read_misc" if "read_misc" in err.traceback else "initialize_worker"
+    return f"{type(spec).__name__}.{hook}"
+
+
+def _call_driver_hook(spec: ETLSpec, name: str) -> Any:
+    try:
+        return getattr(spec, name)()
+    except Exception as e:
+        raise UserCodeError(f"{type(e).__name__}: {e}", function=f"{type(spec).__name__}.{name}",
+                            where="ETL", user_traceback=traceback.format_exc()) from e
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ETL rows", unit="row", leave=False)

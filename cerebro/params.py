@@ -1,0 +1,184 @@
+"""Validation of ``params`` and hyperparameter grids, and grid expansion into model configs.
+
+Everything here runs before any process starts, so a typo costs a second, not a run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cerebro.errors import ParamsError
+
+__all__ = ["SPLITS", "ModelConfig", "Params", "expand_grid", "validate_params"]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
+_FILE_KEYS = tuple(f"{s}_main" for s in SPLITS)
+_DIR_KEYS = tuple(f"{s}_dir" for s in SPLITS)
+_KNOWN = (*_FILE_KEYS, *_DIR_KEYS, "misc", "etl_dir", "models_dir", "output_dir")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Validated ``params``: absolute paths, ``None`` where a key was not given."""
+
+    mains: dict[str, Path]  # split -> CSV
+    dirs: dict[str, Path]  # split -> object-file root
+    misc: tuple[Path, ...]
+    etl_dir: Path | None
+    models_dir: Path | None
+    output_dir: Path
+
+    def object_dir(self, split: str) -> str | None:
+        d = self.dirs.get(split)
+        return str(d) if d is not None else None
+
+
+def validate_params(params: Mapping[str, Any]) -> Params:
+    """Check ``params`` and resolve its paths.
+
+    Raises:
+        TypeError: ``params`` is not a mapping, or a value has the wrong type.
+        ParamsError: an unknown key, a missing file or folder, or no ``train_main``.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict, got {type(params).__name__}.")
+    unknown = sorted(set(params) - set(_KNOWN))
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            near = difflib.get_close_matches(str(key), _KNOWN, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise ParamsError(
+            f"unknown params key(s): {', '.join(hints)}. Known keys: {', '.join(_KNOWN)}."
+        )
+
+    def path_of(key: str) -> Path | None:
+        value = params.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str | os.PathLike):
+            raise TypeError(f"params[{key!r}] must be a path (str), got {type(value).__name__}.")
+        return Path(value).expanduser().resolve()
+
+    mains: dict[str, Path] = {}
+    dirs: dict[str, Path] = {}
+    for split in SPLITS:
+        main = path_of(f"{split}_main")
+        if main is not None:
+            if not main.is_file():
+                raise ParamsError(
+                    f"params['{split}_main'] = {str(params[f'{split}_main'])!r}: no such file "
+                    f"({main}). Point it at the {split} split's CSV file."
+                )
+            mains[split] = main
+        obj = path_of(f"{split}_dir")
+        if obj is not None:
+            if not obj.is_dir():
+                raise ParamsError(
+                    f"params['{split}_dir'] = {str(params[f'{split}_dir'])!r}: no such folder "
+                    f"({obj}). It must be the folder that the object paths of the {split} "
+                    "CSV are relative to."
+                )
+            dirs[split] = obj
+    etl_dir = path_of("etl_dir")
+    if etl_dir is not None and not etl_dir.is_dir():
+        raise ParamsError(
+            f"params['etl_dir'] = {str(params['etl_dir'])!r}: no such folder. It must be the "
+            "data folder of an earlier run (DIR/data)."
+        )
+    if "train" not in mains and etl_dir is None:
+        raise ParamsError(
+            "params needs 'train_main' (the training CSV) or 'etl_dir' (data preprocessed by "
+            "an earlier run)."
+        )
+    models_dir = path_of("models_dir")
+    if models_dir is not None and not models_dir.is_dir():
+        raise ParamsError(f"params['models_dir'] = {str(params['models_dir'])!r}: no such folder.")
+    misc_value = params.get("misc") or []
+    if isinstance(misc_value, str | os.PathLike):
+        misc_value = [misc_value]
+    if not isinstance(misc_value, Sequence):
+        raise TypeError(f"params['misc'] must be a list of file paths, got {type(misc_value)}.")
+    misc: list[Path] = []
+    for item in misc_value:
+        p = Path(item).expanduser().resolve()
+        if not p.is_file():
+            raise ParamsError(f"params['misc'] lists {str(item)!r}: no such file ({p}).")
+        misc.append(p)
+    out = path_of("output_dir")
+    if out is None:
+        raise ParamsError("params needs 'output_dir': the folder where the run is written.")
+    return Params(mains, dirs, tuple(misc), etl_dir, models_dir, out)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One configuration of the grid: a stable id and its hyperparameters."""
+
+    model_id: str
+    hyperparams: dict[str, Any]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hyperparams["batch_size"])
+
+
+def _check_value(key: str, value: Any) -> None:
+    try:
+        json.dumps(value)
+    except TypeError as e:
+        raise TypeError(
+            f"param_grid[{key!r}] holds {value!r} ({type(value).__name__}), which cannot be "
+            "stored in the catalog; use numbers, strings, booleans, None or lists of them."
+        ) from e
+
+
+def expand_grid(param_grid: Mapping[str, Sequence[Any]]) -> list[ModelConfig]:
+    """Expand ``{name: [values]}`` into the cross product, in a stable order.
+
+    Model ids are ``m000``, ``m001``... in the order of the product over the keys as given,
+    so the same grid always gives the same ids.
+
+    Raises:
+        TypeError: the grid is not a dict of lists, or a value is not JSON-like.
+        ParamsError: empty grid, an empty value list, no ``batch_size``, or a
+            ``batch_size`` that is not a positive integer.
+    """
+    if not isinstance(param_grid, Mapping):
+        raise TypeError(f"param_grid must be a dict of lists, got {type(param_grid).__name__}.")
+    if not param_grid:
+        raise ParamsError("param_grid is empty; give at least {'batch_size': [32]}.")
+    keys = list(param_grid)
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(f"param_grid keys must be strings, got {key!r}.")
+        values = param_grid[key]
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise TypeError(
+                f"param_grid[{key!r}] must be a list of values, got {values!r}; "
+                f"write {key!r}: [{values!r}] for a single value."
+            )
+        if len(values) == 0:
+            raise ParamsError(f"param_grid[{key!r}] is an empty list; give at least one value.")
+        for v in values:
+            _check_value(key, v)
+    if "batch_size" not in param_grid:
+        raise ParamsError(
+            "param_grid needs 'batch_size' (minibatch size, a positive integer): "
+            "e.g. param_grid['batch_size'] = [32, 64]."
+        )
+    for b in param_grid["batch_size"]:
+        if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+            raise ParamsError(f"param_grid['batch_size'] must hold positive integers, got {b!r}.")
+    configs = []
+    for i, combo in enumerate(itertools.product(*(param_grid[k] for k in keys))):
+        configs.append(ModelConfig(f"m{i:03d}", dict(zip(keys, combo, strict=True))))
+    return configs
