@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from cerebro.errors import CerebroError, ParamsError, SpecError, UserCodeError, WorkerError
+from cerebro.experiment import Experiment
+from cerebro.result import FitResult
 from cerebro.spec import ETLSpec, MinibatchSpec
 
 __all__ = [
     "CerebroError",
     "ETLSpec",
+    "Experiment",
+    "FitResult",
     "MinibatchSpec",
     "ParamsError",
     "SpecError",

@@ -206,14 +206,18 @@ def write_partition(path: Path, rows: Iterable[tuple[int, Any]], n: int) -> Path
 
 
 def _describe(structure: Any) -> str:
+    """A compact type picture of a structure, e.g. ``(tensor, {'mask': tensor})``."""
     t = structure["t"]
     if t == "leaf":
-        return "a tensor"
+        return "tensor"
     if t == "none":
         return "None"
+    parts = [_describe(c) for c in structure["c"]]
     if t == "dict":
-        return "a dict with keys " + ", ".join(structure["k"])
-    return f"a {t} of {len(structure['c'])}"
+        return "{" + ", ".join(f"{k!r}: {p}" for k, p in zip(structure["k"], parts)) + "}"
+    if t == "tuple":
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+    return "[" + ", ".join(parts) + "]"
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -249,14 +249,15 @@ def check_spec(spec: object, kind: type) -> None:
     hooks = _HOOKS[kind]
     for name in _REQUIRED[kind]:
         if name not in own:
-            near = _near_miss(name, own)
+            near = _near_miss(name, own, cutoff=0.75)
             hint = f" (found {near!r}: a misspelling?)" if near else ""
             raise SpecError(f"{cls.__name__} must define {kind.__name__}.{name}(){hint}.")
     for name in sorted(own):
         if name.startswith("_") or name in hooks:
             continue
         near = _near_miss(name, set(hooks))
-        if near and near not in own:
+        # Flag only same-length-ish names: `predictor` or `trainer` are the user's own.
+        if near and near not in own and abs(len(near) - len(name)) <= 1:
             raise SpecError(
                 f"{cls.__name__}.{name} looks like a misspelling of the hook {near!r}; "
                 f"Cerebro would never call it. Rename it to {near}."
@@ -270,10 +271,10 @@ def check_spec(spec: object, kind: type) -> None:
             raise SpecError(f"{cls.__name__}.{name} {why}; fix its signature.")
 
 
-def _near_miss(name: str, candidates: set[str]) -> str | None:
+def _near_miss(name: str, candidates: set[str], cutoff: float = 0.85) -> str | None:
     import difflib
 
     if name in _ALIASES and _ALIASES[name] in candidates:
         return _ALIASES[name]
-    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.85)
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)
     return match[0] if match and match[0] != name else None

@@ -1,0 +1,197 @@
+"""The fit loop: the scheduler decides, the engine runs, the catalog remembers.
+
+NOTE [ resume is replay ]
+The controller keeps no state the catalog lacks. On start it replays the catalog's done
+hops into a fresh scheduler (in the order they completed), drops failed models, marks hops
+a dead driver left "running" as lost, and goes on. So a fit killed at any moment and
+started again runs each remaining hop once and no completed hop twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cerebro.catalog import Catalog
+from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
+from cerebro.errors import UserCodeError
+from cerebro.params import ModelConfig
+from cerebro.scheduler import EpochEnd, Hop, Scheduler
+from cerebro.spec import MinibatchMetrics, MinibatchSpec
+from cerebro.worker import HopTask, UserFailure
+
+__all__ = ["FitState", "derive_seed", "replay", "run_loop"]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that depends only on ``parts``: same inputs, same seed, any machine."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class FitState:
+    """What the loop needs besides the catalog; rebuilt from the catalog on resume."""
+
+    fit_id: int
+    spec: MinibatchSpec
+    configs: dict[str, ModelConfig]
+    models_dir: Path
+    seed: int
+    num_epochs: int
+    on_error: str
+    checkpoint: dict[str, str | None] = field(default_factory=dict)
+    train_hops: dict[str, int] = field(default_factory=dict)
+    keep: set[str] = field(default_factory=set)  # epoch-end checkpoints: never deleted
+    failures: list[str] = field(default_factory=list)
+
+
+def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
+    """Bring a fresh scheduler to where the catalog says the fit is; returns hops replayed."""
+    lost = catalog.abandon_running(state.fit_id)
+    del lost
+    for row in catalog.models(state.fit_id):
+        state.checkpoint[row["model_id"]] = row["checkpoint"]
+        state.train_hops[row["model_id"]] = row["train_hops"]
+        for ck in catalog.epoch_checkpoints(state.fit_id, row["model_id"]):
+            state.keep.add(ck["path"])
+    n = 0
+    dropped = {row["model_id"] for row in catalog.models(state.fit_id)
+               if row["status"] in ("failed", "diverged")}
+    for row in catalog.done_hops(state.fit_id):
+        if row["model_id"] in dropped:
+            continue
+        hop = Hop(row["model_id"], row["epoch"], row["kind"], row["partition"])
+        for end in sched.replay(hop):
+            _finish_epoch(catalog, state, end, only_if_missing=True)
+        n += 1
+    for model_id in dropped:
+        sched.drop_model(model_id)
+    return n
+
+
+def _task(state: FitState, hop: Hop) -> HopTask:
+    cfg = state.configs[hop.model_id]
+    index = sorted(state.configs).index(hop.model_id)
+    out = None
+    if hop.kind == "train":
+        step = state.train_hops[hop.model_id] + 1
+        out = str(state.models_dir / hop.model_id / f"step-{step:05d}.pt")
+    return HopTask(
+        model_id=hop.model_id, hyperparams=cfg.hyperparams, kind=hop.kind,
+        partition=hop.partition, epoch=hop.epoch, in_ckpt=state.checkpoint[hop.model_id],
+        out_ckpt=out, init_seed=derive_seed(state.seed, "init", index),
+        shuffle_seed=derive_seed(state.seed, "shuffle", index, hop.epoch, hop.partition),
+    )
+
+
+def _where(state: FitState, model_id: str) -> str:
+    return f"model {model_id} {json.dumps(state.configs[model_id].hyperparams)}"
+
+
+def _finish_epoch(catalog: Catalog, state: FitState, end: EpochEnd,
+                  only_if_missing: bool = False) -> None:
+    """Aggregate one model's epoch with the user's ``metrics_agg`` and store it."""
+    if only_if_missing and any(r["model_id"] == end.model_id and r["epoch"] == end.epoch
+                               for r in catalog.metrics(state.fit_id)):
+        return
+    hp = dict(state.configs[end.model_id].hyperparams)
+    result: dict[str, dict[str, float]] = {}
+    for kind in ("train", "val"):
+        values, sizes = catalog.epoch_metric_lists(state.fit_id, end.model_id, end.epoch, kind)
+        if not sizes:
+            continue
+        try:
+            agg = state.spec.metrics_agg(kind, hp, MinibatchMetrics(values, sizes))
+            result[kind] = {str(k): float(v) for k, v in dict(agg).items()}
+        except Exception as e:
+            raise UserCodeError(
+                f"{type(e).__name__}: {e} (it must return {{name: float}})",
+                function=f"{type(state.spec).__name__}.metrics_agg",
+                where=f"{_where(state, end.model_id)}, epoch {end.epoch}, mode {kind!r}",
+                user_traceback=traceback.format_exc()) from e
+    ck = state.checkpoint[end.model_id]
+    if ck is not None:
+        state.keep.add(ck)
+    catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
+    if end.epoch == state.num_epochs - 1:
+        catalog.set_model_status(state.fit_id, end.model_id, "done")
+
+
+def _fail_model(catalog: Catalog, state: FitState, sched: Scheduler, model_id: str,
+                status: str, message: str) -> None:
+    catalog.set_model_status(state.fit_id, model_id, status, message)
+    sched.drop_model(model_id)
+    state.failures.append(message)
+
+
+def run_loop(catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine,
+             progress: Any) -> None:
+    """Run hops until the scheduler is done. Raises only when ``on_error="stop"``."""
+    hop_ids: dict[Hop, int] = {}
+    while not sched.done:
+        for a in sched.assign():
+            task = _task(state, a.hop)
+            hop_ids[a.hop] = catalog.hop_started(state.fit_id, a.hop.model_id, a.hop.epoch,
+                                                 a.hop.kind, a.hop.partition, a.worker)
+            engine.submit(a.worker, task)
+        if not sched.running:
+            break  # nothing runs and nothing can start: every model left was dropped
+        for event in engine.poll(timeout=1.0):
+            hop = Hop(event.task.model_id, event.task.epoch, event.task.kind,  # type: ignore[arg-type]
+                      event.task.partition)
+            hop_id = hop_ids.pop(hop)
+            if isinstance(event, WorkerLost):
+                catalog.hop_ended(hop_id, "lost", event.reason)
+                sched.requeue(hop)
+            elif isinstance(event, HopFailed):
+                _on_failure(catalog, state, sched, hop, hop_id, event.failure)
+            elif isinstance(event, HopDone):
+                _on_done(catalog, state, sched, hop, hop_id, event)
+                progress.update(1)
+
+
+def _on_failure(catalog: Catalog, state: FitState, sched: Scheduler, hop: Hop, hop_id: int,
+                failure: UserFailure) -> None:
+    where = f"{_where(state, hop.model_id)}, epoch {hop.epoch}, {hop.kind} partition " \
+            f"{hop.partition}"
+    err = UserCodeError(failure.message, function=failure.function, where=where,
+                        user_traceback=failure.traceback)
+    catalog.hop_ended(hop_id, "failed", str(err))
+    _fail_model(catalog, state, sched, hop.model_id, "failed", str(err))
+    if state.on_error == "stop":
+        raise err
+
+
+def _on_done(catalog: Catalog, state: FitState, sched: Scheduler, hop: Hop, hop_id: int,
+             event: HopDone) -> None:
+    outcome = event.outcome
+    if outcome.nonfinite is not None:
+        msg = (f"{_where(state, hop.model_id)} diverged: metric {outcome.nonfinite!r} became "
+               f"NaN or infinite in epoch {hop.epoch}, {hop.kind} partition {hop.partition}")
+        catalog.hop_ended(hop_id, "diverged", msg)
+        _fail_model(catalog, state, sched, hop.model_id, "diverged", msg)
+        return
+    new = event.task.out_ckpt
+    catalog.hop_done(hop_id, outcome, new)
+    if new is not None:
+        old = state.checkpoint[hop.model_id]
+        state.checkpoint[hop.model_id] = new
+        state.train_hops[hop.model_id] += 1
+        if old is not None and old not in state.keep:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+    for end in sched.complete(hop):
+        try:
+            _finish_epoch(catalog, state, end)
+        except UserCodeError as e:
+            _fail_model(catalog, state, sched, end.model_id, "failed", str(e))
+            if state.on_error == "stop":
+                raise

@@ -1,0 +1,215 @@
+"""The run's catalog: one SQLite database per run directory, written by the controller only.
+
+NOTE [ one writer, atomic steps ]
+Only the controller process writes; readers (``cerebro status``, the report) open their own
+read connections, which WAL mode lets run beside the writer without blocking it. Every
+state change that must stay consistent (a hop done + the model's new checkpoint + its hop
+count) is one transaction, so a killed driver leaves the catalog at a hop boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Catalog"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fits(
+    fit_id INTEGER PRIMARY KEY, signature TEXT NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL, created REAL NOT NULL, finished REAL);
+CREATE TABLE IF NOT EXISTS models(
+    fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, hyperparams TEXT NOT NULL,
+    status TEXT NOT NULL, error TEXT, checkpoint TEXT, train_hops INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(fit_id, model_id));
+CREATE TABLE IF NOT EXISTS hops(
+    hop_id INTEGER PRIMARY KEY, fit_id INTEGER NOT NULL, model_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL, kind TEXT NOT NULL, partition INTEGER NOT NULL,
+    worker INTEGER NOT NULL, pid INTEGER, start REAL NOT NULL, end REAL,
+    status TEXT NOT NULL, rows INTEGER, user_seconds REAL, load_seconds REAL,
+    save_seconds REAL, metrics TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS hops_by_model ON hops(fit_id, model_id, epoch, kind);
+CREATE TABLE IF NOT EXISTS metrics(
+    fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+    split TEXT NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY(fit_id, model_id, epoch, split, name));
+CREATE TABLE IF NOT EXISTS checkpoints(
+    fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+    path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(fit_id, model_id, epoch));
+"""
+
+
+class Catalog:
+    """Read and write the catalog of one run directory.
+
+    Args:
+        path: the ``catalog.sqlite`` file (created if missing).
+        readonly: open for reading only (``cerebro status`` while a run is live).
+    """
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All statements inside commit together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- fits and models ----------------------------------------------------------------------
+
+    def find_fit(self, signature: str) -> int | None:
+        row = self.db.execute("SELECT fit_id FROM fits WHERE signature=?", (signature,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def latest_fit(self) -> sqlite3.Row | None:
+        return self.db.execute(  # type: ignore[no-any-return]
+            "SELECT * FROM fits ORDER BY fit_id DESC LIMIT 1").fetchone()
+
+    def fit(self, fit_id: int) -> sqlite3.Row:
+        return self.db.execute(  # type: ignore[no-any-return]
+            "SELECT * FROM fits WHERE fit_id=?", (fit_id,)).fetchone()
+
+    def create_fit(self, signature: str, config: dict[str, Any],
+                   models: list[tuple[str, dict[str, Any]]]) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO fits(signature, config, status, created) VALUES (?,?,?,?)",
+                (signature, json.dumps(config), "running", time.time()))
+            fit_id = int(cur.lastrowid)  # type: ignore[arg-type]
+            db.executemany(
+                "INSERT INTO models(fit_id, model_id, hyperparams, status) VALUES (?,?,?,?)",
+                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models])
+        return fit_id
+
+    def delete_fit(self, fit_id: int) -> None:
+        with self.transaction() as db:
+            for table in ("fits", "models", "hops", "metrics", "checkpoints"):
+                db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
+
+    def set_fit_status(self, fit_id: int, status: str) -> None:
+        finished = time.time() if status in ("done", "failed", "stopped") else None
+        self.db.execute("UPDATE fits SET status=?, finished=? WHERE fit_id=?",
+                        (status, finished, fit_id))
+
+    def models(self, fit_id: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM models WHERE fit_id=? ORDER BY model_id", (fit_id,)).fetchall()
+
+    def set_model_status(self, fit_id: int, model_id: str, status: str,
+                         error: str | None = None) -> None:
+        self.db.execute("UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
+                        (status, error, fit_id, model_id))
+
+    # --- hops ---------------------------------------------------------------------------------
+
+    def hop_started(self, fit_id: int, model_id: str, epoch: int, kind: str, partition: int,
+                    worker: int) -> int:
+        cur = self.db.execute(
+            "INSERT INTO hops(fit_id, model_id, epoch, kind, partition, worker, start, status)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (fit_id, model_id, epoch, kind, partition, worker, time.time(), "running"))
+        self.db.execute("UPDATE models SET status='running' WHERE fit_id=? AND model_id=? "
+                        "AND status='pending'", (fit_id, model_id))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def hop_done(self, hop_id: int, outcome: Any, checkpoint: str | None) -> None:
+        """Record a finished hop and, for a train hop, the model's new checkpoint, at once."""
+        with self.transaction() as db:
+            row = db.execute("SELECT fit_id, model_id, kind FROM hops WHERE hop_id=?",
+                             (hop_id,)).fetchone()
+            db.execute(
+                "UPDATE hops SET status='done', pid=?, start=?, end=?, rows=?, user_seconds=?,"
+                " load_seconds=?, save_seconds=?, metrics=? WHERE hop_id=?",
+                (outcome.pid, outcome.start, outcome.end, outcome.rows, outcome.user_seconds,
+                 outcome.load_seconds, outcome.save_seconds,
+                 json.dumps({"values": outcome.metrics, "sizes": outcome.batch_sizes}),
+                 hop_id))
+            if row["kind"] == "train" and checkpoint is not None:
+                db.execute("UPDATE models SET checkpoint=?, train_hops=train_hops+1 "
+                           "WHERE fit_id=? AND model_id=?",
+                           (checkpoint, row["fit_id"], row["model_id"]))
+
+    def hop_ended(self, hop_id: int, status: str, error: str | None = None) -> None:
+        """Close a hop that did not complete: ``failed`` (user code) or ``lost`` (worker)."""
+        self.db.execute("UPDATE hops SET status=?, end=?, error=? WHERE hop_id=?",
+                        (status, time.time(), error, hop_id))
+
+    def abandon_running(self, fit_id: int) -> int:
+        """Mark hops left 'running' by a dead driver as lost; returns how many."""
+        cur = self.db.execute(
+            "UPDATE hops SET status='lost', error='driver stopped during the hop' "
+            "WHERE fit_id=? AND status='running'", (fit_id,))
+        return cur.rowcount
+
+    def done_hops(self, fit_id: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM hops WHERE fit_id=? AND status='done' ORDER BY hop_id",
+            (fit_id,)).fetchall()
+
+    def hops(self, fit_id: int) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM hops WHERE fit_id=? ORDER BY hop_id",
+                               (fit_id,)).fetchall()
+
+    def epoch_metric_lists(self, fit_id: int, model_id: str, epoch: int,
+                           kind: str) -> tuple[dict[str, list[float]], list[int]]:
+        """This epoch's per-minibatch metrics of one model and kind, in hop order."""
+        order = "hop_id" if kind == "train" else "partition"
+        rows = self.db.execute(
+            f"SELECT metrics FROM hops WHERE fit_id=? AND model_id=? AND epoch=? AND kind=? "
+            f"AND status='done' ORDER BY {order}", (fit_id, model_id, epoch, kind)).fetchall()
+        values: dict[str, list[float]] = {}
+        sizes: list[int] = []
+        for r in rows:
+            m = json.loads(r["metrics"])
+            for k, v in m["values"].items():
+                values.setdefault(k, []).extend(v)
+            sizes.extend(m["sizes"])
+        return values, sizes
+
+    # --- epoch metrics and checkpoints --------------------------------------------------------
+
+    def epoch_done(self, fit_id: int, model_id: str, epoch: int,
+                   metrics: dict[str, dict[str, float]], checkpoint: str | None) -> None:
+        """Store one epoch's aggregated metrics (``{split: {name: value}}``) and checkpoint."""
+        with self.transaction() as db:
+            for split, values in metrics.items():
+                db.executemany(
+                    "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)",
+                    [(fit_id, model_id, epoch, split, k, v) for k, v in values.items()])
+            if checkpoint is not None:
+                db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
+                           (fit_id, model_id, epoch, checkpoint, time.time()))
+
+    def metrics(self, fit_id: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name",
+            (fit_id,)).fetchall()
+
+    def epoch_checkpoints(self, fit_id: int, model_id: str) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM checkpoints WHERE fit_id=? AND model_id=? ORDER BY epoch",
+            (fit_id, model_id)).fetchall()

@@ -1,0 +1,127 @@
+"""The ``cerebro`` command: run an experiment file or a bundled example."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from cerebro.errors import CerebroError
+
+__all__ = ["load_experiment_file", "main"]
+
+_REQUIRED = ("etl_spec", "minibatch_spec", "params", "param_grid", "num_epochs")
+
+
+def load_experiment_file(path: str | Path) -> types.ModuleType:
+    """Import an experiment file as a module whose specs travel to workers by value.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CerebroError: the file lacks one of the names an experiment needs.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no experiment file {path}")
+    name = f"cerebro_experiment_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    cloudpickle.register_pickle_by_value(module)
+    sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)
+    missing = [n for n in _REQUIRED if not hasattr(module, n)]
+    if missing:
+        raise CerebroError(
+            f"{path} must define {', '.join(missing)} at module level (an experiment file "
+            f"defines {', '.join(_REQUIRED)}, and optionally seed, fraction, workers).")
+    return module
+
+
+def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
+    from cerebro.experiment import Experiment
+
+    params = dict(module.params)
+    if args.output:
+        params["output_dir"] = args.output
+    workers = args.workers or getattr(module, "workers", None)
+    seed = getattr(module, "seed", 1)
+    exp = Experiment(params, workers=workers, verbose=not args.quiet)
+    exp.run_etl(module.etl_spec, fraction=getattr(module, "fraction", 1.0), seed=seed)
+    result = exp.run_fit(module.minibatch_spec, module.param_grid,
+                         num_epochs=args.epochs or module.num_epochs, seed=seed,
+                         policy=args.policy, objective=getattr(module, "objective", None),
+                         mode=getattr(module, "mode", "min"))
+    _print_result(result, exp.output_dir)
+    return 0
+
+
+def _print_result(result: Any, output_dir: Path) -> None:
+    import pandas as pd
+
+    table = result.table.drop(columns=["error"])
+    with pd.option_context("display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4f}".format):
+        print(table.to_string(index=False))
+    try:
+        best = result.best
+        print(f"\nbest: {best['model_id']} {best['hyperparams']} "
+              f"{best['objective']}={best['value']:.4f}")
+    except ValueError as e:
+        print(f"\nno best model: {e}")
+    failed = result.table[result.table["status"].isin(["failed", "diverged"])]
+    for _, row in failed.iterrows():
+        print(f"\n{row['model_id']} {row['status']}: {row['error']}", file=sys.stderr)
+    print(f"run directory: {output_dir}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cerebro", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--workers", type=int, help="worker processes (default: the file's, "
+                        "else the number of cores)")
+        sp.add_argument("--output", help="run directory (overrides params['output_dir'])")
+        sp.add_argument("--epochs", type=int, help="override num_epochs")
+        sp.add_argument("--policy", default="fixed", choices=("fixed", "lrf", "random"),
+                        help="hop scheduling policy (default: fixed, bit-identical runs)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="run an experiment file: ETL, then the MOP fit")
+    run.add_argument("file", help="Python file defining etl_spec, minibatch_spec, params, "
+                     "param_grid, num_epochs")
+    common(run)
+    ex = sub.add_parser("example", help="run a bundled example (digits, mnist)")
+    ex.add_argument("name", help="example name: digits or mnist")
+    common(ex)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cerebro`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "example":
+            from cerebro.examples import example_path
+
+            module = load_experiment_file(example_path(args.name))
+        else:
+            module = load_experiment_file(args.file)
+        return _run(module, args)
+    except (CerebroError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"cerebro: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cerebro: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

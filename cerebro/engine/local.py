@@ -1,0 +1,149 @@
+"""The local engine: persistent worker processes on this machine.
+
+Each worker is started once per fit, loads its partitions once (memory-mapped), runs the
+spec's set-up hooks once, then runs hop after hop. Workers × threads never exceeds the
+cores; with GPUs, worker ``i`` gets GPU ``i mod n``.
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing.connection import wait
+from typing import Any
+
+from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._process import Child, ChildDied, RemoteError
+from cerebro.errors import UserCodeError, WorkerError
+from cerebro.spec import MinibatchSpec
+from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+
+__all__ = ["LocalEngine", "default_devices", "threads_per_worker"]
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Torch threads per worker so that workers × threads ≤ cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def default_devices(workers: int) -> list[str]:
+    """``cuda:i mod n`` per worker when this machine has GPUs, else ``cpu``."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i % n}" if n else "cpu" for i in range(workers)]
+
+
+class LocalEngine:
+    """Worker processes on this machine, one per slot.
+
+    Args:
+        spec: the user's Minibatch spec (sent to each worker by value).
+        data_dir: the ETL output folder.
+        owned: for each worker, ``{split: [partition indices]}`` it holds.
+        misc_dir: folder with the ``misc`` files, given to ``read_misc``.
+        threads: torch threads per worker.
+        devices: torch device per worker.
+        max_restarts: how many times one slot may be restarted before the run stops.
+    """
+
+    def __init__(
+        self,
+        spec: MinibatchSpec,
+        data_dir: str,
+        owned: list[dict[str, list[int]]],
+        misc_dir: str,
+        *,
+        threads: int,
+        devices: list[str],
+        max_restarts: int = 3,
+    ):
+        self.workers = len(owned)
+        self._spec = spec
+        self._setup_args = [(spec, data_dir, owned[w], misc_dir, threads, devices[w])
+                            for w in range(self.workers)]
+        self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self._max_restarts = max_restarts
+        self.restarts = [0] * self.workers
+        self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
+        self._tasks: dict[int, HopTask] = {}
+        self._children: list[Child] = []
+        try:
+            self._children = [Child(f"worker {w}", self._env) for w in range(self.workers)]
+            for w, child in enumerate(self._children):
+                child.submit(setup_worker, *self._setup_args[w])
+            for w, child in enumerate(self._children):
+                self.info[w] = self._finish_setup(w, child.result())
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _finish_setup(self, w: int, result: Any) -> dict[str, Any]:
+        if isinstance(result, UserFailure):
+            raise UserCodeError(result.message, function=result.function,
+                                where=f"worker {w} set-up", user_traceback=result.traceback)
+        if isinstance(result, RemoteError):
+            raise WorkerError(f"worker {w} failed to start: {result.type_name}: "
+                              f"{result.message}\n{result.traceback}")
+        return dict(result)
+
+    def _restart(self, w: int, reason: str) -> None:
+        self.restarts[w] += 1
+        if self.restarts[w] > self._max_restarts:
+            raise WorkerError(
+                f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping rather "
+                "than looping. Check memory use (dmesg may show the OOM killer) and the "
+                "spec's native code; resume with `cerebro resume DIR` once fixed."
+            )
+        self._children[w].kill()
+        child = Child(f"worker {w}", self._env)
+        self._children[w] = child
+        self.info[w] = self._finish_setup(w, child.call(setup_worker, *self._setup_args[w]))
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self._children]
+
+    def submit(self, worker: int, task: HopTask) -> None:
+        """Start ``task`` on ``worker``, which must be idle."""
+        self._tasks[worker] = task
+        try:
+            self._children[worker].submit(run_hop, task)
+        except ChildDied:
+            # Died while idle: replace it and send the hop to the new process.
+            self._restart(worker, "died while idle")
+            self._children[worker].submit(run_hop, task)
+
+    def poll(self, timeout: float | None = None) -> list[EngineEvent]:
+        """Wait up to ``timeout`` seconds for hops to end; return what happened."""
+        busy = {self._children[w].conn: w for w in self._tasks}
+        if not busy:
+            return []
+        events: list[EngineEvent] = []
+        for conn in wait(list(busy), timeout):
+            w = busy[conn]  # type: ignore[index]
+            task = self._tasks.pop(w)
+            try:
+                result = self._children[w].result()
+            except ChildDied as e:
+                self._restart(w, str(e))
+                events.append(WorkerLost(w, task, f"worker process died: {e}"))
+                continue
+            if isinstance(result, HopOutcome):
+                events.append(HopDone(w, task, result))
+            elif isinstance(result, UserFailure):
+                events.append(HopFailed(w, task, result))
+            else:  # RemoteError: an error outside the user's hooks (unpicklable, disk full...)
+                assert isinstance(result, RemoteError)
+                events.append(HopFailed(w, task, UserFailure(
+                    "cerebro worker", f"{result.type_name}: {result.message}",
+                    result.traceback)))
+        return events
+
+    def shutdown(self) -> None:
+        """Stop every worker; a hop in flight is abandoned."""
+        for child in self._children:
+            if child.busy:
+                child.kill()
+            else:
+                child.close(timeout=5)
+        self._tasks.clear()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cerebro.partitions import Partition, StructureError, write_partition
+
+
+def _mapped_file(address: int) -> str:
+    """The file mapped at ``address`` in this process (Linux), or ''."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
+def test_fixed_shape_round_trip_is_memory_mapped(tmp_path: Path) -> None:
+    rows = [(10 + i, ((torch.full((3,), float(i)), {"m": torch.tensor([i, i])}),
+                      torch.tensor(i % 2))) for i in range(7)]
+    write_partition(tmp_path / "part-00000", rows, len(rows))
+    p = Partition(tmp_path / "part-00000")
+    assert len(p) == 7 and p.ids.tolist() == list(range(10, 17))
+    leaf = p.leaves[0]
+    assert isinstance(leaf, torch.Tensor)
+    assert _mapped_file(leaf.data_ptr()).endswith("leaf0.npy")  # zero-copy: the file's pages
+    (x, d), y = p.batch(np.array([6, 0]))
+    assert x.tolist() == [[6.0] * 3, [0.0] * 3]
+    assert d["m"].tolist() == [[6, 6], [0, 0]]
+    assert y.tolist() == [0, 0]
+    (x, _), y = p.batch(slice(1, 3))
+    assert x[:, 0].tolist() == [1.0, 2.0] and y.tolist() == [1, 0]
+    assert p.nbytes() > 0
+
+
+def test_ragged_leaf_falls_back_to_list(tmp_path: Path) -> None:
+    rows = [(i, (torch.arange(i + 1, dtype=torch.float32), torch.tensor(0))) for i in range(4)]
+    write_partition(tmp_path / "p", rows, 4)
+    p = Partition(tmp_path / "p")
+    assert isinstance(p.leaves[0], list)
+    x, y = p.batch(np.array([3, 1]))
+    assert [t.tolist() for t in x] == [[0, 1, 2, 3], [0, 1]]
+    x, _ = p.batch(np.array([2]))
+    assert x.shape == (1, 3)  # same shapes in one minibatch stack
+
+
+def test_predict_rows_have_no_label(tmp_path: Path) -> None:
+    write_partition(tmp_path / "p", [(5, (torch.zeros(2), None))], 1)
+    x, y = Partition(tmp_path / "p").batch(slice(0, 1))
+    assert y is None and x.shape == (1, 2)
+
+
+def test_inconsistent_structure_is_an_error(tmp_path: Path) -> None:
+    rows = [(0, (torch.zeros(2), torch.tensor(1))), (1, ((torch.zeros(2),), torch.tensor(1)))]
+    with pytest.raises(StructureError, match=r"returned \(\(tensor,\), tensor\) for this row but \(tensor, tensor\) for earlier"):
+        write_partition(tmp_path / "p", rows, 2)
+
+
+def test_not_tensors_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(StructureError, match="got str"):
+        write_partition(tmp_path / "p", [(0, ("text", torch.tensor(1)))], 1)
+
+
+def test_partial_partition_never_appears(tmp_path: Path) -> None:
+    rows = [(0, (torch.zeros(2), torch.tensor(1))), (1, (torch.zeros(2), "bad"))]
+    with pytest.raises(StructureError):
+        write_partition(tmp_path / "part-00000", rows, 2)
+    assert not (tmp_path / "part-00000").exists()

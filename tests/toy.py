@@ -1,0 +1,78 @@
+"""A tiny, fast data set and specs shared by the tests (real CSVs, real processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cerebro import ETLSpec, MinibatchSpec
+
+FEATURES = 6
+
+
+def write_toy_csvs(root: Path, n_train: int = 240, n_val: int = 60, n_test: int = 60,
+                   seed: int = 0) -> dict[str, str]:
+    """Two Gaussian blobs in FEATURES dims; returns params paths for every split."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + n_test
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, FEATURES)) + (y[:, None] * 2 - 1) * 1.0
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(FEATURES)])
+    df["label"] = y
+    df.insert(0, "id", np.arange(1000, 1000 + n))
+    root.mkdir(parents=True, exist_ok=True)
+    parts = {"train": df[:n_train], "val": df[n_train:n_train + n_val],
+             "test": df[n_train + n_val:]}
+    out = {}
+    for split, d in parts.items():
+        d.to_csv(root / f"{split}.csv", index=False)
+        out[f"{split}_main"] = str(root / f"{split}.csv")
+    parts["test"].drop(columns=["label"]).to_csv(root / "predict.csv", index=False)
+    out["predict_main"] = str(root / "predict.csv")
+    return out
+
+
+class ToyETL(ETLSpec):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        x = torch.tensor([row[f"f{i}"] for i in range(FEATURES)], dtype=torch.float32)
+        return x, (None if mode == "predict" else torch.tensor(int(row["label"])))
+
+
+class ToySpec(MinibatchSpec):
+    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        model = torch.nn.Sequential(torch.nn.Linear(FEATURES, hyperparams.get("hidden", 8)),
+                                    torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                                    torch.nn.Linear(hyperparams.get("hidden", 8), 2))
+        opt = torch.optim.SGD(model.parameters(), lr=hyperparams["lr"], momentum=0.9)
+        return {"model": model, "optimizer": opt}
+
+    def _step(self, mo: dict[str, Any], minibatch: Any) -> tuple[torch.Tensor, float]:
+        x, y = minibatch
+        out = mo["model"](x)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        return loss, (out.argmax(1) == y).float().mean().item()
+
+    def train(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
+              device: Any) -> dict[str, float]:
+        opt = model_object["optimizer"]
+        opt.zero_grad()
+        loss, acc = self._step(model_object, minibatch)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item(), "acc": acc}
+
+    def valtest(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
+                device: Any) -> dict[str, float]:
+        loss, acc = self._step(model_object, minibatch)
+        return {"loss": loss.item(), "acc": acc}
+
+    def predict(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
+                device: Any) -> Any:
+        x, _ = minibatch
+        p = torch.softmax(model_object["model"](x), 1)
+        conf, cls = p.max(1)
+        return cls.tolist(), conf.tolist()
