@@ -116,9 +116,9 @@ def plan_split(
             missing object files, or fewer train rows than partitions.
     """
     df = _read_csv(split, path)
-    _check_ids(split, path, df)
     if len(df) == 0:
         raise ParamsError(f"{split} CSV {path} has a header but no rows.")
+    _check_ids(split, path, df)
     _check_objects(split, path, df, features, object_dir)
     split_index = ("train", "val", "test", "predict").index(split)
     rng = np.random.default_rng([seed, split_index])

@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cerebro import ETLSpec, Experiment, ParamsError, UserCodeError
+from cerebro.partitions import Partition, partition_path
+from toy import ToyETL
+
+
+def _all_rows(data_dir: Path, split: str, parts: int) -> dict[int, list[float]]:
+    rows = {}
+    for p in range(parts):
+        part = Partition(partition_path(data_dir, split, p))
+        x, _ = part.batch(slice(0, len(part)))
+        for i, row_id in enumerate(part.ids.tolist()):
+            rows[row_id] = x[i].tolist()
+    return rows
+
+
+def test_etl_writes_every_split_in_partitions(toy_params: dict[str, str]) -> None:
+    exp = Experiment(toy_params, workers=2, verbose=False)
+    manifest = exp.run_etl(ToyETL(), seed=1)
+    assert manifest["splits"]["train"] == {"rows": 240, "sizes": [120, 120]}
+    assert manifest["splits"]["predict"]["rows"] == 60
+    rows = _all_rows(exp.data_dir, "train", 2)
+    csv = pd.read_csv(toy_params["train_main"]).set_index("id")
+    assert sorted(rows) == sorted(csv.index.tolist())
+    assert rows[1000] == pytest.approx(csv.loc[1000, [f"f{i}" for i in range(6)]].tolist())
+    _, labels = Partition(partition_path(exp.data_dir, "train", 0)).batch(slice(0, 3))
+    assert labels.dtype == torch.int64
+    x, y = Partition(partition_path(exp.data_dir, "predict", 1)).batch(slice(0, 2))
+    assert y is None and x.shape == (2, 6)
+
+
+def test_parallel_equals_serial(toy_params: dict[str, str], tmp_path: Path) -> None:
+    from cerebro import etl
+    from cerebro.params import validate_params
+
+    params = validate_params(toy_params)
+    out = {}
+    for procs in (1, 2):
+        d = tmp_path / f"data{procs}"
+        etl.run_etl(ToyETL(), params, d, tmp_path, partitions=3, fraction=1.0, seed=7,
+                    processes=procs, progress=False)
+        out[procs] = {split: [(Partition(partition_path(d, split, p)).ids.tolist(),
+                               _all_rows(d, split, 3)) for p in range(3)]
+                      for split in ("train", "val")}
+    assert out[1] == out[2]
+    for p in range(3):  # byte-identical array files, not only equal values
+        a = (tmp_path / "data1" / "train" / f"part-{p:05d}" / "leaf0.npy").read_bytes()
+        b = (tmp_path / "data2" / "train" / f"part-{p:05d}" / "leaf0.npy").read_bytes()
+        assert a == b
+
+
+def test_fraction_is_seeded(toy_params: dict[str, str], tmp_path: Path) -> None:
+    from cerebro import etl
+    from cerebro.params import validate_params
+
+    params = validate_params(toy_params)
+    ids = []
+    for run, seed in enumerate((3, 3, 4)):
+        d = tmp_path / f"d{run}"
+        m = etl.run_etl(ToyETL(), params, d, tmp_path, partitions=2, fraction=0.25,
+                        seed=seed, processes=2, progress=False)
+        assert m["splits"]["train"]["rows"] == 60
+        assert m["splits"]["predict"]["rows"] == 60  # predict is never sampled
+        ids.append(sorted(_all_rows(d, "train", 2)))
+    assert ids[0] == ids[1] and ids[0] != ids[2]
+
+
+def test_etl_output_is_reused(toy_params: dict[str, str]) -> None:
+    exp = Experiment(toy_params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    leaf = partition_path(exp.data_dir, "train", 0) / "leaf0.npy"
+    before = leaf.stat().st_mtime_ns
+    exp.run_etl(ToyETL(), seed=1)
+    assert leaf.stat().st_mtime_ns == before
+    exp.run_etl(ToyETL(), seed=2)  # a different seed redoes the work
+    assert leaf.stat().st_mtime_ns != before
+    # etl_dir in params points a new run at this data without recomputing it
+    params = dict(toy_params, etl_dir=str(exp.data_dir),
+                  output_dir=str(Path(toy_params["output_dir"]) / "again"))
+    again = Experiment(params, workers=2, verbose=False)
+    assert again.run_etl(ToyETL())["splits"]["train"]["rows"] == 240
+    assert again.data_dir == exp.data_dir
+
+
+class FailingETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        if row["id"] == 1007:
+            raise KeyError("no such column 'pixel'")
+        return super().row_prep(row, mode, object_dir)
+
+
+def test_row_prep_error_names_split_and_row(toy_params: dict[str, str]) -> None:
+    exp = Experiment(toy_params, workers=2, verbose=False)
+    with pytest.raises(UserCodeError) as err:
+        exp.run_etl(FailingETL())
+    msg = str(err.value)
+    assert "FailingETL.row_prep failed for split 'train', row id 1007" in msg
+    assert "KeyError" in msg and "no such column 'pixel'" in msg
+    assert "traceback from the worker" in msg and "row_prep" in err.value.user_traceback
+    assert not (exp.data_dir / "manifest.json").exists()
+
+
+class WrongReturnETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        return torch.zeros(2)
+
+
+class NoLabelETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        return torch.zeros(2), None
+
+
+class StringETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        return "text", torch.tensor(1)
+
+
+class RaggedLabelETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        label = torch.tensor(1) if row["id"] % 2 else (torch.tensor(1), torch.tensor(2))
+        return torch.zeros(2), label
+
+
+@pytest.mark.parametrize("spec, match", [
+    (WrongReturnETL(), "row_prep must return \\(input, label\\), got Tensor"),
+    (NoLabelETL(), "returned label None in train mode"),
+    (StringETL(), "input must be a tensor or a tuple/list/dict of tensors, got str"),
+    (RaggedLabelETL(), "every row must give the same structure"),
+])
+def test_row_prep_bad_return(toy_params: dict[str, str], spec: ETLSpec, match: str) -> None:
+    with pytest.raises(UserCodeError, match=match):
+        Experiment(toy_params, workers=2, verbose=False).run_etl(spec)
+
+
+def _rewrite(path: str, change: Any) -> None:
+    df = pd.read_csv(path)
+    change(df).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: d.drop(columns=["id"]), "has no 'id' column"),
+    (lambda d: d.assign(id=[5] * len(d)), r"duplicate id\(s\) \[5\]"),
+    (lambda d: d.assign(id=["a"] * len(d)), "column 'id' must hold integers"),
+    (lambda d: d.iloc[:0], "has a header but no rows"),
+])
+def test_bad_csv(toy_params: dict[str, str], change: Any, match: str) -> None:
+    _rewrite(toy_params["val_main"], change)
+    with pytest.raises(ParamsError, match=match):
+        Experiment(toy_params, workers=2, verbose=False).run_etl(ToyETL())
+
+
+def test_empty_csv_file(toy_params: dict[str, str]) -> None:
+    Path(toy_params["test_main"]).write_text("")
+    with pytest.raises(ParamsError, match="is empty"):
+        Experiment(toy_params, workers=2, verbose=False).run_etl(ToyETL())
+
+
+def test_fraction_out_of_range(toy_params: dict[str, str]) -> None:
+    exp = Experiment(toy_params, workers=2, verbose=False)
+    with pytest.raises(ParamsError, match=r"fraction must be in \(0, 1\], got 1.5"):
+        exp.run_etl(ToyETL(), fraction=1.5)
+    with pytest.raises(ParamsError, match="train split has 1 row"):
+        exp.run_etl(ToyETL(), fraction=0.001)
+
+
+class ImageETL(ETLSpec):
+    """Reads an object file per row, and a misc file in every process."""
+
+    def read_misc(self, misc_path: str) -> None:
+        self.scale = float((Path(misc_path) / "scale.txt").read_text())
+
+    def set_features(self) -> list[str]:
+        return ["blob"]
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        assert object_dir is not None
+        arr = np.load(os.path.join(object_dir, row["blob"]))
+        return torch.from_numpy(arr) * self.scale, torch.tensor(row["label"])
+
+
+def _object_params(tmp_path: Path) -> dict[str, Any]:
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    rows = []
+    for i in range(10):
+        np.save(objs / f"{i}.npy", np.full(3, i, dtype=np.float32))
+        rows.append({"id": i, "blob": f"{i}.npy", "label": i % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "scale.txt").write_text("2.0")
+    return {"train_main": str(tmp_path / "train.csv"), "train_dir": str(objs),
+            "misc": [str(tmp_path / "scale.txt")], "output_dir": str(tmp_path / "run")}
+
+
+def test_object_files_and_misc(tmp_path: Path) -> None:
+    exp = Experiment(_object_params(tmp_path), workers=2, verbose=False)
+    exp.run_etl(ImageETL())
+    rows = _all_rows(exp.data_dir, "train", 2)
+    assert rows[7] == [14.0, 14.0, 14.0]
+
+
+def test_missing_object_file(tmp_path: Path) -> None:
+    params = _object_params(tmp_path)
+    (Path(params["train_dir"]) / "3.npy").unlink()
+    with pytest.raises(ParamsError, match=r"object file\(s\) not found .*id 3: '3.npy'"):
+        Experiment(params, workers=2, verbose=False).run_etl(ImageETL())
+
+
+def test_object_columns_without_dir(tmp_path: Path) -> None:
+    params = _object_params(tmp_path)
+    del params["train_dir"]
+    with pytest.raises(ParamsError, match="params has no 'train_dir'"):
+        Experiment(params, workers=2, verbose=False).run_etl(ImageETL())
