@@ -1,0 +1,485 @@
+"""Model Hopper Parallelism (MOP) as pure logic: events in, hops out.
+
+Each train partition lives on one worker; models hop between workers and train one pass
+("hop") on each partition. :class:`Scheduler` decides which hop each idle worker runs next.
+It does no I/O and reads no clock: the controller reports what happened (:meth:`~Scheduler.
+complete`, :meth:`~Scheduler.requeue`, :meth:`~Scheduler.drop_model`) and asks for work
+(:meth:`~Scheduler.assign`). Its only randomness is its own ``random.Random(seed)``.
+
+Example:
+    >>> s = Scheduler(["a", "b"], num_epochs=1, train_owner={0: 0, 1: 1}, val_owner={})
+    >>> [(x.worker, x.hop.model_id) for x in s.assign()]
+    [(0, 'a'), (1, 'b')]
+    >>> s.complete(Hop("a", 0, "train", 0)), s.remaining_hops()
+    ([], 3)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cerebro.errors import ParamsError
+
+__all__ = ["POLICIES", "Assignment", "EpochEnd", "Hop", "HopKind", "Scheduler"]
+
+HopKind = Literal["train", "val"]
+
+POLICIES: tuple[str, ...] = ("fixed", "lrf", "random")
+
+
+@dataclass(frozen=True, order=True)
+class Hop:
+    """One pass of one model over one partition.
+
+    Attributes:
+        model_id: the model that trains (or is validated).
+        epoch: 0-based epoch of the model this hop belongs to.
+        kind: ``"train"`` or ``"val"``.
+        partition: index of the partition within that kind's split.
+    """
+
+    model_id: str
+    epoch: int
+    kind: HopKind
+    partition: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """``hop`` is to run on ``worker`` now."""
+
+    worker: int
+    hop: Hop
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """Model ``model_id`` has completed every train and val hop of ``epoch``."""
+
+    model_id: str
+    epoch: int
+
+
+# NOTE [ MOP epoch rule ]
+# In each epoch every live model trains exactly once on every train partition, in any order
+# (or, for "fixed", in an order fixed in advance); only then is it validated once on every
+# val partition (val leaves the model unchanged, so their order is free); only then does
+# its next epoch start. No barrier across models. A hop of partition p runs on its owner
+# only; a model is on at most one worker and a worker runs at most one hop.
+#
+# NOTE [ Candidate index ]
+# `_cand[w]` holds exactly the live, idle, unfinished models that have a runnable hop on
+# worker w (an insertion-ordered dict used as a set). A model leaves every `_cand` when it
+# starts a hop or is dropped, and re-enters (with its new runnable hops) when it is freed.
+# `assign` is then one pass over the idle workers, each taking one model from its `_cand`;
+# a worker skipped for an empty `_cand` cannot gain a candidate later in the same pass, so
+# the result is maximal (no idle worker has a runnable hop of an idle model).
+#
+# NOTE [ Determinism ]
+# Decisions never depend on the iteration order of a set of strings (hash-randomized per
+# process): models are ints internally, "sets" are insertion-ordered dicts, worker order
+# is sorted before shuffling, and every random choice comes from `self._rng`.
+
+
+@dataclass(slots=True)
+class _Model:
+    id: str
+    index: int
+    epoch: int = 0
+    train_todo: list[int] = field(default_factory=list)  # train partitions left, in order
+    val_todo: list[int] = field(default_factory=list)  # val partitions left, in order
+    hop: Hop | None = None  # the running hop
+    worker: int = -1  # where `hop` runs
+    dropped: bool = False
+    work: float = 0.0  # sum of cost over the hops not yet completed
+
+
+class Scheduler:
+    """MOP scheduler: which hop each idle worker runs next.
+
+    Policies (which runnable hop goes first):
+
+    * ``"random"``: the original Cerebro's randomized greedy. Idle workers are visited in a
+      random order; each gets a uniformly random idle model with a runnable hop on it.
+    * ``"lrf"``: most remaining work first. Idle workers are visited in order of most
+      remaining work pinned on them; each gets the runnable model with the most remaining
+      work (sum of ``cost`` over its hops not yet completed), ties broken by the rng.
+    * ``"fixed"``: every model's hop order in each epoch is fixed in advance as a function
+      of (seed, model index, epoch) only, so each model sees the same hop sequence, hence
+      trains to the same result, whatever the hop durations. Orders form a Latin square: in
+      epoch ``e`` model ``i`` visits ``perm_e[(i + k) % P]`` at step ``k``, with ``perm_e``
+      a seeded permutation of the partitions, so models start on different workers and move
+      in step; val partitions rotate the same way. Only a model's next hop is runnable;
+      workers and models are then ranked as in ``"lrf"``.
+
+    Args:
+        model_ids: the models, in a fixed order (a model's index matters to ``"fixed"``).
+        num_epochs: epochs per model, at least 1.
+        train_owner: train partition -> worker holding it (at least one partition).
+        val_owner: val partition -> worker holding it; empty for no validation.
+        policy: one of :data:`POLICIES`.
+        seed: seed of the scheduler's own ``random.Random``.
+        cost: estimated cost of a hop (e.g. its expected seconds); default 1 per hop.
+
+    Raises:
+        ParamsError: (a ``ValueError``) for an unknown policy, ``num_epochs < 1``, no models,
+            duplicate model ids or no train partitions.
+        TypeError: for a model id that is not a string or a non-integer ``num_epochs``.
+    """
+
+    def __init__(
+        self,
+        model_ids: Sequence[str],
+        *,
+        num_epochs: int,
+        train_owner: Mapping[int, int],
+        val_owner: Mapping[int, int],
+        policy: str = "fixed",
+        seed: int = 0,
+        cost: Callable[[Hop], float] | None = None,
+    ) -> None:
+        _check_args(model_ids, num_epochs, train_owner, policy)
+        self._policy = policy
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._num_epochs = num_epochs
+        self._cost = cost if cost is not None else _unit_cost
+        self._train_owner = {p: train_owner[p] for p in sorted(train_owner)}
+        self._val_owner = {p: val_owner[p] for p in sorted(val_owner)}
+        self._workers = sorted(set(self._train_owner.values()) | set(self._val_owner.values()))
+        self._models = [_Model(m, i) for i, m in enumerate(model_ids)]
+        self._by_id = {m.id: m for m in self._models}
+        self._cand: dict[int, dict[int, None]] = {w: {} for w in self._workers}
+        self._in_cand: list[list[int]] = [[] for _ in self._models]
+        self._idle: dict[int, None] = dict.fromkeys(self._workers)
+        self._running: dict[int, Hop] = {}  # worker -> hop running on it
+        self._load = dict.fromkeys(self._workers, 0.0)  # remaining cost pinned on a worker
+        self._bases: dict[int, list[int]] = {}  # epoch -> base order of "fixed"
+        self._train_workers = len(set(self._train_owner.values()))
+        self._unfinished = len(self._models)
+        self._assigned = False
+        for m in self._models:
+            self._start_epoch(m)
+            for hop in self._pending(m):
+                c = self._cost(hop)
+                m.work += c
+                self._load[self.owner(hop)] += c
+            self._index(m)
+
+    # -- read-only views ---------------------------------------------------------------------
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Every model, live or dropped, in constructor order."""
+        return [m.id for m in self._models]
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs per model."""
+        return self._num_epochs
+
+    @property
+    def workers(self) -> list[int]:
+        """Every worker that owns a train or val partition, sorted."""
+        return list(self._workers)
+
+    @property
+    def done(self) -> bool:
+        """Whether every live model has finished ``num_epochs`` epochs."""
+        return self._unfinished == 0
+
+    @property
+    def running(self) -> list[Assignment]:
+        """The hops now running, by worker."""
+        return [Assignment(w, self._running[w]) for w in sorted(self._running)]
+
+    def idle_workers(self) -> list[int]:
+        """Workers running no hop, sorted."""
+        return sorted(self._idle)
+
+    def owner(self, hop: Hop) -> int:
+        """The worker that must run ``hop`` (the one holding its partition)."""
+        return (self._train_owner if hop.kind == "train" else self._val_owner)[hop.partition]
+
+    def pending_hops(self, model_id: str) -> list[Hop]:
+        """Hops of a model not yet completed (a running one included), in a valid order.
+
+        Empty for a dropped or finished model.
+        """
+        return self._pending(self._model(model_id, "pending_hops"))
+
+    def remaining_hops(self, model_id: str | None = None) -> int:
+        """Number of hops not yet completed (running ones included) of live models.
+
+        Args:
+            model_id: count only this model's hops (0 if it was dropped); all when ``None``.
+        """
+        models = self._models if model_id is None else [self._model(model_id, "remaining")]
+        per_epoch = len(self._train_owner) + len(self._val_owner)
+        return sum(
+            0
+            if m.dropped or m.epoch >= self._num_epochs
+            else len(m.train_todo) + len(m.val_todo) + (self._num_epochs - m.epoch - 1) * per_epoch
+            for m in models
+        )
+
+    def total_hops(self) -> int:
+        """Hops of every model, live or dropped, as planned at the start."""
+        per_epoch = len(self._train_owner) + len(self._val_owner)
+        return len(self._models) * self._num_epochs * per_epoch
+
+    def epoch_of(self, model_id: str) -> int:
+        """The model's current 0-based epoch; ``num_epochs`` once it has finished."""
+        return self._model(model_id, "epoch_of").epoch
+
+    # -- events ------------------------------------------------------------------------------
+
+    def assign(self) -> list[Assignment]:
+        """Start as many hops as possible now and mark them running.
+
+        Returns:
+            A maximal set of new assignments: at most one per idle worker and one per idle
+            model, after which no idle worker has a runnable hop of an idle model.
+        """
+        self._assigned = True
+        out: list[Assignment] = []
+        for w in self._worker_order():
+            cands = self._cand[w]
+            if not cands:
+                continue
+            m = self._models[self._pick_model(w, cands)]
+            kind, parts = self._runnable(m)
+            owner = self._train_owner if kind == "train" else self._val_owner
+            hop = Hop(m.id, m.epoch, kind, next(p for p in parts if owner[p] == w))
+            self._unindex(m)
+            m.hop, m.worker = hop, w
+            del self._idle[w]
+            self._running[w] = hop
+            out.append(Assignment(w, hop))
+        return out
+
+    def complete(self, hop: Hop) -> list[EpochEnd]:
+        """A running hop finished: free its model and worker.
+
+        Returns:
+            ``[EpochEnd]`` when this was the model's last hop of that epoch (its last val
+            hop, or its last train hop when there is no validation), else ``[]``.
+
+        Raises:
+            ValueError: if ``hop`` is not running.
+        """
+        m = self._release(hop, "complete")
+        ends = self._advance(m, hop)
+        self._index(m)
+        return ends
+
+    def requeue(self, hop: Hop) -> None:
+        """A running hop was lost for a reason not the model's (e.g. its worker died).
+
+        The model and worker are freed and the hop becomes runnable again.
+
+        Raises:
+            ValueError: if ``hop`` is not running.
+        """
+        self._index(self._release(hop, "requeue"))
+
+    def drop_model(self, model_id: str) -> None:
+        """The model failed or diverged: it gets no more hops.
+
+        A running hop of it is forgotten and its worker becomes idle. Dropping a model twice
+        is harmless.
+
+        Raises:
+            ValueError: for an unknown model id.
+        """
+        m = self._model(model_id, "drop_model")
+        if m.dropped:
+            return
+        if m.hop is not None:
+            self._release(m.hop, "drop_model")
+        for hop in self._pending(m):
+            self._load[self.owner(hop)] -= self._cost(hop)
+        if m.epoch < self._num_epochs:
+            self._unfinished -= 1
+        self._unindex(m)
+        m.dropped, m.work = True, 0.0
+
+    def replay(self, hop: Hop) -> list[EpochEnd]:
+        """Record a hop completed in an earlier, interrupted run (for resume).
+
+        Call it for each completed hop, in each model's completion order, before any
+        :meth:`assign`.
+
+        Returns:
+            As :meth:`complete`.
+
+        Raises:
+            ValueError: if :meth:`assign` was already called, or ``hop`` is not runnable for
+                its model now (wrong epoch, kind, already done, or out of the fixed order).
+        """
+        if self._assigned:
+            raise ValueError(
+                f"replay({hop}) after assign(): replay every completed hop of the earlier run "
+                "first, then call assign()"
+            )
+        m = self._model(hop.model_id, "replay")
+        runnable: list[Hop] = []
+        if not m.dropped and m.epoch < self._num_epochs:
+            kind, parts = self._runnable(m)
+            runnable = [Hop(m.id, m.epoch, kind, p) for p in parts]
+        if hop not in runnable:
+            raise ValueError(
+                f"replay({hop}): that hop is not runnable for model {m.id!r} now (epoch "
+                f"{m.epoch}, dropped={m.dropped}; runnable: {runnable}, policy "
+                f"{self._policy!r}); replay hops in each model's completion order, with the "
+                "policy and seed of the earlier run"
+            )
+        self._unindex(m)
+        ends = self._advance(m, hop)
+        self._index(m)
+        return ends
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _model(self, model_id: str, where: str) -> _Model:
+        m = self._by_id.get(model_id)
+        if m is None:
+            raise ValueError(
+                f"{where}: unknown model id {model_id!r}; known ids are the model_ids given "
+                f"to Scheduler (e.g. {self._models[0].id!r})"
+            )
+        return m
+
+    def _release(self, hop: Hop, where: str) -> _Model:
+        m = self._by_id.get(hop.model_id)
+        if m is None or m.hop != hop:
+            now = None if m is None else m.hop
+            raise ValueError(
+                f"{where}({hop}): that hop is not running (model {hop.model_id!r} runs {now}); "
+                "pass a hop returned by assign() that was not completed, requeued or dropped"
+            )
+        del self._running[m.worker]
+        self._idle[m.worker] = None
+        m.hop, m.worker = None, -1
+        return m
+
+    def _base_order(self, epoch: int) -> list[int]:
+        # NOTE [ Fixed order ]: depends on (seed, epoch) only, never on timing. Workers in a
+        # seeded order, each one's partitions in a seeded order; then round r lists the r-th
+        # partition of every worker, so consecutive entries sit on different workers.
+        if epoch not in self._bases:
+            rng = random.Random(f"cerebro.scheduler.fixed:{self._seed}:{epoch}")
+            by_worker: dict[int, list[int]] = {}
+            for p, w in self._train_owner.items():
+                by_worker.setdefault(w, []).append(p)
+            ws = sorted(by_worker)
+            rng.shuffle(ws)
+            for w in ws:
+                rng.shuffle(by_worker[w])
+            rounds = max(len(ps) for ps in by_worker.values())
+            base = [by_worker[w][r] for r in range(rounds) for w in ws if r < len(by_worker[w])]
+            self._bases[epoch] = base
+        return self._bases[epoch]
+
+    def _start_epoch(self, m: _Model) -> None:
+        m.train_todo, m.val_todo = list(self._train_owner), list(self._val_owner)
+        if self._policy == "fixed":
+            # Latin square: model i starts at offset i mod (number of train workers) and
+            # walks the base order, so the first workers' worth of models never collide
+            # and the rest follow one of them in lockstep.
+            base, offset = self._base_order(m.epoch), m.index % self._train_workers
+            m.train_todo = [base[(offset + k) % len(base)] for k in range(len(base))]
+
+    def _pending(self, m: _Model) -> list[Hop]:
+        if m.dropped or m.epoch >= self._num_epochs:
+            return []
+        hops = [Hop(m.id, m.epoch, "train", p) for p in m.train_todo]
+        hops += [Hop(m.id, m.epoch, "val", p) for p in m.val_todo]
+        for e in range(m.epoch + 1, self._num_epochs):
+            hops += [Hop(m.id, e, "train", p) for p in self._train_owner]
+            hops += [Hop(m.id, e, "val", p) for p in self._val_owner]
+        return hops
+
+    def _runnable(self, m: _Model) -> tuple[HopKind, list[int]]:
+        if not m.train_todo:
+            return "val", m.val_todo
+        return "train", m.train_todo[:1] if self._policy == "fixed" else m.train_todo
+
+    def _advance(self, m: _Model, hop: Hop) -> list[EpochEnd]:
+        c = self._cost(hop)
+        m.work -= c
+        self._load[self.owner(hop)] -= c
+        (m.train_todo if hop.kind == "train" else m.val_todo).remove(hop.partition)
+        if m.train_todo or m.val_todo:
+            return []
+        end = EpochEnd(m.id, m.epoch)
+        m.epoch += 1
+        if m.epoch < self._num_epochs:
+            self._start_epoch(m)
+        else:
+            self._unfinished -= 1
+        return [end]
+
+    def _index(self, m: _Model) -> None:
+        if m.dropped or m.hop is not None or m.epoch >= self._num_epochs:
+            return
+        kind, parts = self._runnable(m)
+        owner = self._train_owner if kind == "train" else self._val_owner
+        ws = list(dict.fromkeys(owner[p] for p in parts))
+        for w in ws:
+            self._cand[w][m.index] = None
+        self._in_cand[m.index] = ws
+
+    def _unindex(self, m: _Model) -> None:
+        for w in self._in_cand[m.index]:
+            self._cand[w].pop(m.index, None)
+        self._in_cand[m.index] = []
+
+    def _worker_order(self) -> list[int]:
+        ws = sorted(w for w in self._idle if self._cand[w])
+        if self._policy == "random":
+            self._rng.shuffle(ws)
+        else:
+            ws.sort(key=lambda w: -self._load[w])
+        return ws
+
+    def _pick_model(self, w: int, cands: dict[int, None]) -> int:
+        if self._policy == "random":
+            return self._rng.choice(list(cands))
+        best = max(self._models[i].work for i in cands)
+        ties = [i for i in cands if self._models[i].work == best]
+        return ties[0] if len(ties) == 1 else self._rng.choice(ties)
+
+
+def _unit_cost(hop: Hop) -> float:
+    return 1.0
+
+
+def _check_args(
+    model_ids: Sequence[str], num_epochs: int, train_owner: Mapping[int, int], policy: str
+) -> None:
+    if policy not in POLICIES:
+        raise ParamsError(f"unknown scheduling policy {policy!r}; choose one of {POLICIES}")
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int):
+        raise TypeError(f"num_epochs should be an int, but got {num_epochs!r}")
+    if num_epochs < 1:
+        raise ParamsError(f"num_epochs should be at least 1, but got {num_epochs}")
+    if isinstance(model_ids, str):
+        raise TypeError(f"model_ids should be a sequence of ids, but got the str {model_ids!r}")
+    if not model_ids:
+        raise ParamsError("no models to schedule: pass at least one model id in model_ids")
+    bad = [m for m in model_ids if not isinstance(m, str)]
+    if bad:
+        raise TypeError(f"model ids should be str, but got {bad[0]!r} ({type(bad[0]).__name__})")
+    dups = sorted(m for m, n in Counter(model_ids).items() if n > 1)
+    if dups:
+        raise ParamsError(f"duplicate model ids {dups}; give every model a distinct id")
+    if not train_owner:
+        raise ParamsError(
+            "no train partitions: train_owner is empty; run the ETL so that the train split "
+            "has at least one partition, and map each partition to its worker"
+        )
