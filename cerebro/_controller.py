@@ -61,8 +61,11 @@ def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
         for ck in catalog.epoch_checkpoints(state.fit_id, row["model_id"]):
             state.keep.add(ck["path"])
     n = 0
-    dropped = {row["model_id"] for row in catalog.models(state.fit_id)
-               if row["status"] in ("failed", "diverged")}
+    dropped = {
+        row["model_id"]
+        for row in catalog.models(state.fit_id)
+        if row["status"] in ("failed", "diverged")
+    }
     for row in catalog.done_hops(state.fit_id):
         if row["model_id"] in dropped:
             continue
@@ -83,9 +86,14 @@ def _task(state: FitState, hop: Hop) -> HopTask:
         step = state.train_hops[hop.model_id] + 1
         out = str(state.models_dir / hop.model_id / f"step-{step:05d}.pt")
     return HopTask(
-        model_id=hop.model_id, hyperparams=cfg.hyperparams, kind=hop.kind,
-        partition=hop.partition, epoch=hop.epoch, in_ckpt=state.checkpoint[hop.model_id],
-        out_ckpt=out, init_seed=derive_seed(state.seed, "init", index),
+        model_id=hop.model_id,
+        hyperparams=cfg.hyperparams,
+        kind=hop.kind,
+        partition=hop.partition,
+        epoch=hop.epoch,
+        in_ckpt=state.checkpoint[hop.model_id],
+        out_ckpt=out,
+        init_seed=derive_seed(state.seed, "init", index),
         shuffle_seed=derive_seed(state.seed, "shuffle", index, hop.epoch, hop.partition),
     )
 
@@ -94,11 +102,14 @@ def _where(state: FitState, model_id: str) -> str:
     return f"model {model_id} {json.dumps(state.configs[model_id].hyperparams)}"
 
 
-def _finish_epoch(catalog: Catalog, state: FitState, end: EpochEnd,
-                  only_if_missing: bool = False) -> None:
+def _finish_epoch(
+    catalog: Catalog, state: FitState, end: EpochEnd, only_if_missing: bool = False
+) -> None:
     """Aggregate one model's epoch with the user's ``metrics_agg`` and store it."""
-    if only_if_missing and any(r["model_id"] == end.model_id and r["epoch"] == end.epoch
-                               for r in catalog.metrics(state.fit_id)):
+    if only_if_missing and any(
+        r["model_id"] == end.model_id and r["epoch"] == end.epoch
+        for r in catalog.metrics(state.fit_id)
+    ):
         return
     hp = dict(state.configs[end.model_id].hyperparams)
     result: dict[str, dict[str, float]] = {}
@@ -114,7 +125,8 @@ def _finish_epoch(catalog: Catalog, state: FitState, end: EpochEnd,
                 f"{type(e).__name__}: {e} (it must return {{name: float}})",
                 function=f"{type(state.spec).__name__}.metrics_agg",
                 where=f"{_where(state, end.model_id)}, epoch {end.epoch}, mode {kind!r}",
-                user_traceback=traceback.format_exc()) from e
+                user_traceback=traceback.format_exc(),
+            ) from e
     ck = state.checkpoint[end.model_id]
     if ck is not None:
         state.keep.add(ck)
@@ -123,28 +135,35 @@ def _finish_epoch(catalog: Catalog, state: FitState, end: EpochEnd,
         catalog.set_model_status(state.fit_id, end.model_id, "done")
 
 
-def _fail_model(catalog: Catalog, state: FitState, sched: Scheduler, model_id: str,
-                status: str, message: str) -> None:
+def _fail_model(
+    catalog: Catalog, state: FitState, sched: Scheduler, model_id: str, status: str, message: str
+) -> None:
     catalog.set_model_status(state.fit_id, model_id, status, message)
     sched.drop_model(model_id)
     state.failures.append(message)
 
 
-def run_loop(catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine,
-             progress: Any) -> None:
+def run_loop(
+    catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine, progress: Any
+) -> None:
     """Run hops until the scheduler is done. Raises only when ``on_error="stop"``."""
     hop_ids: dict[Hop, int] = {}
     while not sched.done:
         for a in sched.assign():
             task = _task(state, a.hop)
-            hop_ids[a.hop] = catalog.hop_started(state.fit_id, a.hop.model_id, a.hop.epoch,
-                                                 a.hop.kind, a.hop.partition, a.worker)
+            hop_ids[a.hop] = catalog.hop_started(
+                state.fit_id, a.hop.model_id, a.hop.epoch, a.hop.kind, a.hop.partition, a.worker
+            )
             engine.submit(a.worker, task)
         if not sched.running:
             break  # nothing runs and nothing can start: every model left was dropped
         for event in engine.poll(timeout=1.0):
-            hop = Hop(event.task.model_id, event.task.epoch, event.task.kind,  # type: ignore[arg-type]
-                      event.task.partition)
+            hop = Hop(
+                event.task.model_id,
+                event.task.epoch,
+                event.task.kind,  # type: ignore[arg-type]
+                event.task.partition,
+            )
             hop_id = hop_ids.pop(hop)
             if isinstance(event, WorkerLost):
                 catalog.hop_ended(hop_id, "lost", event.reason)
@@ -156,24 +175,35 @@ def run_loop(catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine
                 progress.update(1)
 
 
-def _on_failure(catalog: Catalog, state: FitState, sched: Scheduler, hop: Hop, hop_id: int,
-                failure: UserFailure) -> None:
-    where = f"{_where(state, hop.model_id)}, epoch {hop.epoch}, {hop.kind} partition " \
-            f"{hop.partition}"
-    err = UserCodeError(failure.message, function=failure.function, where=where,
-                        user_traceback=failure.traceback)
+def _on_failure(
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    hop: Hop,
+    hop_id: int,
+    failure: UserFailure,
+) -> None:
+    where = (
+        f"{_where(state, hop.model_id)}, epoch {hop.epoch}, {hop.kind} partition {hop.partition}"
+    )
+    err = UserCodeError(
+        failure.message, function=failure.function, where=where, user_traceback=failure.traceback
+    )
     catalog.hop_ended(hop_id, "failed", str(err))
     _fail_model(catalog, state, sched, hop.model_id, "failed", str(err))
     if state.on_error == "stop":
         raise err
 
 
-def _on_done(catalog: Catalog, state: FitState, sched: Scheduler, hop: Hop, hop_id: int,
-             event: HopDone) -> None:
+def _on_done(
+    catalog: Catalog, state: FitState, sched: Scheduler, hop: Hop, hop_id: int, event: HopDone
+) -> None:
     outcome = event.outcome
     if outcome.nonfinite is not None:
-        msg = (f"{_where(state, hop.model_id)} diverged: metric {outcome.nonfinite!r} became "
-               f"NaN or infinite in epoch {hop.epoch}, {hop.kind} partition {hop.partition}")
+        msg = (
+            f"{_where(state, hop.model_id)} diverged: metric {outcome.nonfinite!r} became "
+            f"NaN or infinite in epoch {hop.epoch}, {hop.kind} partition {hop.partition}"
+        )
         catalog.hop_ended(hop_id, "diverged", msg)
         _fail_model(catalog, state, sched, hop.model_id, "diverged", msg)
         return

@@ -87,22 +87,27 @@ class Catalog:
 
     def latest_fit(self) -> sqlite3.Row | None:
         return self.db.execute(  # type: ignore[no-any-return]
-            "SELECT * FROM fits ORDER BY fit_id DESC LIMIT 1").fetchone()
+            "SELECT * FROM fits ORDER BY fit_id DESC LIMIT 1"
+        ).fetchone()
 
     def fit(self, fit_id: int) -> sqlite3.Row:
         return self.db.execute(  # type: ignore[no-any-return]
-            "SELECT * FROM fits WHERE fit_id=?", (fit_id,)).fetchone()
+            "SELECT * FROM fits WHERE fit_id=?", (fit_id,)
+        ).fetchone()
 
-    def create_fit(self, signature: str, config: dict[str, Any],
-                   models: list[tuple[str, dict[str, Any]]]) -> int:
+    def create_fit(
+        self, signature: str, config: dict[str, Any], models: list[tuple[str, dict[str, Any]]]
+    ) -> int:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO fits(signature, config, status, created) VALUES (?,?,?,?)",
-                (signature, json.dumps(config), "running", time.time()))
+                (signature, json.dumps(config), "running", time.time()),
+            )
             fit_id = int(cur.lastrowid)  # type: ignore[arg-type]
             db.executemany(
                 "INSERT INTO models(fit_id, model_id, hyperparams, status) VALUES (?,?,?,?)",
-                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models])
+                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models],
+            )
         return fit_id
 
     def delete_fit(self, fit_id: int) -> None:
@@ -112,75 +117,104 @@ class Catalog:
 
     def set_fit_status(self, fit_id: int, status: str) -> None:
         finished = time.time() if status in ("done", "failed", "stopped") else None
-        self.db.execute("UPDATE fits SET status=?, finished=? WHERE fit_id=?",
-                        (status, finished, fit_id))
+        self.db.execute(
+            "UPDATE fits SET status=?, finished=? WHERE fit_id=?", (status, finished, fit_id)
+        )
 
     def models(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
-            "SELECT * FROM models WHERE fit_id=? ORDER BY model_id", (fit_id,)).fetchall()
+            "SELECT * FROM models WHERE fit_id=? ORDER BY model_id", (fit_id,)
+        ).fetchall()
 
-    def set_model_status(self, fit_id: int, model_id: str, status: str,
-                         error: str | None = None) -> None:
-        self.db.execute("UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
-                        (status, error, fit_id, model_id))
+    def set_model_status(
+        self, fit_id: int, model_id: str, status: str, error: str | None = None
+    ) -> None:
+        self.db.execute(
+            "UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
+            (status, error, fit_id, model_id),
+        )
 
     # --- hops ---------------------------------------------------------------------------------
 
-    def hop_started(self, fit_id: int, model_id: str, epoch: int, kind: str, partition: int,
-                    worker: int) -> int:
+    def hop_started(
+        self, fit_id: int, model_id: str, epoch: int, kind: str, partition: int, worker: int
+    ) -> int:
         cur = self.db.execute(
             "INSERT INTO hops(fit_id, model_id, epoch, kind, partition, worker, start, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
-            (fit_id, model_id, epoch, kind, partition, worker, time.time(), "running"))
-        self.db.execute("UPDATE models SET status='running' WHERE fit_id=? AND model_id=? "
-                        "AND status='pending'", (fit_id, model_id))
+            (fit_id, model_id, epoch, kind, partition, worker, time.time(), "running"),
+        )
+        self.db.execute(
+            "UPDATE models SET status='running' WHERE fit_id=? AND model_id=? "
+            "AND status='pending'",
+            (fit_id, model_id),
+        )
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def hop_done(self, hop_id: int, outcome: Any, checkpoint: str | None) -> None:
         """Record a finished hop and, for a train hop, the model's new checkpoint, at once."""
         with self.transaction() as db:
-            row = db.execute("SELECT fit_id, model_id, kind FROM hops WHERE hop_id=?",
-                             (hop_id,)).fetchone()
+            row = db.execute(
+                "SELECT fit_id, model_id, kind FROM hops WHERE hop_id=?", (hop_id,)
+            ).fetchone()
             db.execute(
                 "UPDATE hops SET status='done', pid=?, start=?, end=?, rows=?, user_seconds=?,"
                 " load_seconds=?, save_seconds=?, metrics=? WHERE hop_id=?",
-                (outcome.pid, outcome.start, outcome.end, outcome.rows, outcome.user_seconds,
-                 outcome.load_seconds, outcome.save_seconds,
-                 json.dumps({"values": outcome.metrics, "sizes": outcome.batch_sizes}),
-                 hop_id))
+                (
+                    outcome.pid,
+                    outcome.start,
+                    outcome.end,
+                    outcome.rows,
+                    outcome.user_seconds,
+                    outcome.load_seconds,
+                    outcome.save_seconds,
+                    json.dumps({"values": outcome.metrics, "sizes": outcome.batch_sizes}),
+                    hop_id,
+                ),
+            )
             if row["kind"] == "train" and checkpoint is not None:
-                db.execute("UPDATE models SET checkpoint=?, train_hops=train_hops+1 "
-                           "WHERE fit_id=? AND model_id=?",
-                           (checkpoint, row["fit_id"], row["model_id"]))
+                db.execute(
+                    "UPDATE models SET checkpoint=?, train_hops=train_hops+1 "
+                    "WHERE fit_id=? AND model_id=?",
+                    (checkpoint, row["fit_id"], row["model_id"]),
+                )
 
     def hop_ended(self, hop_id: int, status: str, error: str | None = None) -> None:
         """Close a hop that did not complete: ``failed`` (user code) or ``lost`` (worker)."""
-        self.db.execute("UPDATE hops SET status=?, end=?, error=? WHERE hop_id=?",
-                        (status, time.time(), error, hop_id))
+        self.db.execute(
+            "UPDATE hops SET status=?, end=?, error=? WHERE hop_id=?",
+            (status, time.time(), error, hop_id),
+        )
 
     def abandon_running(self, fit_id: int) -> int:
         """Mark hops left 'running' by a dead driver as lost; returns how many."""
         cur = self.db.execute(
             "UPDATE hops SET status='lost', error='driver stopped during the hop' "
-            "WHERE fit_id=? AND status='running'", (fit_id,))
+            "WHERE fit_id=? AND status='running'",
+            (fit_id,),
+        )
         return cur.rowcount
 
     def done_hops(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
-            "SELECT * FROM hops WHERE fit_id=? AND status='done' ORDER BY hop_id",
-            (fit_id,)).fetchall()
+            "SELECT * FROM hops WHERE fit_id=? AND status='done' ORDER BY hop_id", (fit_id,)
+        ).fetchall()
 
     def hops(self, fit_id: int) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM hops WHERE fit_id=? ORDER BY hop_id",
-                               (fit_id,)).fetchall()
+        return self.db.execute(
+            "SELECT * FROM hops WHERE fit_id=? ORDER BY hop_id", (fit_id,)
+        ).fetchall()
 
-    def epoch_metric_lists(self, fit_id: int, model_id: str, epoch: int,
-                           kind: str) -> tuple[dict[str, list[float]], list[int]]:
+    def epoch_metric_lists(
+        self, fit_id: int, model_id: str, epoch: int, kind: str
+    ) -> tuple[dict[str, list[float]], list[int]]:
         """This epoch's per-minibatch metrics of one model and kind, in hop order."""
         order = "hop_id" if kind == "train" else "partition"
         rows = self.db.execute(
             f"SELECT metrics FROM hops WHERE fit_id=? AND model_id=? AND epoch=? AND kind=? "
-            f"AND status='done' ORDER BY {order}", (fit_id, model_id, epoch, kind)).fetchall()
+            f"AND status='done' ORDER BY {order}",
+            (fit_id, model_id, epoch, kind),
+        ).fetchall()
         values: dict[str, list[float]] = {}
         sizes: list[int] = []
         for r in rows:
@@ -192,24 +226,34 @@ class Catalog:
 
     # --- epoch metrics and checkpoints --------------------------------------------------------
 
-    def epoch_done(self, fit_id: int, model_id: str, epoch: int,
-                   metrics: dict[str, dict[str, float]], checkpoint: str | None) -> None:
+    def epoch_done(
+        self,
+        fit_id: int,
+        model_id: str,
+        epoch: int,
+        metrics: dict[str, dict[str, float]],
+        checkpoint: str | None,
+    ) -> None:
         """Store one epoch's aggregated metrics (``{split: {name: value}}``) and checkpoint."""
         with self.transaction() as db:
             for split, values in metrics.items():
                 db.executemany(
                     "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)",
-                    [(fit_id, model_id, epoch, split, k, v) for k, v in values.items()])
+                    [(fit_id, model_id, epoch, split, k, v) for k, v in values.items()],
+                )
             if checkpoint is not None:
-                db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
-                           (fit_id, model_id, epoch, checkpoint, time.time()))
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
+                    (fit_id, model_id, epoch, checkpoint, time.time()),
+                )
 
     def metrics(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
-            "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name",
-            (fit_id,)).fetchall()
+            "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name", (fit_id,)
+        ).fetchall()
 
     def epoch_checkpoints(self, fit_id: int, model_id: str) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM checkpoints WHERE fit_id=? AND model_id=? ORDER BY epoch",
-            (fit_id, model_id)).fetchall()
+            (fit_id, model_id),
+        ).fetchall()

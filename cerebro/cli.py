@@ -40,7 +40,8 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
     if missing:
         raise CerebroError(
             f"{path} must define {', '.join(missing)} at module level (an experiment file "
-            f"defines {', '.join(_REQUIRED)}, and optionally seed, fraction, workers).")
+            f"defines {', '.join(_REQUIRED)}, and optionally seed, fraction, workers)."
+        )
     return module
 
 
@@ -54,10 +55,15 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
     seed = getattr(module, "seed", 1)
     exp = Experiment(params, workers=workers, verbose=not args.quiet)
     exp.run_etl(module.etl_spec, fraction=getattr(module, "fraction", 1.0), seed=seed)
-    result = exp.run_fit(module.minibatch_spec, module.param_grid,
-                         num_epochs=args.epochs or module.num_epochs, seed=seed,
-                         policy=args.policy, objective=getattr(module, "objective", None),
-                         mode=getattr(module, "mode", "min"))
+    result = exp.run_fit(
+        module.minibatch_spec,
+        module.param_grid,
+        num_epochs=args.epochs or module.num_epochs,
+        seed=seed,
+        policy=args.policy,
+        objective=getattr(module, "objective", None),
+        mode=getattr(module, "mode", "min"),
+    )
     _print_result(result, exp.output_dir)
     return 0
 
@@ -66,13 +72,16 @@ def _print_result(result: Any, output_dir: Path) -> None:
     import pandas as pd
 
     table = result.table.drop(columns=["error"])
-    with pd.option_context("display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.4f}".format):
+    with pd.option_context(
+        "display.max_columns", None, "display.width", 200, "display.float_format", "{:.4f}".format
+    ):
         print(table.to_string(index=False))
     try:
         best = result.best
-        print(f"\nbest: {best['model_id']} {best['hyperparams']} "
-              f"{best['objective']}={best['value']:.4f}")
+        print(
+            f"\nbest: {best['model_id']} {best['hyperparams']} "
+            f"{best['objective']}={best['value']:.4f}"
+        )
     except ValueError as e:
         print(f"\nno best model: {e}")
     failed = result.table[result.table["status"].isin(["failed", "diverged"])]
@@ -86,17 +95,26 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--workers", type=int, help="worker processes (default: the file's, "
-                        "else the number of cores)")
+        sp.add_argument(
+            "--workers",
+            type=int,
+            help="worker processes (default: the file's, else the number of cores)",
+        )
         sp.add_argument("--output", help="run directory (overrides params['output_dir'])")
         sp.add_argument("--epochs", type=int, help="override num_epochs")
-        sp.add_argument("--policy", default="fixed", choices=("fixed", "lrf", "random"),
-                        help="hop scheduling policy (default: fixed, bit-identical runs)")
+        sp.add_argument(
+            "--policy",
+            default="fixed",
+            choices=("fixed", "lrf", "random"),
+            help="hop scheduling policy (default: fixed, bit-identical runs)",
+        )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", help="run an experiment file: ETL, then the MOP fit")
-    run.add_argument("file", help="Python file defining etl_spec, minibatch_spec, params, "
-                     "param_grid, num_epochs")
+    run.add_argument(
+        "file",
+        help="Python file defining etl_spec, minibatch_spec, params, param_grid, num_epochs",
+    )
     common(run)
     ex = sub.add_parser("example", help="run a bundled example (digits, mnist)")
     ex.add_argument("name", help="example name: digits or mnist")

@@ -62,11 +62,13 @@ class Experiment:
         >>> result.table                                            # doctest: +SKIP
     """
 
-    def __init__(self, params: Mapping[str, Any], workers: int | None = None, *,
-                 verbose: bool = True):
+    def __init__(
+        self, params: Mapping[str, Any], workers: int | None = None, *, verbose: bool = True
+    ):
         self.params: Params = validate_params(params)
-        self.workers = _positive_int("workers", workers if workers is not None
-                                     else (os.cpu_count() or 1))
+        self.workers = _positive_int(
+            "workers", workers if workers is not None else (os.cpu_count() or 1)
+        )
         self.verbose = verbose
         self.output_dir = self.params.output_dir
         try:
@@ -96,8 +98,14 @@ class Experiment:
                 os.replace(tmp, target)
         return d
 
-    def run_etl(self, etl_spec: ETLSpec, fraction: float = 1.0, seed: int = 1, *,
-                partitions: int | None = None) -> dict[str, Any]:
+    def run_etl(
+        self,
+        etl_spec: ETLSpec,
+        fraction: float = 1.0,
+        seed: int = 1,
+        *,
+        partitions: int | None = None,
+    ) -> dict[str, Any]:
         """Preprocess every split into partitions (one per worker by default).
 
         Reuses earlier output when the inputs, spec, fraction, seed and partition count are
@@ -111,16 +119,25 @@ class Experiment:
         if self.params.etl_dir is not None:
             manifest = etl.load_manifest(self.params.etl_dir)
             if manifest is None:
-                raise ParamsError(f"etl_dir {self.params.etl_dir} holds no finished ETL "
-                                  f"({etl.MANIFEST} missing); run run_etl without etl_dir.")
+                raise ParamsError(
+                    f"etl_dir {self.params.etl_dir} holds no finished ETL "
+                    f"({etl.MANIFEST} missing); run run_etl without etl_dir."
+                )
             return manifest
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-        parts = _positive_int("partitions", partitions if partitions is not None
-                              else self.workers)
-        return etl.run_etl(etl_spec, self.params, self.data_dir, self._misc_dir(),
-                           partitions=parts, fraction=float(fraction), seed=int(seed),
-                           processes=os.cpu_count() or 1, progress=self.verbose)
+        parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
+        return etl.run_etl(
+            etl_spec,
+            self.params,
+            self.data_dir,
+            self._misc_dir(),
+            partitions=parts,
+            fraction=float(fraction),
+            seed=int(seed),
+            processes=os.cpu_count() or 1,
+            progress=self.verbose,
+        )
 
     def run_fit(
         self,
@@ -164,29 +181,40 @@ class Experiment:
         configs = expand_grid(param_grid)
         manifest = etl.load_manifest(self.data_dir)
         if manifest is None or "train" not in manifest["splits"]:
-            raise ParamsError(f"no preprocessed train data in {self.data_dir}; call "
-                              "run_etl(etl_spec) before run_fit.")
+            raise ParamsError(
+                f"no preprocessed train data in {self.data_dir}; call "
+                "run_etl(etl_spec) before run_fit."
+            )
         parts = int(manifest["partitions"])
         if self.workers > parts:
             raise ParamsError(
                 f"{self.workers} workers but the data has {parts} partitions: a worker would "
                 f"have no data. Use workers <= {parts}, or rerun run_etl(..., partitions="
-                f"{self.workers}).")
-        signature = json.dumps({
-            "grid": {k: list(v) for k, v in param_grid.items()}, "num_epochs": num_epochs,
-            "seed": seed, "policy": policy, "spec": type(spec).__qualname__,
-            "data": manifest["fingerprint"], "workers": self.workers}, sort_keys=True)
+                f"{self.workers})."
+            )
+        signature = json.dumps(
+            {
+                "grid": {k: list(v) for k, v in param_grid.items()},
+                "num_epochs": num_epochs,
+                "seed": seed,
+                "policy": policy,
+                "spec": type(spec).__qualname__,
+                "data": manifest["fingerprint"],
+                "workers": self.workers,
+            },
+            sort_keys=True,
+        )
         catalog = Catalog(self.catalog_path)
         try:
             fit_id = self._fit_id(catalog, signature, configs, overwrite)
-            self._fit(catalog, fit_id, spec, configs, manifest, num_epochs, seed, policy,
-                      on_error)
+            self._fit(catalog, fit_id, spec, configs, manifest, num_epochs, seed, policy, on_error)
         finally:
             catalog.close()
         return FitResult(self.catalog_path, fit_id, objective, mode)
 
-    def _fit_id(self, catalog: Catalog, signature: str, configs: list[Any],
-                overwrite: bool) -> int:
+    def _fit_id(
+        self, catalog: Catalog, signature: str, configs: list[Any], overwrite: bool
+    ) -> int:
         fit_id = catalog.find_fit(signature)
         if fit_id is not None:
             return fit_id
@@ -196,26 +224,52 @@ class Experiment:
                 raise ParamsError(
                     f"{self.output_dir} already holds a different fit (fit {latest['fit_id']}, "
                     f"{latest['status']}). Use a new output_dir to keep it, or pass "
-                    "overwrite=True to discard it.")
+                    "overwrite=True to discard it."
+                )
             catalog.delete_fit(latest["fit_id"])
             shutil.rmtree(self.output_dir / "models", ignore_errors=True)
         config = {"models": len(configs), "workers": self.workers}
-        return catalog.create_fit(signature, config, [(c.model_id, c.hyperparams)
-                                                      for c in configs])
+        return catalog.create_fit(
+            signature, config, [(c.model_id, c.hyperparams) for c in configs]
+        )
 
-    def _fit(self, catalog: Catalog, fit_id: int, spec: MinibatchSpec, configs: list[Any],
-             manifest: dict[str, Any], num_epochs: int, seed: int, policy: str,
-             on_error: str) -> None:
+    def _fit(
+        self,
+        catalog: Catalog,
+        fit_id: int,
+        spec: MinibatchSpec,
+        configs: list[Any],
+        manifest: dict[str, Any],
+        num_epochs: int,
+        seed: int,
+        policy: str,
+        on_error: str,
+    ) -> None:
         w = self.workers
         splits = manifest["splits"]
         train_owner = {p: p % w for p, n in enumerate(splits["train"]["sizes"])}
-        val_owner = ({p: p % w for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
-                     if "val" in splits else {})
-        sched = Scheduler([c.model_id for c in configs], num_epochs=num_epochs,
-                          train_owner=train_owner, val_owner=val_owner, policy=policy,
-                          seed=seed)
-        state = FitState(fit_id, spec, {c.model_id: c for c in configs},
-                         self.output_dir / "models", seed, num_epochs, on_error)
+        val_owner = (
+            {p: p % w for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
+            if "val" in splits
+            else {}
+        )
+        sched = Scheduler(
+            [c.model_id for c in configs],
+            num_epochs=num_epochs,
+            train_owner=train_owner,
+            val_owner=val_owner,
+            policy=policy,
+            seed=seed,
+        )
+        state = FitState(
+            fit_id,
+            spec,
+            {c.model_id: c for c in configs},
+            self.output_dir / "models",
+            seed,
+            num_epochs,
+            on_error,
+        )
         replay(catalog, state, sched)
         if sched.done:
             catalog.set_fit_status(fit_id, "done")
@@ -224,10 +278,17 @@ class Experiment:
         for split, owner in (("train", train_owner), ("val", val_owner)):
             for p, worker in owner.items():
                 owned[worker].setdefault(split, []).append(p)
-        engine = LocalEngine(spec, str(self.data_dir), owned, str(self._misc_dir()),
-                             threads=threads_per_worker(w), devices=default_devices(w))
-        progress = _bar(sched.total_hops(), sched.total_hops() - sched.remaining_hops(),
-                        self.verbose)
+        engine = LocalEngine(
+            spec,
+            str(self.data_dir),
+            owned,
+            str(self._misc_dir()),
+            threads=threads_per_worker(w),
+            devices=default_devices(w),
+        )
+        progress = _bar(
+            sched.total_hops(), sched.total_hops() - sched.remaining_hops(), self.verbose
+        )
         try:
             run_loop(catalog, state, sched, engine, progress)
         except BaseException:

@@ -121,7 +121,9 @@ class PartitionWriter:
                 self.lists.append([])
             else:
                 arr = np.lib.format.open_memmap(
-                    self.tmp / f"leaf{k}.npy", mode="w+", dtype=np_dtype,
+                    self.tmp / f"leaf{k}.npy",
+                    mode="w+",
+                    dtype=np_dtype,
                     shape=(self.rows, *leaf.shape),
                 )
                 self.arrays.append(arr)
@@ -156,8 +158,9 @@ class PartitionWriter:
         i = self.filled
         for k, leaf in enumerate(leaves):
             arr = self.arrays[k]
-            if arr is not None and (tuple(leaf.shape) != arr.shape[1:]
-                                    or _numpy_dtype(leaf.dtype) != arr.dtype):
+            if arr is not None and (
+                tuple(leaf.shape) != arr.shape[1:] or _numpy_dtype(leaf.dtype) != arr.dtype
+            ):
                 if _numpy_dtype(leaf.dtype) != arr.dtype:
                     raise StructureError(
                         f"row_prep returned dtype {leaf.dtype} for leaf {k} of this row but "
@@ -188,8 +191,12 @@ class PartitionWriter:
                 leaves_meta.append({"kind": "list", "file": f"leaf{k}.pt"})
         self.arrays = []
         np.save(self.tmp / "ids.npy", self.ids)
-        meta = {"format": _FORMAT, "rows": self.rows, "structure": self.structure,
-                "leaves": leaves_meta}
+        meta = {
+            "format": _FORMAT,
+            "rows": self.rows,
+            "structure": self.structure,
+            "leaves": leaves_meta,
+        }
         (self.tmp / "meta.json").write_text(json.dumps(meta))
         if self.path.exists():
             shutil.rmtree(self.path)
@@ -214,7 +221,8 @@ def _describe(structure: Any) -> str:
         return "None"
     parts = [_describe(c) for c in structure["c"]]
     if t == "dict":
-        return "{" + ", ".join(f"{k!r}: {p}" for k, p in zip(structure["k"], parts)) + "}"
+        pairs = zip(structure["k"], parts, strict=True)
+        return "{" + ", ".join(f"{k!r}: {p}" for k, p in pairs) + "}"
     if t == "tuple":
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
     return "[" + ", ".join(parts) + "]"

@@ -23,8 +23,9 @@ class FitResult:
         mode: ``"min"`` or ``"max"``.
     """
 
-    def __init__(self, catalog_path: Path, fit_id: int, objective: str | None = None,
-                 mode: str = "min"):
+    def __init__(
+        self, catalog_path: Path, fit_id: int, objective: str | None = None, mode: str = "min"
+    ):
         self.catalog_path = Path(catalog_path)
         self.fit_id = fit_id
         cat = Catalog(self.catalog_path, readonly=True)
@@ -50,8 +51,9 @@ class FitResult:
     def history(self) -> pd.DataFrame:
         """One row per model × epoch × split × metric."""
         cols = ["model_id", "epoch", "split", "metric", "value"]
-        rows = [(m["model_id"], m["epoch"], m["split"], m["name"], m["value"])
-                for m in self._metrics]
+        rows = [
+            (m["model_id"], m["epoch"], m["split"], m["name"], m["value"]) for m in self._metrics
+        ]
         return pd.DataFrame(rows, columns=cols)
 
     @property
@@ -86,10 +88,12 @@ class FitResult:
             have = sorted(c for c in table.columns if c.startswith(("train_", "val_")))
             raise ValueError(
                 f"no model has a value for the objective {self.objective!r}; metrics "
-                f"recorded: {have or 'none (did every model fail? see result.table)'}")
+                f"recorded: {have or 'none (did every model fail? see result.table)'}"
+            )
         ok = table.dropna(subset=[self.objective])
-        ok = ok.sort_values([self.objective, "model_id"],
-                            ascending=[self.mode == "min", True], kind="stable")
+        ok = ok.sort_values(
+            [self.objective, "model_id"], ascending=[self.mode == "min", True], kind="stable"
+        )
         best = ok.iloc[0]
         model = next(m for m in self._models if m["model_id"] == best["model_id"])
         return {
@@ -97,11 +101,16 @@ class FitResult:
             "hyperparams": json.loads(model["hyperparams"]),
             "objective": self.objective,
             "value": float(best[self.objective]),
-            "metrics": {k: float(v) for k, v in best.items()
-                        if k.startswith(("train_", "val_")) and pd.notna(v)},
+            "metrics": {
+                k: float(v)
+                for k, v in best.items()
+                if k.startswith(("train_", "val_")) and pd.notna(v)
+            },
             "checkpoint": model["checkpoint"],
         }
 
     def __repr__(self) -> str:
-        return (f"FitResult(fit_id={self.fit_id}, models={len(self._models)}, "
-                f"status={self.status!r}, objective={self.objective!r})")
+        return (
+            f"FitResult(fit_id={self.fit_id}, models={len(self._models)}, "
+            f"status={self.status!r}, objective={self.objective!r})"
+        )

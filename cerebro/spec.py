@@ -114,7 +114,11 @@ class MinibatchSpec:
         raise NotImplementedError
 
     def train(
-        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
     ) -> dict[str, Any]:
         """Train on one minibatch and return its metrics ``{name: scalar}``.
 
@@ -123,13 +127,21 @@ class MinibatchSpec:
         raise NotImplementedError
 
     def valtest(
-        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
     ) -> dict[str, Any]:
         """Evaluate one minibatch without updating the model; return ``{name: scalar}``."""
         raise NotImplementedError
 
     def predict(
-        self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any], device: Any
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
     ) -> tuple[Sequence[Any], Sequence[float]]:
         """Return ``(classes, confidences)``, one of each per row of the minibatch."""
         raise NotImplementedError
@@ -154,7 +166,8 @@ class MinibatchSpec:
             if not values:
                 continue
             if sizes is not None and len(sizes) == len(values) and sum(sizes) > 0:
-                out[name] = float(sum(v * n for v, n in zip(values, sizes)) / sum(sizes))
+                total = sum(v * n for v, n in zip(values, sizes, strict=True))
+                out[name] = float(total / sum(sizes))
             else:
                 out[name] = float(sum(values) / len(values))
         return out

@@ -95,16 +95,21 @@ def setup_worker(
         try:
             getattr(spec, hook)(*args)
         except Exception as e:  # noqa: BLE001 - reported with the hook's name
-            return UserFailure(f"{name}.{hook}", f"{type(e).__name__}: {e}",
-                               traceback.format_exc())
+            return UserFailure(
+                f"{name}.{hook}", f"{type(e).__name__}: {e}", traceback.format_exc()
+            )
     parts: dict[tuple[str, int], Partition] = {}
     t0 = time.perf_counter()
     for split, indices in owned.items():
         for p in indices:
             parts[(split, p)] = Partition(partition_path(Path(data_dir), split, p))
     state["partitions"] = parts
-    return {"pid": os.getpid(), "load_seconds": time.perf_counter() - t0,
-            "bytes": sum(p.nbytes() for p in parts.values()), "threads": threads}
+    return {
+        "pid": os.getpid(),
+        "load_seconds": time.perf_counter() - t0,
+        "bytes": sum(p.nbytes() for p in parts.values()),
+        "threads": threads,
+    }
 
 
 def _scalar(value: Any) -> float | None:
@@ -122,15 +127,18 @@ def _metrics_of(result: Any, fn: str, hook: str) -> dict[str, float] | str:
     if hook == "train" and isinstance(result, tuple) and len(result) == 2:
         result = result[1]  # (model_object, metrics): the deployed original's form
     if not isinstance(result, dict):
-        return (f"{fn} must return a dict of metrics like {{'loss': 0.3}}, got "
-                f"{type(result).__name__}")
+        return (
+            f"{fn} must return a dict of metrics like {{'loss': 0.3}}, got {type(result).__name__}"
+        )
     out = {}
     for k, v in result.items():
         f = _scalar(v)
         if f is None:
             shape = f" of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else ""
-            return (f"{fn} returned metric {k!r} = {type(v).__name__}{shape}; each metric must "
-                    "be a single number (use .item() or a mean)")
+            return (
+                f"{fn} returned metric {k!r} = {type(v).__name__}{shape}; each metric must "
+                "be a single number (use .item() or a mean)"
+            )
         out[str(k)] = f
     return out
 
@@ -161,8 +169,11 @@ class _Unusable(Exception):
 
 def _save(components: dict[str, Any], out: str) -> None:
     state = {
-        "components": {k: v.state_dict() for k, v in components.items()
-                       if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")},
+        "components": {
+            k: v.state_dict()
+            for k, v in components.items()
+            if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")
+        },
         "rng": torch.get_rng_state(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +194,9 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     except _Unusable as e:
         return UserFailure(f"{name}.create_model_components", str(e), "")
     except Exception as e:  # noqa: BLE001
-        return UserFailure(f"{name}.create_model_components", f"{type(e).__name__}: {e}",
-                           traceback.format_exc())
+        return UserFailure(
+            f"{name}.create_model_components", f"{type(e).__name__}: {e}", traceback.format_exc()
+        )
     load_seconds = time.perf_counter() - t0
     split = "train" if task.kind == "train" else task.kind
     part: Partition = state["partitions"][(split, task.partition)]
@@ -193,7 +205,7 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     train = task.kind == "train"
     if train:
         order = np.random.default_rng(task.shuffle_seed).permutation(n)
-        batches: list[Any] = [order[i:i + bs] for i in range(0, n, bs)]
+        batches: list[Any] = [order[i : i + bs] for i in range(0, n, bs)]
     else:
         batches = [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
     hook = "train" if train else "valtest"
@@ -222,9 +234,12 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
         if isinstance(values, str):
             return UserFailure(fn_name, values, "")
         if sizes and set(values) != set(metrics):
-            return UserFailure(fn_name, f"returned metrics {sorted(values)} for one minibatch "
-                               f"and {sorted(metrics)} for an earlier one; return the same keys",
-                               "")
+            return UserFailure(
+                fn_name,
+                f"returned metrics {sorted(values)} for one minibatch "
+                f"and {sorted(metrics)} for an earlier one; return the same keys",
+                "",
+            )
         for k, v in values.items():
             metrics.setdefault(k, []).append(v)
             if nonfinite is None and not math.isfinite(v):
@@ -236,5 +251,14 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     if train and task.out_ckpt is not None and nonfinite is None:
         _save(components, task.out_ckpt)
     save_seconds = time.perf_counter() - s0
-    return HopOutcome(metrics, sizes, n, start, time.time(), user, load_seconds, save_seconds,
-                      nonfinite=nonfinite)
+    return HopOutcome(
+        metrics,
+        sizes,
+        n,
+        start,
+        time.time(),
+        user,
+        load_seconds,
+        save_seconds,
+        nonfinite=nonfinite,
+    )

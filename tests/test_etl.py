@@ -47,11 +47,24 @@ def test_parallel_equals_serial(toy_params: dict[str, str], tmp_path: Path) -> N
     out = {}
     for procs in (1, 2):
         d = tmp_path / f"data{procs}"
-        etl.run_etl(ToyETL(), params, d, tmp_path, partitions=3, fraction=1.0, seed=7,
-                    processes=procs, progress=False)
-        out[procs] = {split: [(Partition(partition_path(d, split, p)).ids.tolist(),
-                               _all_rows(d, split, 3)) for p in range(3)]
-                      for split in ("train", "val")}
+        etl.run_etl(
+            ToyETL(),
+            params,
+            d,
+            tmp_path,
+            partitions=3,
+            fraction=1.0,
+            seed=7,
+            processes=procs,
+            progress=False,
+        )
+        out[procs] = {
+            split: [
+                (Partition(partition_path(d, split, p)).ids.tolist(), _all_rows(d, split, 3))
+                for p in range(3)
+            ]
+            for split in ("train", "val")
+        }
     assert out[1] == out[2]
     for p in range(3):  # byte-identical array files, not only equal values
         a = (tmp_path / "data1" / "train" / f"part-{p:05d}" / "leaf0.npy").read_bytes()
@@ -67,8 +80,17 @@ def test_fraction_is_seeded(toy_params: dict[str, str], tmp_path: Path) -> None:
     ids = []
     for run, seed in enumerate((3, 3, 4)):
         d = tmp_path / f"d{run}"
-        m = etl.run_etl(ToyETL(), params, d, tmp_path, partitions=2, fraction=0.25,
-                        seed=seed, processes=2, progress=False)
+        m = etl.run_etl(
+            ToyETL(),
+            params,
+            d,
+            tmp_path,
+            partitions=2,
+            fraction=0.25,
+            seed=seed,
+            processes=2,
+            progress=False,
+        )
         assert m["splits"]["train"]["rows"] == 60
         assert m["splits"]["predict"]["rows"] == 60  # predict is never sampled
         ids.append(sorted(_all_rows(d, "train", 2)))
@@ -85,8 +107,11 @@ def test_etl_output_is_reused(toy_params: dict[str, str]) -> None:
     exp.run_etl(ToyETL(), seed=2)  # a different seed redoes the work
     assert leaf.stat().st_mtime_ns != before
     # etl_dir in params points a new run at this data without recomputing it
-    params = dict(toy_params, etl_dir=str(exp.data_dir),
-                  output_dir=str(Path(toy_params["output_dir"]) / "again"))
+    params = dict(
+        toy_params,
+        etl_dir=str(exp.data_dir),
+        output_dir=str(Path(toy_params["output_dir"]) / "again"),
+    )
     again = Experiment(params, workers=2, verbose=False)
     assert again.run_etl(ToyETL())["splits"]["train"]["rows"] == 240
     assert again.data_dir == exp.data_dir
@@ -131,12 +156,15 @@ class RaggedLabelETL(ToyETL):
         return torch.zeros(2), label
 
 
-@pytest.mark.parametrize("spec, match", [
-    (WrongReturnETL(), "row_prep must return \\(input, label\\), got Tensor"),
-    (NoLabelETL(), "returned label None in train mode"),
-    (StringETL(), "input must be a tensor or a tuple/list/dict of tensors, got str"),
-    (RaggedLabelETL(), "every row must give the same structure"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (WrongReturnETL(), "row_prep must return \\(input, label\\), got Tensor"),
+        (NoLabelETL(), "returned label None in train mode"),
+        (StringETL(), "input must be a tensor or a tuple/list/dict of tensors, got str"),
+        (RaggedLabelETL(), "every row must give the same structure"),
+    ],
+)
 def test_row_prep_bad_return(toy_params: dict[str, str], spec: ETLSpec, match: str) -> None:
     with pytest.raises(UserCodeError, match=match):
         Experiment(toy_params, workers=2, verbose=False).run_etl(spec)
@@ -147,12 +175,15 @@ def _rewrite(path: str, change: Any) -> None:
     change(df).to_csv(path, index=False)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d.drop(columns=["id"]), "has no 'id' column"),
-    (lambda d: d.assign(id=[5] * len(d)), r"duplicate id\(s\) \[5\]"),
-    (lambda d: d.assign(id=["a"] * len(d)), "column 'id' must hold integers"),
-    (lambda d: d.iloc[:0], "has a header but no rows"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.drop(columns=["id"]), "has no 'id' column"),
+        (lambda d: d.assign(id=[5] * len(d)), r"duplicate id\(s\) \[5\]"),
+        (lambda d: d.assign(id=["a"] * len(d)), "column 'id' must hold integers"),
+        (lambda d: d.iloc[:0], "has a header but no rows"),
+    ],
+)
 def test_bad_csv(toy_params: dict[str, str], change: Any, match: str) -> None:
     _rewrite(toy_params["val_main"], change)
     with pytest.raises(ParamsError, match=match):
@@ -197,8 +228,12 @@ def _object_params(tmp_path: Path) -> dict[str, Any]:
         rows.append({"id": i, "blob": f"{i}.npy", "label": i % 2})
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
     (tmp_path / "scale.txt").write_text("2.0")
-    return {"train_main": str(tmp_path / "train.csv"), "train_dir": str(objs),
-            "misc": [str(tmp_path / "scale.txt")], "output_dir": str(tmp_path / "run")}
+    return {
+        "train_main": str(tmp_path / "train.csv"),
+        "train_dir": str(objs),
+        "misc": [str(tmp_path / "scale.txt")],
+        "output_dir": str(tmp_path / "run"),
+    }
 
 
 def test_object_files_and_misc(tmp_path: Path) -> None:

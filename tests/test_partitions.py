@@ -20,8 +20,10 @@ def _mapped_file(address: int) -> str:
 
 
 def test_fixed_shape_round_trip_is_memory_mapped(tmp_path: Path) -> None:
-    rows = [(10 + i, ((torch.full((3,), float(i)), {"m": torch.tensor([i, i])}),
-                      torch.tensor(i % 2))) for i in range(7)]
+    rows = [
+        (10 + i, ((torch.full((3,), float(i)), {"m": torch.tensor([i, i])}), torch.tensor(i % 2)))
+        for i in range(7)
+    ]
     write_partition(tmp_path / "part-00000", rows, len(rows))
     p = Partition(tmp_path / "part-00000")
     assert len(p) == 7 and p.ids.tolist() == list(range(10, 17))
@@ -56,7 +58,10 @@ def test_predict_rows_have_no_label(tmp_path: Path) -> None:
 
 def test_inconsistent_structure_is_an_error(tmp_path: Path) -> None:
     rows = [(0, (torch.zeros(2), torch.tensor(1))), (1, ((torch.zeros(2),), torch.tensor(1)))]
-    with pytest.raises(StructureError, match=r"returned \(\(tensor,\), tensor\) for this row but \(tensor, tensor\) for earlier"):
+    with pytest.raises(
+        StructureError,
+        match=r"returned \(\(tensor,\), tensor\) for this row but \(tensor, tensor\) for earlier",
+    ):
         write_partition(tmp_path / "p", rows, 2)
 
 

@@ -32,8 +32,9 @@ def test_missing_required_hook() -> None:
         def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
             return {}
 
-        def valtest(self, model_object: Any, minibatch: Any, hyperparams: Any,
-                    device: Any) -> dict[str, float]:
+        def valtest(
+            self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any
+        ) -> dict[str, float]:
             return {}
 
     with pytest.raises(SpecError, match=r"must define MinibatchSpec.train\(\)"):
@@ -54,12 +55,14 @@ def test_missing_hook_with_near_miss() -> None:
         def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
             return {}
 
-        def trian(self, model_object: Any, minibatch: Any, hyperparams: Any,
-                  device: Any) -> dict[str, float]:
+        def trian(
+            self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any
+        ) -> dict[str, float]:
             return {}
 
-        def valtest(self, model_object: Any, minibatch: Any, hyperparams: Any,
-                    device: Any) -> dict[str, float]:
+        def valtest(
+            self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any
+        ) -> dict[str, float]:
             return {}
 
     with pytest.raises(SpecError, match="found 'trian': a misspelling"):
@@ -71,8 +74,11 @@ def test_wrong_signature() -> None:
         def train(self, model_object: Any, minibatch: Any) -> dict[str, float]:  # type: ignore[override]
             return {}
 
-    with pytest.raises(SpecError, match=r"BadSig.train takes \(model_object, minibatch\) but "
-                       r"Cerebro calls it as \(model_object, minibatch, hyperparams, device\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"BadSig.train takes \(model_object, minibatch\) but "
+        r"Cerebro calls it as \(model_object, minibatch, hyperparams, device\)",
+    ):
         check_spec(BadSig(), MinibatchSpec)
 
 
@@ -90,12 +96,14 @@ def test_val_test_alias_accepted() -> None:
         def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
             return {}
 
-        def train(self, model_object: Any, minibatch: Any, hyperparams: Any,
-                  device: Any) -> dict[str, float]:
+        def train(
+            self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any
+        ) -> dict[str, float]:
             return {}
 
-        def val_test(self, model_object: Any, minibatch: Any, hyperparams: Any,
-                     device: Any) -> dict[str, float]:
+        def val_test(
+            self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any
+        ) -> dict[str, float]:
             return {"loss": 1.0}
 
     spec = Original()

@@ -14,8 +14,9 @@ from cerebro import ETLSpec, MinibatchSpec
 FEATURES = 6
 
 
-def write_toy_csvs(root: Path, n_train: int = 240, n_val: int = 60, n_test: int = 60,
-                   seed: int = 0) -> dict[str, str]:
+def write_toy_csvs(
+    root: Path, n_train: int = 240, n_val: int = 60, n_test: int = 60, seed: int = 0
+) -> dict[str, str]:
     """Two Gaussian blobs in FEATURES dims; returns params paths for every split."""
     rng = np.random.default_rng(seed)
     n = n_train + n_val + n_test
@@ -25,8 +26,11 @@ def write_toy_csvs(root: Path, n_train: int = 240, n_val: int = 60, n_test: int 
     df["label"] = y
     df.insert(0, "id", np.arange(1000, 1000 + n))
     root.mkdir(parents=True, exist_ok=True)
-    parts = {"train": df[:n_train], "val": df[n_train:n_train + n_val],
-             "test": df[n_train + n_val:]}
+    parts = {
+        "train": df[:n_train],
+        "val": df[n_train : n_train + n_val],
+        "test": df[n_train + n_val :],
+    }
     out = {}
     for split, d in parts.items():
         d.to_csv(root / f"{split}.csv", index=False)
@@ -44,9 +48,12 @@ class ToyETL(ETLSpec):
 
 class ToySpec(MinibatchSpec):
     def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
-        model = torch.nn.Sequential(torch.nn.Linear(FEATURES, hyperparams.get("hidden", 8)),
-                                    torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                                    torch.nn.Linear(hyperparams.get("hidden", 8), 2))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(FEATURES, hyperparams.get("hidden", 8)),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(hyperparams.get("hidden", 8), 2),
+        )
         opt = torch.optim.SGD(model.parameters(), lr=hyperparams["lr"], momentum=0.9)
         return {"model": model, "optimizer": opt}
 
@@ -56,8 +63,13 @@ class ToySpec(MinibatchSpec):
         loss = torch.nn.functional.cross_entropy(out, y)
         return loss, (out.argmax(1) == y).float().mean().item()
 
-    def train(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
-              device: Any) -> dict[str, float]:
+    def train(
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
+    ) -> dict[str, float]:
         opt = model_object["optimizer"]
         opt.zero_grad()
         loss, acc = self._step(model_object, minibatch)
@@ -65,13 +77,23 @@ class ToySpec(MinibatchSpec):
         opt.step()
         return {"loss": loss.item(), "acc": acc}
 
-    def valtest(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
-                device: Any) -> dict[str, float]:
+    def valtest(
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
+    ) -> dict[str, float]:
         loss, acc = self._step(model_object, minibatch)
         return {"loss": loss.item(), "acc": acc}
 
-    def predict(self, model_object: dict[str, Any], minibatch: Any, hyperparams: dict[str, Any],
-                device: Any) -> Any:
+    def predict(
+        self,
+        model_object: dict[str, Any],
+        minibatch: Any,
+        hyperparams: dict[str, Any],
+        device: Any,
+    ) -> Any:
         x, _ = minibatch
         p = torch.softmax(model_object["model"](x), 1)
         conf, cls = p.max(1)

@@ -60,8 +60,9 @@ class LocalEngine:
     ):
         self.workers = len(owned)
         self._spec = spec
-        self._setup_args = [(spec, data_dir, owned[w], misc_dir, threads, devices[w])
-                            for w in range(self.workers)]
+        self._setup_args = [
+            (spec, data_dir, owned[w], misc_dir, threads, devices[w]) for w in range(self.workers)
+        ]
         self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self._max_restarts = max_restarts
         self.restarts = [0] * self.workers
@@ -80,11 +81,17 @@ class LocalEngine:
 
     def _finish_setup(self, w: int, result: Any) -> dict[str, Any]:
         if isinstance(result, UserFailure):
-            raise UserCodeError(result.message, function=result.function,
-                                where=f"worker {w} set-up", user_traceback=result.traceback)
+            raise UserCodeError(
+                result.message,
+                function=result.function,
+                where=f"worker {w} set-up",
+                user_traceback=result.traceback,
+            )
         if isinstance(result, RemoteError):
-            raise WorkerError(f"worker {w} failed to start: {result.type_name}: "
-                              f"{result.message}\n{result.traceback}")
+            raise WorkerError(
+                f"worker {w} failed to start: {result.type_name}: "
+                f"{result.message}\n{result.traceback}"
+            )
         return dict(result)
 
     def _restart(self, w: int, reason: str) -> None:
@@ -134,9 +141,17 @@ class LocalEngine:
                 events.append(HopFailed(w, task, result))
             else:  # RemoteError: an error outside the user's hooks (unpicklable, disk full...)
                 assert isinstance(result, RemoteError)
-                events.append(HopFailed(w, task, UserFailure(
-                    "cerebro worker", f"{result.type_name}: {result.message}",
-                    result.traceback)))
+                events.append(
+                    HopFailed(
+                        w,
+                        task,
+                        UserFailure(
+                            "cerebro worker",
+                            f"{result.type_name}: {result.message}",
+                            result.traceback,
+                        ),
+                    )
+                )
         return events
 
     def shutdown(self) -> None:

@@ -30,7 +30,7 @@ class SplitPlan:
         start = 0
         for p, size in enumerate(self.sizes):
             for lo in range(start, start + size, max_rows):
-                out.append((p, self.rows[lo:min(lo + max_rows, start + size)]))
+                out.append((p, self.rows[lo : min(lo + max_rows, start + size)]))
             start += size
         return out
 

@@ -60,8 +60,9 @@ def _prep_chunk(
         try:
             result = spec.row_prep(row, split, object_dir)
         except Exception as e:  # noqa: BLE001 - reported with the row id
-            return _RowFailure(split, row_id, name, f"{type(e).__name__}: {e}",
-                               traceback.format_exc())
+            return _RowFailure(
+                split, row_id, name, f"{type(e).__name__}: {e}", traceback.format_exc()
+            )
         why = _check_row(result, split)
         if why:
             return _RowFailure(split, row_id, name, why, "")
@@ -72,8 +73,9 @@ def _prep_chunk(
 
 def _check_row(result: Any, split: str) -> str | None:
     if not isinstance(result, tuple | list) or len(result) != 2:
-        return (f"row_prep must return (input, label), got {type(result).__name__}"
-                + (f" of length {len(result)}" if isinstance(result, tuple | list) else ""))
+        return f"row_prep must return (input, label), got {type(result).__name__}" + (
+            f" of length {len(result)}" if isinstance(result, tuple | list) else ""
+        )
     inputs, label = result
     if inputs is None:
         return "row_prep returned None as the input"
@@ -99,14 +101,24 @@ def _spec_fingerprint(spec: ETLSpec) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-def _fingerprint(params: Params, spec: ETLSpec, partitions: int, fraction: float,
-                 seed: int) -> dict[str, Any]:
+def _fingerprint(
+    params: Params, spec: ETLSpec, partitions: int, fraction: float, seed: int
+) -> dict[str, Any]:
     splits = {}
     for split, path in params.mains.items():
-        st = path.stat()
-        splits[split] = {"csv": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"spec": f"{type(spec).__qualname__}:{_spec_fingerprint(spec)}",
-            "partitions": partitions, "fraction": fraction, "seed": seed, "splits": splits}
+        # Content, not mtime: rewriting identical CSVs must not invalidate the data.
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        splits[split] = {"csv": str(path), "sha256": digest.hexdigest()}
+    return {
+        "spec": f"{type(spec).__qualname__}:{_spec_fingerprint(spec)}",
+        "partitions": partitions,
+        "fraction": fraction,
+        "seed": seed,
+        "splits": splits,
+    }
 
 
 def load_manifest(data_dir: Path) -> dict[str, Any] | None:
@@ -150,11 +162,24 @@ def run_etl(
         return old
     features = _call_driver_hook(spec, "set_features")
     if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
-        raise UserCodeError(f"must return a list of column names, got {features!r}",
-                            function=f"{type(spec).__name__}.set_features", where="ETL")
-    plans = [plan_split(split, params.mains[split], list(features),
-                        params.dirs.get(split), partitions, fraction, seed)
-             for split in SPLITS if split in params.mains]
+        raise UserCodeError(
+            f"must return a list of column names, got {features!r}",
+            function=f"{type(spec).__name__}.set_features",
+            where="ETL",
+        )
+    plans = [
+        plan_split(
+            split,
+            params.mains[split],
+            list(features),
+            params.dirs.get(split),
+            partitions,
+            fraction,
+            seed,
+        )
+        for split in SPLITS
+        if split in params.mains
+    ]
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)
     for split_dir in data_dir.iterdir():
@@ -177,19 +202,29 @@ def run_etl(
         for child in children:
             r = child.call(_setup, spec, str(misc_dir), 1)
             if isinstance(r, RemoteError):
-                raise UserCodeError(f"{r.type_name}: {r.message}", function=_hook_name(spec, r),
-                                    where=f"{child.name}", user_traceback=r.traceback)
+                raise UserCodeError(
+                    f"{r.type_name}: {r.message}",
+                    function=_hook_name(spec, r),
+                    where=f"{child.name}",
+                    user_traceback=r.traceback,
+                )
 
         def on_result(i: int, value: Any) -> None:
             split, p, rows = items[i]
             if isinstance(value, RemoteError):
-                raise UserCodeError(f"{value.type_name}: {value.message}",
-                                    function=f"{type(spec).__name__}.row_prep",
-                                    where=f"split {split!r}", user_traceback=value.traceback)
+                raise UserCodeError(
+                    f"{value.type_name}: {value.message}",
+                    function=f"{type(spec).__name__}.row_prep",
+                    where=f"split {split!r}",
+                    user_traceback=value.traceback,
+                )
             if isinstance(value, _RowFailure):
-                raise UserCodeError(value.message, function=value.function,
-                                    where=f"split {value.split!r}, row id {value.row_id}",
-                                    user_traceback=value.traceback)
+                raise UserCodeError(
+                    value.message,
+                    function=value.function,
+                    where=f"split {value.split!r}, row id {value.row_id}",
+                    user_traceback=value.traceback,
+                )
             key = (split, p)
             if key not in writers:
                 writers[key] = PartitionWriter(partition_path(data_dir, split, p), sizes[key])
@@ -198,18 +233,26 @@ def run_etl(
                 try:
                     w.append(row_id, row)
                 except StructureError as e:
-                    raise UserCodeError(str(e), function=f"{type(spec).__name__}.row_prep",
-                                        where=f"split {split!r}, row id {row_id}") from e
+                    raise UserCodeError(
+                        str(e),
+                        function=f"{type(spec).__name__}.row_prep",
+                        where=f"split {split!r}, row id {row_id}",
+                    ) from e
             if w.filled == w.rows:
                 w.close()
             bar.update(len(rows))
 
-        parallel_map(children, _prep_chunk,
-                     ((split, params.object_dir(split), rows) for split, _, rows in items),
-                     on_result)
+        parallel_map(
+            children,
+            _prep_chunk,
+            ((split, params.object_dir(split), rows) for split, _, rows in items),
+            on_result,
+        )
     except ChildDied as e:
-        raise WorkerError(f"an ETL process died: {e}. Rerun run_etl; if it repeats, the "
-                          "process may be running out of memory in row_prep.") from e
+        raise WorkerError(
+            f"an ETL process died: {e}. Rerun run_etl; if it repeats, the "
+            "process may be running out of memory in row_prep."
+        ) from e
     finally:
         bar.close()
         for child in children:
@@ -237,8 +280,12 @@ def _call_driver_hook(spec: ETLSpec, name: str) -> Any:
     try:
         return getattr(spec, name)()
     except Exception as e:
-        raise UserCodeError(f"{type(e).__name__}: {e}", function=f"{type(spec).__name__}.{name}",
-                            where="ETL", user_traceback=traceback.format_exc()) from e
+        raise UserCodeError(
+            f"{type(e).__name__}: {e}",
+            function=f"{type(spec).__name__}.{name}",
+            where="ETL",
+            user_traceback=traceback.format_exc(),
+        ) from e
 
 
 class _NoBar:

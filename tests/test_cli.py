@@ -1,0 +1,122 @@
+"""The `cerebro` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXPERIMENT = """
+import numpy as np, pandas as pd, torch
+from pathlib import Path
+from cerebro import ETLSpec, MinibatchSpec
+
+root = Path(__file__).parent / "data"
+root.mkdir(exist_ok=True)
+rng = np.random.default_rng(0)
+for split, n in (("train", 200), ("val", 50)):
+    y = rng.integers(0, 2, n)
+    df = pd.DataFrame({"id": np.arange(n), "a": rng.normal(size=n) + y, "label": y})
+    df.to_csv(root / f"{split}.csv", index=False)
+
+# Specs defined right here (not importable by workers): they travel by value.
+class ETL(ETLSpec):
+    def row_prep(self, row, mode, object_dir):
+        return torch.tensor([row["a"]], dtype=torch.float32), torch.tensor(int(row["label"]))
+
+class Spec(MinibatchSpec):
+    def create_model_components(self, hyperparams):
+        model = torch.nn.Linear(1, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=hyperparams["lr"])
+        return {"model": model, "optimizer": opt}
+    def train(self, model_object, minibatch, hyperparams, device):
+        x, y = minibatch
+        model_object["optimizer"].zero_grad()
+        loss = torch.nn.functional.cross_entropy(model_object["model"](x), y)
+        loss.backward(); model_object["optimizer"].step()
+        return {"loss": loss.item()}
+    def valtest(self, model_object, minibatch, hyperparams, device):
+        x, y = minibatch
+        out = model_object["model"](x)
+        return {"loss": torch.nn.functional.cross_entropy(out, y).item(),
+                "acc": (out.argmax(1) == y).float().mean().item()}
+
+etl_spec, minibatch_spec = ETL(), Spec()
+params = {"train_main": str(root / "train.csv"), "val_main": str(root / "val.csv"),
+          "output_dir": str(root.parent / "run")}
+param_grid = {"lr": [0.1, 0.01], "batch_size": [32]}
+num_epochs = 2
+"""
+
+
+def _cerebro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "cerebro.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_experiment_file(tmp_path: Path) -> None:
+    f = tmp_path / "exp.py"
+    f.write_text(EXPERIMENT)
+    out = tmp_path / "elsewhere"
+    r = _cerebro("run", str(f), "--workers", "2", "--output", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == [
+        "model_id",
+        "lr",
+        "batch_size",
+        "epochs",
+        "train_loss",
+        "val_acc",
+        "val_loss",
+        "status",
+    ]
+    assert lines[1].split()[0] == "m000" and lines[1].split()[-1] == "done"
+    assert "best: m0" in r.stdout
+    assert (out / "catalog.sqlite").is_file()
+    # the same command again finds the finished fit and recomputes nothing
+    again = _cerebro("run", str(f), "--workers", "2", "--output", str(out), "-q", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.splitlines()[:3] == lines[:3]
+
+
+def test_bundled_example(tmp_path: Path) -> None:
+    env_dir = tmp_path / "data"
+    os.environ["CEREBRO_EXAMPLE_DATA"] = str(env_dir)
+    try:
+        r = _cerebro(
+            "example",
+            "digits",
+            "--workers",
+            "2",
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "run"),
+            "-q",
+            cwd=tmp_path,
+        )
+    finally:
+        del os.environ["CEREBRO_EXAMPLE_DATA"]
+    assert r.returncode == 0, r.stderr
+    assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith("m0")]) == 8
+    assert "best: " in r.stdout
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "partial.py"
+    f.write_text("params = {}\nnum_epochs = 1\n")
+    r = _cerebro("run", str(f), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "must define etl_spec, minibatch_spec, param_grid at module level" in r.stderr
+    r = _cerebro("run", str(tmp_path / "missing.py"), cwd=tmp_path)
+    assert r.returncode == 2 and "no experiment file" in r.stderr
+    r = _cerebro("example", "cifar", cwd=tmp_path)
+    assert r.returncode == 2 and "choose one of: digits, mnist" in r.stderr
