@@ -108,7 +108,7 @@ class PartitionWriter:
         self.tmp.mkdir(parents=True)
         self.ids = np.empty(rows, dtype=np.int64)
         self.structure: Any = None
-        self.arrays: list[np.ndarray | None] = []
+        self.arrays: list[np.memmap | None] = []
         self.lists: list[list[torch.Tensor] | None] = []
         self.filled = 0
 

@@ -191,7 +191,7 @@ _HOOKS: dict[type, dict[str, tuple[str, ...]]] = {
         "metrics_agg": ("mode", "hyperparams", "metrics"),
     },
 }
-_REQUIRED = {
+_REQUIRED: dict[type, tuple[str, ...]] = {
     ETLSpec: ("row_prep",),
     MinibatchSpec: ("create_model_components", "train", "valtest"),
 }

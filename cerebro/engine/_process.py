@@ -180,7 +180,7 @@ def parallel_map(
         feed(child)
     while in_flight:
         for conn in wait(list(in_flight)):
-            child, i = in_flight.pop(conn)  # type: ignore[index]
+            child, i = in_flight.pop(conn)  # type: ignore[call-overload]
             done[i] = child.result()
             feed(child)
         while next_out in done:
