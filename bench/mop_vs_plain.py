@@ -80,6 +80,7 @@ def run_cerebro(
     return {
         "etl_s": t1 - t0,
         "fit_s": t2 - t1,
+        "hops": hop_stats(Path(params["output_dir"]) / "catalog.sqlite", t2 - t1, workers),
         "models": len(table),
         "done": len(done),
         "val_acc_mean": float(done["val_acc"].mean()) if len(done) else None,
@@ -87,6 +88,46 @@ def run_cerebro(
         "table": json.loads(
             table.drop(columns=["error"], errors="ignore").to_json(orient="records")
         ),
+    }
+
+
+def hop_stats(catalog: Path, fit_s: float, workers: int) -> dict[str, Any]:
+    """Where a fit's time went, from the catalog's ``hops`` table (read-only, plain SQL).
+
+    ``busy`` = sum of hop wall times / (fit wall x workers): below 1 means idle workers
+    (scheduling, start-up). ``user`` = time in the user's train/valtest / hop wall time:
+    below 1 means per-hop overhead (state load/save, batching, IPC).
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+        try:
+            rows = con.execute(
+                "SELECT kind, COUNT(*), SUM(end - start), SUM(user_seconds), "
+                "SUM(load_seconds), SUM(save_seconds) FROM hops WHERE status = 'done' "
+                "GROUP BY kind"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        return {"error": f"could not read hops from {catalog}: {e}"}
+    kinds = {
+        k: {
+            "hops": n,
+            "wall_s": w or 0.0,
+            "user_s": u or 0.0,
+            "load_s": ld or 0.0,
+            "save_s": sv or 0.0,
+        }
+        for k, n, w, u, ld, sv in rows
+    }
+    wall = sum(v["wall_s"] for v in kinds.values())
+    user = sum(v["user_s"] for v in kinds.values())
+    return {
+        "by_kind": kinds,
+        "busy": wall / (fit_s * workers) if fit_s > 0 else None,
+        "user": user / wall if wall > 0 else None,
     }
 
 
@@ -127,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "mop_vs_plain",
         "quick": args.quick,
-        "machine": {"cores": cores, "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cores": cores,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "loadavg_at_start": os.getloadavg(),
+        },
         "setup": {**setup, "configs": len(configs), "workers": workers, "plain_threads": threads},
     }
 
@@ -146,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {cer['error']}")
         else:
             print(f"    ETL {cer['etl_s']:.1f} s (not compared), fit {cer['fit_s']:.1f} s")
+            hops = cer["hops"]
+            if hops.get("busy") is not None and hops.get("user") is not None:
+                n = sum(v["hops"] for v in hops["by_kind"].values())
+                print(
+                    f"    {n} hops; workers busy {hops['busy']:.0%} of the fit, "
+                    f"of which {hops['user']:.0%} in train/valtest"
+                )
 
     # (b) the plain loop, on tensors made once by the same row_prep.
     print(f"\n(b) plain PyTorch loop, {threads} threads ...", flush=True)
@@ -176,7 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"    sum {total:.1f} s -> ideal {total / workers:.1f} s on {workers} workers")
 
+    report["machine"]["loadavg_at_end"] = os.getloadavg()
     _summary(report)
+    load = report["machine"]["loadavg_at_end"][1]
+    if load > cores:
+        print(
+            f"\nnote: the 5-minute load average was {load:.1f} on {cores} cores: other "
+            "processes shared the machine, so these timings are noisy."
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -204,6 +264,14 @@ def _summary(report: dict[str, Any]) -> None:
             print(f"ideal / cerebro = {figures['efficiency']:.2f}   (target >= 0.9)")
     if ideal:
         figures["ideal_over_plain"] = ideal["fit_s"] / plain["fit_s"]
+        # The single-thread runs are the plain loop on 1 thread: a second baseline, and the
+        # stronger one wherever intra-op threading of such small models does not pay.
+        one = ideal["single_thread_total_s"]
+        print(f"plain loop (1 thread):      {one:8.1f} s   (= sum of single-thread times)")
+        if cer.get("fit_s") is not None:
+            best = min(one, plain["fit_s"])
+            figures["cerebro_over_best_plain"] = cer["fit_s"] / best
+            print(f"cerebro / best plain = {figures['cerebro_over_best_plain']:.2f}")
     print("\n=== validation accuracy (last epoch) ===")
     print(f"plain:   mean {plain['val_acc_mean']:.4f}  best {plain['val_acc_best']:.4f}")
     if cer.get("val_acc_mean") is not None:
