@@ -46,8 +46,8 @@ from cerebro.examples import mnist  # noqa: E402
 from cerebro.examples._data import write_mnist  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL = {"grid": mnist.param_grid, "epochs": 3, "n_train": 4000, "n_val": 1000}
-QUICK = {
+FULL: dict[str, Any] = {"grid": mnist.param_grid, "epochs": 3, "n_train": 4000, "n_val": 1000}
+QUICK: dict[str, Any] = {
     "grid": {"channels": [64], "lr": [1e-3, 3e-3], "batch_size": [64]},
     "epochs": 1,
     "n_train": 800,
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS / "mop_vs_plain.json"), help="JSON results")
     args = p.parse_args(argv)
-    setup = dict(QUICK if args.quick else FULL)
+    setup: dict[str, Any] = dict(QUICK if args.quick else FULL)
     if args.epochs:
         setup["epochs"] = args.epochs
     threads = args.threads or args.workers
