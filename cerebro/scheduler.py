@@ -246,20 +246,24 @@ class Scheduler:
             model, after which no idle worker has a runnable hop of an idle model.
         """
         self._assigned = True
-        out: list[Assignment] = []
+        match: dict[int, int] = {}  # worker -> model index, this round
+        reach: dict[int, list[int]] = {}  # model matched this round -> workers it could use
         for w in self._worker_order():
-            cands = self._cand[w]
-            if not cands:
-                continue
-            m = self._models[self._pick_model(w, cands)]
+            if self._cand[w]:
+                match[w] = self._take(self._pick_model(w, self._cand[w]), reach)
+        if self._policy != "random":
+            for w in sorted(self._idle):
+                if w not in match:
+                    self._augment(w, match, reach, set())
+        out: list[Assignment] = []
+        for w, i in sorted(match.items()):
+            m = self._models[i]
             kind, parts = self._runnable(m)
             owner = self._train_owner if kind == "train" else self._val_owner
-            hop = Hop(m.id, m.epoch, kind, next(p for p in parts if owner[p] == w))
-            self._unindex(m)
-            m.hop, m.worker = hop, w
+            m.hop, m.worker = Hop(m.id, m.epoch, kind, next(p for p in parts if owner[p] == w)), w
             del self._idle[w]
-            self._running[w] = hop
-            out.append(Assignment(w, hop))
+            self._running[w] = m.hop
+            out.append(Assignment(w, m.hop))
         return out
 
     def complete(self, hop: Hop) -> list[EpochEnd]:
@@ -438,6 +442,30 @@ class Scheduler:
         for w in self._in_cand[m.index]:
             self._cand[w].pop(m.index, None)
         self._in_cand[m.index] = []
+
+    def _take(self, i: int, reach: dict[int, list[int]]) -> int:
+        reach[i] = self._in_cand[i]
+        self._unindex(self._models[i])
+        return i
+
+    def _augment(
+        self, w: int, match: dict[int, int], reach: dict[int, list[int]], seen: set[int]
+    ) -> bool:
+        # NOTE [ Augmenting paths ]: the greedy pass can leave worker w idle while a model
+        # it could run went to a worker v that had another choice. Moving that model to w
+        # and giving v another model runs one more hop; every matched worker and model stays
+        # matched, so priorities are kept as far as possible (Kuhn's algorithm).
+        for v, i in list(match.items()):
+            if i in seen or w not in reach[i]:
+                continue
+            seen.add(i)
+            if self._cand[v]:
+                match[v] = self._take(self._pick_model(v, self._cand[v]), reach)
+            elif not self._augment(v, match, reach, seen):
+                continue
+            match[w] = i
+            return True
+        return False
 
     def _worker_order(self) -> list[int]:
         ws = sorted(w for w in self._idle if self._cand[w])

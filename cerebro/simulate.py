@@ -83,9 +83,8 @@ def lower_bound(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> 
 def simulate(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> SimResult:
     """Run ``scheduler`` to the end in virtual time, every worker starting idle at time 0.
 
-    Each time a hop ends, the scheduler is told (``complete``) and asked for new hops
-    (``assign``), as the controller does. Ties between hops ending at the same time are
-    broken by start order, so a run is deterministic.
+    Each time hops end, the scheduler is told (``complete``, in start order for hops that
+    end together) and then asked for new hops (``assign``), as the controller does.
 
     Args:
         scheduler: a fresh (or replayed) scheduler; it is driven to ``done``.
@@ -113,10 +112,12 @@ def simulate(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> Sim
                 f"scheduler stalled at t={now} with {scheduler.remaining_hops()} hops left "
                 "and nothing running"
             )
-        now, _, item = heapq.heappop(heap)
-        scheduler.complete(item.hop)
-        busy[item.worker] += item.end - item.start
-        schedule.append(item)
+        now = heap[0][0]
+        while heap and heap[0][0] == now:  # hops ending together are reported together
+            _, _, item = heapq.heappop(heap)
+            scheduler.complete(item.hop)
+            busy[item.worker] += item.end - item.start
+            schedule.append(item)
     return SimResult(now, busy, schedule, bound)
 
 
