@@ -33,14 +33,8 @@ POLICIES: tuple[str, ...] = ("fixed", "lrf", "random")
 
 @dataclass(frozen=True, order=True)
 class Hop:
-    """One pass of one model over one partition.
-
-    Attributes:
-        model_id: the model that trains (or is validated).
-        epoch: 0-based epoch of the model this hop belongs to.
-        kind: ``"train"`` or ``"val"``.
-        partition: index of the partition within that kind's split.
-    """
+    """One pass of model ``model_id``, in its 0-based ``epoch``, over partition ``partition``
+    of the ``kind`` ("train" or "val") split."""
 
     model_id: str
     epoch: int
@@ -75,9 +69,10 @@ class EpochEnd:
 # `_cand[w]` holds exactly the live, idle, unfinished models that have a runnable hop on
 # worker w (an insertion-ordered dict used as a set). A model leaves every `_cand` when it
 # starts a hop or is dropped, and re-enters (with its new runnable hops) when it is freed.
-# `assign` is then one pass over the idle workers, each taking one model from its `_cand`;
-# a worker skipped for an empty `_cand` cannot gain a candidate later in the same pass, so
-# the result is maximal (no idle worker has a runnable hop of an idle model).
+# `assign` makes one greedy pass over the idle workers, each taking one model from its
+# `_cand`; a worker skipped for an empty `_cand` cannot gain a candidate later in the pass,
+# so the result is maximal (no idle worker has a runnable hop of an idle model). Augmenting
+# paths (see `_augment`) then only add hops, so maximality holds.
 #
 # NOTE [ Determinism ]
 # Decisions never depend on the iteration order of a set of strings (hash-randomized per
@@ -95,7 +90,6 @@ class _Model:
     hop: Hop | None = None  # the running hop
     worker: int = -1  # where `hop` runs
     dropped: bool = False
-    work: float = 0.0  # sum of cost over the hops not yet completed
 
 
 class Scheduler:
@@ -108,13 +102,20 @@ class Scheduler:
     * ``"lrf"``: most remaining work first. Idle workers are visited in order of most
       remaining work pinned on them; each gets the runnable model with the most remaining
       work (sum of ``cost`` over its hops not yet completed), ties broken by the rng.
-    * ``"fixed"``: every model's hop order in each epoch is fixed in advance as a function
-      of (seed, model index, epoch) only, so each model sees the same hop sequence, hence
-      trains to the same result, whatever the hop durations. Orders form a Latin square: in
-      epoch ``e`` model ``i`` visits ``perm_e[(i + k) % P]`` at step ``k``, with ``perm_e``
-      a seeded permutation of the partitions, so models start on different workers and move
-      in step; val partitions rotate the same way. Only a model's next hop is runnable;
-      workers and models are then ranked as in ``"lrf"``.
+    * ``"fixed"``: every model's train order in each epoch is fixed in advance as a
+      function of (seed, model index, epoch) only, so each model sees the same sequence of
+      train hops, hence trains to the same result, whatever the hop durations. The orders
+      form a Latin square over workers: a seeded base order of the partitions visits the
+      workers round-robin (each worker's first partition, then each one's second...), and
+      model ``i`` walks it from offset ``i mod W``. The first ``W`` models never contend;
+      model ``i + W`` follows model ``i`` in lockstep, which in simulation beats seeded
+      independent orders. Only a model's next train hop is runnable; val hops keep a free
+      order (they do not change the model; sort val metrics by partition before summing
+      them for bit-identical aggregates). Workers and models are ranked as in ``"lrf"``.
+
+    ``"lrf"`` and ``"fixed"`` then grow the greedy choice along augmenting paths: an idle
+    worker left out takes a model from a worker that has another candidate, so no hop is
+    lost to an unlucky greedy order. ``"random"`` stays the original's plain greedy.
 
     Args:
         model_ids: the models, in a fixed order (a model's index matters to ``"fixed"``).
@@ -157,6 +158,7 @@ class Scheduler:
         self._in_cand: list[list[int]] = [[] for _ in self._models]
         self._idle: dict[int, None] = dict.fromkeys(self._workers)
         self._running: dict[int, Hop] = {}  # worker -> hop running on it
+        self._work = [0.0] * len(self._models)  # model -> cost of its hops not completed
         self._load = dict.fromkeys(self._workers, 0.0)  # remaining cost pinned on a worker
         self._bases: dict[int, list[int]] = {}  # epoch -> base order of "fixed"
         self._train_workers = len(set(self._train_owner.values()))
@@ -166,11 +168,9 @@ class Scheduler:
             self._start_epoch(m)
             for hop in self._pending(m):
                 c = self._cost(hop)
-                m.work += c
+                self._work[m.index] += c
                 self._load[self.owner(hop)] += c
             self._index(m)
-
-    # -- read-only views ---------------------------------------------------------------------
 
     @property
     def model_ids(self) -> list[str]:
@@ -206,10 +206,7 @@ class Scheduler:
         return (self._train_owner if hop.kind == "train" else self._val_owner)[hop.partition]
 
     def pending_hops(self, model_id: str) -> list[Hop]:
-        """Hops of a model not yet completed (a running one included), in a valid order.
-
-        Empty for a dropped or finished model.
-        """
+        """A model's hops not yet completed (a running one included), in a valid order."""
         return self._pending(self._model(model_id, "pending_hops"))
 
     def remaining_hops(self, model_id: str | None = None) -> int:
@@ -220,12 +217,9 @@ class Scheduler:
         """
         models = self._models if model_id is None else [self._model(model_id, "remaining")]
         per_epoch = len(self._train_owner) + len(self._val_owner)
-        return sum(
-            0
-            if m.dropped or m.epoch >= self._num_epochs
-            else len(m.train_todo) + len(m.val_todo) + (self._num_epochs - m.epoch - 1) * per_epoch
-            for m in models
-        )
+        live = [m for m in models if not m.dropped and m.epoch < self._num_epochs]
+        later = sum(self._num_epochs - m.epoch - 1 for m in live) * per_epoch
+        return later + sum(len(m.train_todo) + len(m.val_todo) for m in live)
 
     def total_hops(self) -> int:
         """Hops of every model, live or dropped, as planned at the start."""
@@ -236,8 +230,6 @@ class Scheduler:
         """The model's current 0-based epoch; ``num_epochs`` once it has finished."""
         return self._model(model_id, "epoch_of").epoch
 
-    # -- events ------------------------------------------------------------------------------
-
     def assign(self) -> list[Assignment]:
         """Start as many hops as possible now and mark them running.
 
@@ -247,14 +239,17 @@ class Scheduler:
         """
         self._assigned = True
         match: dict[int, int] = {}  # worker -> model index, this round
-        reach: dict[int, list[int]] = {}  # model matched this round -> workers it could use
+        reach: dict[int, set[int]] = {}  # model matched this round -> workers it could use
         for w in self._worker_order():
             if self._cand[w]:
-                match[w] = self._take(self._pick_model(w, self._cand[w]), reach)
+                match[w] = self._take(self._pick_model(self._cand[w]), reach)
         if self._policy != "random":
-            for w in sorted(self._idle):
-                if w not in match:
-                    self._augment(w, match, reach, set())
+            # A path can end only at a matched worker that still has an unmatched candidate.
+            while any(self._cand[v] for v in match):
+                reachable = set().union(*reach.values())
+                todo = [w for w in sorted(self._idle) if w not in match and w in reachable]
+                if not any(self._augment(w, match, reach, set()) for w in todo):
+                    break
         out: list[Assignment] = []
         for w, i in sorted(match.items()):
             m = self._models[i]
@@ -267,14 +262,11 @@ class Scheduler:
         return out
 
     def complete(self, hop: Hop) -> list[EpochEnd]:
-        """A running hop finished: free its model and worker.
+        """A running hop finished: free its model and worker. ``ValueError`` if not running.
 
         Returns:
             ``[EpochEnd]`` when this was the model's last hop of that epoch (its last val
             hop, or its last train hop when there is no validation), else ``[]``.
-
-        Raises:
-            ValueError: if ``hop`` is not running.
         """
         m = self._release(hop, "complete")
         ends = self._advance(m, hop)
@@ -284,10 +276,8 @@ class Scheduler:
     def requeue(self, hop: Hop) -> None:
         """A running hop was lost for a reason not the model's (e.g. its worker died).
 
-        The model and worker are freed and the hop becomes runnable again.
-
-        Raises:
-            ValueError: if ``hop`` is not running.
+        The model and worker are freed and the hop becomes runnable again. ``ValueError`` if
+        ``hop`` is not running.
         """
         self._index(self._release(hop, "requeue"))
 
@@ -295,10 +285,7 @@ class Scheduler:
         """The model failed or diverged: it gets no more hops.
 
         A running hop of it is forgotten and its worker becomes idle. Dropping a model twice
-        is harmless.
-
-        Raises:
-            ValueError: for an unknown model id.
+        is harmless; an unknown id is a ``ValueError``.
         """
         m = self._model(model_id, "drop_model")
         if m.dropped:
@@ -310,7 +297,7 @@ class Scheduler:
         if m.epoch < self._num_epochs:
             self._unfinished -= 1
         self._unindex(m)
-        m.dropped, m.work = True, 0.0
+        m.dropped, self._work[m.index] = True, 0.0
 
     def replay(self, hop: Hop) -> list[EpochEnd]:
         """Record a hop completed in an earlier, interrupted run (for resume).
@@ -347,8 +334,6 @@ class Scheduler:
         self._index(m)
         return ends
 
-    # -- internals ---------------------------------------------------------------------------
-
     def _model(self, model_id: str, where: str) -> _Model:
         m = self._by_id.get(model_id)
         if m is None:
@@ -377,16 +362,15 @@ class Scheduler:
         # partition of every worker, so consecutive entries sit on different workers.
         if epoch not in self._bases:
             rng = random.Random(f"cerebro.scheduler.fixed:{self._seed}:{epoch}")
-            by_worker: dict[int, list[int]] = {}
-            for p, w in self._train_owner.items():
-                by_worker.setdefault(w, []).append(p)
-            ws = sorted(by_worker)
+            ws = sorted(set(self._train_owner.values()))
             rng.shuffle(ws)
+            parts = {w: [p for p, o in self._train_owner.items() if o == w] for w in ws}
             for w in ws:
-                rng.shuffle(by_worker[w])
-            rounds = max(len(ps) for ps in by_worker.values())
-            base = [by_worker[w][r] for r in range(rounds) for w in ws if r < len(by_worker[w])]
-            self._bases[epoch] = base
+                rng.shuffle(parts[w])
+            rounds = max(map(len, parts.values()))
+            self._bases[epoch] = [
+                parts[w][r] for r in range(rounds) for w in ws if r < len(parts[w])
+            ]
         return self._bases[epoch]
 
     def _start_epoch(self, m: _Model) -> None:
@@ -415,7 +399,7 @@ class Scheduler:
 
     def _advance(self, m: _Model, hop: Hop) -> list[EpochEnd]:
         c = self._cost(hop)
-        m.work -= c
+        self._work[m.index] -= c
         self._load[self.owner(hop)] -= c
         (m.train_todo if hop.kind == "train" else m.val_todo).remove(hop.partition)
         if m.train_todo or m.val_todo:
@@ -443,13 +427,13 @@ class Scheduler:
             self._cand[w].pop(m.index, None)
         self._in_cand[m.index] = []
 
-    def _take(self, i: int, reach: dict[int, list[int]]) -> int:
-        reach[i] = self._in_cand[i]
+    def _take(self, i: int, reach: dict[int, set[int]]) -> int:
+        reach[i] = set(self._in_cand[i])
         self._unindex(self._models[i])
         return i
 
     def _augment(
-        self, w: int, match: dict[int, int], reach: dict[int, list[int]], seen: set[int]
+        self, w: int, match: dict[int, int], reach: dict[int, set[int]], seen: set[int]
     ) -> bool:
         # NOTE [ Augmenting paths ]: the greedy pass can leave worker w idle while a model
         # it could run went to a worker v that had another choice. Moving that model to w
@@ -460,7 +444,7 @@ class Scheduler:
                 continue
             seen.add(i)
             if self._cand[v]:
-                match[v] = self._take(self._pick_model(v, self._cand[v]), reach)
+                match[v] = self._take(self._pick_model(self._cand[v]), reach)
             elif not self._augment(v, match, reach, seen):
                 continue
             match[w] = i
@@ -475,11 +459,12 @@ class Scheduler:
             ws.sort(key=lambda w: -self._load[w])
         return ws
 
-    def _pick_model(self, w: int, cands: dict[int, None]) -> int:
+    def _pick_model(self, cands: dict[int, None]) -> int:
         if self._policy == "random":
             return self._rng.choice(list(cands))
-        best = max(self._models[i].work for i in cands)
-        ties = [i for i in cands if self._models[i].work == best]
+        work = self._work
+        best = max(map(work.__getitem__, cands))
+        ties = [i for i in cands if work[i] == best]
         return ties[0] if len(ties) == 1 else self._rng.choice(ties)
 
 
