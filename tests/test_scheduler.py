@@ -49,11 +49,20 @@ def all_hops(s: Scheduler) -> set[Hop]:
 
 @dataclass
 class Trace:
-    """What a driven run did."""
+    """The plan of a run (every hop of a fresh scheduler) and what the run did."""
 
-    completed: list[tuple[int, Hop]] = field(default_factory=list)
+    planned: set[Hop]
+    fixed: bool  # policy "fixed": only the next train hop in the model's order is runnable
+    completed: list[tuple[int, Hop]] = field(default_factory=list)  # (worker, hop)
     ends: list[EpochEnd] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
+
+    @staticmethod
+    def of(fresh: Scheduler, policy: str) -> Trace:
+        return Trace(all_hops(fresh), policy == "fixed")
+
+    def partitions(self, kind: str) -> set[int]:
+        return {h.partition for h in self.planned if h.kind == kind}
 
     def sequence(self, model_id: str) -> list[Hop]:
         return [h for _, h in self.completed if h.model_id == model_id]
@@ -62,7 +71,6 @@ class Trace:
 def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before: set[int]) -> None:
     """Rules 1-4 for the hops just assigned, against the completed hops seen so far."""
     done = {h for _, h in trace.completed}
-    n_train = len(s._train_owner)
     running = s.running
     # Rule 3: a worker runs one hop, a model is on one worker.
     assert len({a.worker for a in running}) == len(running)
@@ -76,10 +84,12 @@ def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before:
         assert h not in done  # at most once
         # Rule 1: all earlier epochs done; val only after all train of this epoch.
         for e in range(h.epoch):
-            assert all(Hop(h.model_id, e, "train", p) in done for p in range(n_train))
-            assert all(Hop(h.model_id, e, "val", p) in done for p in s._val_owner)
+            assert all(Hop(h.model_id, e, "train", p) in done for p in trace.partitions("train"))
+            assert all(Hop(h.model_id, e, "val", p) in done for p in trace.partitions("val"))
         if h.kind == "val":
-            assert all(Hop(h.model_id, h.epoch, "train", p) in done for p in range(n_train))
+            assert all(
+                Hop(h.model_id, h.epoch, "train", p) in done for p in trace.partitions("train")
+            )
     # Rule 4: maximal: no idle worker has a runnable hop of an idle live model.
     busy = {a.hop.model_id for a in running}
     idle = set(s.idle_workers())
@@ -89,7 +99,7 @@ def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before:
         pending = s.pending_hops(m)
         if not pending:
             continue
-        if pending[0].kind == "train" and s._policy == "fixed":
+        if pending[0].kind == "train" and trace.fixed:
             runnable = [pending[0]]
         else:
             runnable = [
@@ -100,19 +110,19 @@ def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before:
 
 def drive(
     s: Scheduler,
+    trace: Trace,
     duration: Callable[[Hop, int], float],
     *,
     rng: random.Random | None = None,
     fail_p: float = 0.0,
     drop_p: float = 0.0,
-    trace: Trace | None = None,
 ) -> Trace:
     """Run ``s`` to the end in virtual time, with random worker failures and model drops.
 
-    ``trace`` holds what an earlier run completed (replayed into ``s``).
+    ``trace`` starts with the plan, and with what an earlier run completed if that was
+    replayed into ``s``; the run's events are added to it and every rule checked.
     """
     rng = rng or random.Random(0)
-    trace = trace or Trace()
     ends_at: dict[Hop, tuple[float, int, int]] = {}  # running hop -> (end, seq, worker)
     now, seq = 0.0, 0
     while not s.done:
@@ -147,8 +157,7 @@ def drive(
 def check_epoch_end(s: Scheduler, hop: Hop, ends: list[EpochEnd], trace: Trace) -> None:
     """EpochEnd comes with the hop that completes the epoch, and only then."""
     done = {h for _, h in trace.completed}
-    epoch_hops = [Hop(hop.model_id, hop.epoch, "train", p) for p in s._train_owner]
-    epoch_hops += [Hop(hop.model_id, hop.epoch, "val", p) for p in s._val_owner]
+    epoch_hops = [h for h in trace.planned if (h.model_id, h.epoch) == (hop.model_id, hop.epoch)]
     complete = all(h in done for h in epoch_hops)
     assert ends == ([EpochEnd(hop.model_id, hop.epoch)] if complete else [])
     assert s.epoch_of(hop.model_id) == hop.epoch + complete
@@ -171,14 +180,7 @@ def check_final(s: Scheduler, trace: Trace) -> None:
     counts = Counter(h for _, h in trace.completed)
     assert max(counts.values(), default=1) == 1, "a hop completed twice"
     live = [m for m in s.model_ids if m not in trace.dropped]
-    fresh = Scheduler(
-        s.model_ids,
-        num_epochs=s.num_epochs,
-        train_owner=s._train_owner,
-        val_owner=s._val_owner,
-        policy=s._policy,
-    )
-    planned = {h for m in live for h in fresh.pending_hops(m)}
+    planned = {h for h in trace.planned if h.model_id in live}
     assert {h for h in counts if h.model_id in live} == planned
     assert s.remaining_hops() == 0 and s.done
     end_counts = Counter(trace.ends)
@@ -358,14 +360,14 @@ def test_replay_then_continue_completes_every_hop_exactly_once(policy: str, k: i
     resumed = scenario.scheduler(policy, seed=99)  # any seed continues; fixed orders need the same
     if policy == "fixed":
         resumed = scenario.scheduler(policy)
-    prior = Trace(completed=[(item.worker, item.hop) for item in first[:k]])
-    ends = [e for item in first[:k] for e in resumed.replay(item.hop)]
+    trace = Trace.of(scenario.scheduler(policy), policy)
+    trace.completed = [(item.worker, item.hop) for item in first[:k]]
+    trace.ends = [e for item in first[:k] for e in resumed.replay(item.hop)]
     assert resumed.remaining_hops() == 48 - k
-    rest = drive(resumed, random_durations(k), trace=prior)
-    check_final(resumed, Trace(rest.completed, ends + rest.ends))
-    hops = [h for _, h in rest.completed]
-    assert sorted(hops) == sorted(all_hops(scenario.scheduler(policy)))
-    assert len(hops) == len(set(hops))
+    drive(resumed, trace, random_durations(k))
+    check_final(resumed, trace)
+    hops = [h for _, h in trace.completed]
+    assert sorted(hops) == sorted(trace.planned) and len(hops) == len(set(hops))
 
 
 def test_replay_rejects_hops_out_of_order_and_after_assign() -> None:
@@ -395,8 +397,12 @@ def test_replay_rejects_hops_out_of_order_and_after_assign() -> None:
 @pytest.mark.parametrize("policy", POLICIES)
 def test_same_arguments_and_calls_give_the_same_assignments(policy: str) -> None:
     scenario = make_scenario(num_workers=4, num_models=9, straggler=2.0, seed=7)
-    a = drive(scenario.scheduler(policy), scenario.duration, fail_p=0.1, drop_p=0.02)
-    b = drive(scenario.scheduler(policy), scenario.duration, fail_p=0.1, drop_p=0.02)
+
+    def run() -> Trace:
+        s = scenario.scheduler(policy)
+        return drive(s, Trace.of(s, policy), scenario.duration, fail_p=0.1, drop_p=0.02)
+
+    a, b = run(), run()
     assert a == b
 
 
@@ -472,7 +478,8 @@ def test_every_rule_holds_under_random_durations_failures_and_drops(
         seed=seed,
     )
     assert s.total_hops() == s.remaining_hops() == len(all_hops(s))
-    trace = drive(s, random_durations(seed), rng=random.Random(seed), fail_p=fail_p, drop_p=drop_p)
+    trace = Trace.of(s, policy)
+    drive(s, trace, random_durations(seed), rng=random.Random(seed), fail_p=fail_p, drop_p=drop_p)
     check_final(s, trace)
 
 
@@ -505,14 +512,19 @@ def test_fixed_gives_each_model_the_same_hops_whatever_the_durations(
             policy="fixed",
             seed=seed,
         )
-        trace = drive(
-            s, random_durations(duration_seed), rng=random.Random(duration_seed), fail_p=fail_p
+        trace = Trace.of(s, "fixed")
+        drive(
+            s,
+            trace,
+            random_durations(duration_seed),
+            rng=random.Random(duration_seed),
+            fail_p=fail_p,
         )
         check_final(s, trace)
         return trace
 
     a, b = run(seed), run(seed + 1)
-    for m in a.dropped | {f"m{i}" for i in range(num_models)}:
+    for m in [f"m{i}" for i in range(num_models)]:
         train_a = [h for h in a.sequence(m) if h.kind == "train"]
         train_b = [h for h in b.sequence(m) if h.kind == "train"]
         assert train_a == train_b  # the training result depends on this order only
