@@ -53,8 +53,7 @@ class FitState:
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
     """Bring a fresh scheduler to where the catalog says the fit is; returns hops replayed."""
-    lost = catalog.abandon_running(state.fit_id)
-    del lost
+    catalog.abandon_running(state.fit_id)
     for row in catalog.models(state.fit_id):
         state.checkpoint[row["model_id"]] = row["checkpoint"]
         state.train_hops[row["model_id"]] = row["train_hops"]
@@ -106,10 +105,7 @@ def _finish_epoch(
     catalog: Catalog, state: FitState, end: EpochEnd, only_if_missing: bool = False
 ) -> None:
     """Aggregate one model's epoch with the user's ``metrics_agg`` and store it."""
-    if only_if_missing and any(
-        r["model_id"] == end.model_id and r["epoch"] == end.epoch
-        for r in catalog.metrics(state.fit_id)
-    ):
+    if only_if_missing and catalog.has_epoch_metrics(state.fit_id, end.model_id, end.epoch):
         return
     hp = dict(state.configs[end.model_id].hyperparams)
     result: dict[str, dict[str, float]] = {}

@@ -247,6 +247,13 @@ class Catalog:
                     (fit_id, model_id, epoch, checkpoint, time.time()),
                 )
 
+    def has_epoch_metrics(self, fit_id: int, model_id: str, epoch: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM metrics WHERE fit_id=? AND model_id=? AND epoch=? LIMIT 1",
+            (fit_id, model_id, epoch),
+        ).fetchone()
+        return row is not None
+
     def metrics(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name", (fit_id,)
