@@ -43,7 +43,7 @@ class HopTask:
 
     model_id: str
     hyperparams: dict[str, Any]
-    kind: str  # "train" or "val" (or "test")
+    kind: str  # "train", "val", "test", "predict" or "probe"
     partition: int
     epoch: int
     in_ckpt: str | None  # None: the model's first hop, build it fresh with init_seed
@@ -66,6 +66,7 @@ class HopOutcome:
     save_seconds: float
     pid: int = field(default_factory=os.getpid)
     nonfinite: str | None = None  # first metric that was NaN/inf, if any
+    predictions: list[tuple[int, Any, float]] | None = None  # (row id, class, confidence)
 
 
 @dataclass
@@ -167,8 +168,11 @@ class _Unusable(Exception):
     """A user function returned something Cerebro cannot use."""
 
 
-def _save(components: dict[str, Any], out: str) -> None:
+def _save(components: dict[str, Any], out: str, task: HopTask) -> None:
     state = {
+        "model_id": task.model_id,
+        "hyperparams": dict(task.hyperparams),
+        "epoch": task.epoch,
         "components": {
             k: v.state_dict()
             for k, v in components.items()
@@ -182,8 +186,104 @@ def _save(components: dict[str, Any], out: str) -> None:
     os.replace(tmp, out)
 
 
+def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
+    """Minibatch row indices: a seeded permutation for training, in order otherwise."""
+    n = len(part)
+    if shuffle_seed is None:
+        return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
+    order = np.random.default_rng(shuffle_seed).permutation(n)
+    return [order[i : i + bs] for i in range(0, n, bs)]
+
+
+def _size(index: Any) -> int:
+    return index.stop - index.start if isinstance(index, slice) else len(index)
+
+
+class _Run:
+    """The per-minibatch loop of one hop, shared by every kind of hop."""
+
+    def __init__(self, spec: MinibatchSpec, task: HopTask, device: torch.device):
+        self.spec, self.task, self.device = spec, task, device
+        self.metrics: dict[str, list[float]] = {}
+        self.sizes: list[int] = []
+        self.predictions: list[tuple[int, Any, float]] = []
+        self.user = 0.0
+        self.nonfinite: str | None = None
+
+    def call(self, hook: str, components: dict[str, Any], minibatch: Any) -> Any:
+        fn = getattr(self.spec, hook)
+        u0 = time.perf_counter()
+        try:
+            if hook == "train":
+                return fn(components, minibatch, self.task.hyperparams, self.device)
+            with torch.no_grad():
+                return fn(components, minibatch, self.task.hyperparams, self.device)
+        finally:
+            self.user += time.perf_counter() - u0
+
+    def metrics_step(
+        self, hook: str, components: dict[str, Any], part: Partition, index: Any, prefix: str = ""
+    ) -> str | None:
+        """Run ``train``/``valtest`` on one minibatch; returns why its output is unusable."""
+        fn_name = f"{type(self.spec).__name__}.{hook}"
+        values = _metrics_of(self.call(hook, components, part.batch(index)), fn_name, hook)
+        if isinstance(values, str):
+            return values
+        values = {prefix + k: v for k, v in values.items()}
+        if self.sizes and not prefix and set(values) != set(self.metrics):
+            return (
+                f"{fn_name} returned metrics {sorted(values)} for one minibatch and "
+                f"{sorted(self.metrics)} for an earlier one; return the same keys"
+            )
+        for k, v in values.items():
+            self.metrics.setdefault(k, []).append(v)
+            if self.nonfinite is None and not math.isfinite(v):
+                self.nonfinite = k
+        self.sizes.append(_size(index))
+        return None
+
+    def predict_step(self, components: dict[str, Any], part: Partition, index: Any) -> str | None:
+        inputs, _ = part.batch(index)
+        ids = part.row_ids(index)
+        out = self.call("predict", components, (inputs, ids))
+        fn_name = f"{type(self.spec).__name__}.predict"
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            return f"{fn_name} must return (classes, confidences), got {type(out).__name__}"
+        classes, conf = (_as_list(v) for v in out)
+        if len(classes) != len(ids) or len(conf) != len(ids):
+            return (
+                f"{fn_name} returned {len(classes)} classes and {len(conf)} confidences "
+                f"for a minibatch of {len(ids)} rows; return one of each per row"
+            )
+        for row_id, c, p in zip(ids.tolist(), classes, conf, strict=True):
+            f = _scalar(p)
+            if f is None:
+                return f"{fn_name} returned confidence {p!r}; each must be a number"
+            self.predictions.append((int(row_id), _plain(c), f))
+        self.sizes.append(len(ids))
+        return None
+
+
+def _as_list(v: Any) -> list[Any]:
+    if isinstance(v, torch.Tensor | np.ndarray):
+        return list(v.tolist()) if v.ndim > 0 else [v.item()]
+    return list(v)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor | np.generic):
+        return v.item()
+    return v
+
+
 def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
-    """Run one hop in this worker on a partition it holds."""
+    """Run one hop in this worker on a partition it holds.
+
+    Kinds: ``train`` (shuffled, updates and saves the model), ``val`` / ``test`` (in order,
+    ``valtest``), ``predict`` (in order, ``predict``), and ``probe``: one ``train`` minibatch
+    and one ``valtest`` minibatch on a fresh model, saving nothing, to learn the metric
+    names and catch a broken spec before a fit spends any time.
+    """
     spec: MinibatchSpec = state["spec"]
     device: torch.device = state["device"]
     name = type(spec).__name__
@@ -198,67 +298,58 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
             f"{name}.create_model_components", f"{type(e).__name__}: {e}", traceback.format_exc()
         )
     load_seconds = time.perf_counter() - t0
-    split = "train" if task.kind == "train" else task.kind
-    part: Partition = state["partitions"][(split, task.partition)]
+    parts: dict[tuple[str, int], Partition] = state["partitions"]
     bs = int(task.hyperparams["batch_size"])
-    n = len(part)
-    train = task.kind == "train"
-    if train:
-        order = np.random.default_rng(task.shuffle_seed).permutation(n)
-        batches: list[Any] = [order[i : i + bs] for i in range(0, n, bs)]
-    else:
-        batches = [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
-    hook = "train" if train else "valtest"
-    fn = getattr(spec, hook)
-    fn_name = f"{name}.{hook}"
-    metrics: dict[str, list[float]] = {}
-    sizes: list[int] = []
-    user = 0.0
-    nonfinite = None
+    run = _Run(spec, task, device)
+    train = task.kind in ("train", "probe")
     for obj in components.values():
         if isinstance(obj, torch.nn.Module):
             obj.train(train)
-    for index in batches:
-        minibatch = part.batch(index)
-        u0 = time.perf_counter()
-        try:
-            if train:
-                result = fn(components, minibatch, task.hyperparams, device)
-            else:
-                with torch.no_grad():
-                    result = fn(components, minibatch, task.hyperparams, device)
-        except Exception as e:  # noqa: BLE001
-            return UserFailure(fn_name, f"{type(e).__name__}: {e}", traceback.format_exc())
-        user += time.perf_counter() - u0
-        values = _metrics_of(result, fn_name, hook)
-        if isinstance(values, str):
-            return UserFailure(fn_name, values, "")
-        if sizes and set(values) != set(metrics):
-            return UserFailure(
-                fn_name,
-                f"returned metrics {sorted(values)} for one minibatch "
-                f"and {sorted(metrics)} for an earlier one; return the same keys",
-                "",
-            )
-        for k, v in values.items():
-            metrics.setdefault(k, []).append(v)
-            if nonfinite is None and not math.isfinite(v):
-                nonfinite = k
-        sizes.append(len(index) if not isinstance(index, slice) else index.stop - index.start)
-        if nonfinite is not None and train:
-            break  # a diverged model: stop spending time on it
+    rows = 0
+    hook = {"train": "train", "predict": "predict"}.get(task.kind, "valtest")
+    try:
+        if task.kind == "probe":
+            for split, probe_hook in (("train", "train"), ("val", "valtest")):
+                part = parts.get((split, task.partition))
+                if part is None or len(part) == 0:
+                    continue
+                hook = probe_hook
+                if probe_hook == "valtest":
+                    for obj in components.values():
+                        if isinstance(obj, torch.nn.Module):
+                            obj.eval()
+                why = run.metrics_step(
+                    probe_hook, components, part, slice(0, min(bs, len(part))), prefix=f"{split}_"
+                )
+                if why:
+                    return UserFailure(f"{name}.{probe_hook}", why, "")
+        else:
+            part = parts[(task.kind, task.partition)]
+            rows = len(part)
+            for index in _batches(part, bs, task.shuffle_seed if task.kind == "train" else None):
+                if task.kind == "predict":
+                    why = run.predict_step(components, part, index)
+                else:
+                    why = run.metrics_step(hook, components, part, index)
+                if why:
+                    return UserFailure(f"{name}.{hook}", why, "")
+                if run.nonfinite is not None and task.kind == "train":
+                    break  # a diverged model: stop spending time on it
+    except Exception as e:  # noqa: BLE001 - the user's code raised
+        return UserFailure(f"{name}.{hook}", f"{type(e).__name__}: {e}", traceback.format_exc())
     s0 = time.perf_counter()
-    if train and task.out_ckpt is not None and nonfinite is None:
-        _save(components, task.out_ckpt)
+    if task.kind == "train" and task.out_ckpt is not None and run.nonfinite is None:
+        _save(components, task.out_ckpt, task)
     save_seconds = time.perf_counter() - s0
     return HopOutcome(
-        metrics,
-        sizes,
-        n,
+        run.metrics,
+        run.sizes,
+        rows,
         start,
         time.time(),
-        user,
+        run.user,
         load_seconds,
         save_seconds,
-        nonfinite=nonfinite,
+        nonfinite=run.nonfinite,
+        predictions=run.predictions if task.kind == "predict" else None,
     )
