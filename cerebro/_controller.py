@@ -49,6 +49,10 @@ class FitState:
     train_hops: dict[str, int] = field(default_factory=dict)
     keep: set[str] = field(default_factory=set)  # epoch-end checkpoints: never deleted
     failures: list[str] = field(default_factory=list)
+    objective: str | None = None
+    mode: str = "min"
+    best: float | None = None  # best objective value so far, for the progress bar
+    deaths: dict[str, int] = field(default_factory=dict)  # worker deaths during a model's hops
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
@@ -123,6 +127,13 @@ def _finish_epoch(
                 where=f"{_where(state, end.model_id)}, epoch {end.epoch}, mode {kind!r}",
                 user_traceback=traceback.format_exc(),
             ) from e
+    objective = state.objective or ("val_loss" if "val" in result else "train_loss")
+    split, _, name = objective.partition("_")
+    value = result.get(split, {}).get(name)
+    if value is not None and (
+        state.best is None or (value < state.best if state.mode == "min" else value > state.best)
+    ):
+        state.best = value
     ck = state.checkpoint[end.model_id]
     if ck is not None:
         state.keep.add(ck)
@@ -137,6 +148,10 @@ def _fail_model(
     catalog.set_model_status(state.fit_id, model_id, status, message)
     sched.drop_model(model_id)
     state.failures.append(message)
+
+
+# A model whose hops killed this many worker processes is failed, not retried forever.
+MAX_MODEL_DEATHS = 2
 
 
 def run_loop(
@@ -163,12 +178,28 @@ def run_loop(
             hop_id = hop_ids.pop(hop)
             if isinstance(event, WorkerLost):
                 catalog.hop_ended(hop_id, "lost", event.reason)
-                sched.requeue(hop)
+                state.deaths[hop.model_id] = state.deaths.get(hop.model_id, 0) + 1
+                if state.deaths[hop.model_id] >= MAX_MODEL_DEATHS:
+                    sched.requeue(hop)
+                    _fail_model(
+                        catalog,
+                        state,
+                        sched,
+                        hop.model_id,
+                        "failed",
+                        f"{_where(state, hop.model_id)}: its hops killed the worker "
+                        f"process {MAX_MODEL_DEATHS} times ({event.reason}); the "
+                        "model's code likely crashes natively or runs out of memory",
+                    )
+                else:
+                    sched.requeue(hop)
             elif isinstance(event, HopFailed):
                 _on_failure(catalog, state, sched, hop, hop_id, event.failure)
             elif isinstance(event, HopDone):
                 _on_done(catalog, state, sched, hop, hop_id, event)
                 progress.update(1)
+                if state.best is not None:
+                    progress.set_postfix(best=f"{state.best:.4g}", refresh=False)
 
 
 def _on_failure(

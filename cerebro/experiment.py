@@ -13,13 +13,17 @@ import cloudpickle
 
 from cerebro import etl
 from cerebro._controller import FitState, replay, run_loop
+from cerebro._evaluate import aggregate, evaluate, record_test, resolve_model, write_predictions
+from cerebro._rundir import RunLock, load_experiment, load_spec, save_experiment
 from cerebro.catalog import Catalog
+from cerebro.engine import Engine
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
-from cerebro.errors import ParamsError, SpecError
+from cerebro.errors import CerebroError, ParamsError, SpecError, UserCodeError
 from cerebro.params import Params, expand_grid, validate_params
 from cerebro.result import FitResult
 from cerebro.scheduler import POLICIES, Scheduler
 from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
+from cerebro.worker import HopTask
 
 __all__ = ["Experiment"]
 
@@ -77,6 +81,40 @@ class Experiment:
             raise ParamsError(f"cannot create output_dir {self.output_dir}: {e}") from e
         if not os.access(self.output_dir, os.W_OK):
             raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
+        self._lock = RunLock(self.output_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, verbose: bool = True) -> FitResult:
+        """Continue the interrupted run in ``run_dir`` (ETL, then the fit) from its catalog.
+
+        No completed hop runs again; the specs and settings come from ``run_dir``.
+
+        Raises:
+            CerebroError: ``run_dir`` holds no saved experiment.
+        """
+        run_dir = Path(run_dir)
+        session = load_experiment(run_dir)
+        if session is None or "fit" not in session:
+            raise CerebroError(
+                f"{run_dir} holds no experiment to resume (no experiment.json with a fit); "
+                "start it with run_fit or `cerebro run`."
+            )
+        exp = cls(session["params"], workers=session["workers"], verbose=verbose)
+        if "etl" in session and exp.params.etl_dir is None:
+            exp.run_etl(load_spec(run_dir, "etl"), **session["etl"])
+        return exp.run_fit(load_spec(run_dir, "fit"), **session["fit"])
+
+    def _engine(self, spec: MinibatchSpec, owned: list[dict[str, list[int]]]) -> Engine:
+        """Start the workers, each holding the partitions ``owned`` lists for it."""
+        w = len(owned)
+        return LocalEngine(
+            spec,
+            str(self.data_dir),
+            owned,
+            str(self._misc_dir()),
+            threads=threads_per_worker(w),
+            devices=default_devices(w),
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -127,16 +165,28 @@ class Experiment:
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
         parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
-        return etl.run_etl(
-            etl_spec,
-            self.params,
-            self.data_dir,
-            self._misc_dir(),
-            partitions=parts,
-            fraction=float(fraction),
-            seed=int(seed),
-            processes=os.cpu_count() or 1,
-            progress=self.verbose,
+        with self._lock:
+            self._remember(
+                "etl", {"fraction": fraction, "seed": seed, "partitions": parts}, etl_spec
+            )
+            return etl.run_etl(
+                etl_spec,
+                self.params,
+                self.data_dir,
+                self._misc_dir(),
+                partitions=parts,
+                fraction=float(fraction),
+                seed=int(seed),
+                processes=os.cpu_count() or 1,
+                progress=self.verbose,
+            )
+
+    def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
+        save_experiment(
+            self.output_dir,
+            {"params": self.params.as_dict(), "workers": self.workers, section: settings},
+            section,
+            spec,
         )
 
     def run_fit(
@@ -204,13 +254,110 @@ class Experiment:
             },
             sort_keys=True,
         )
-        catalog = Catalog(self.catalog_path)
-        try:
-            fit_id = self._fit_id(catalog, signature, configs, overwrite)
-            self._fit(catalog, fit_id, spec, configs, manifest, num_epochs, seed, policy, on_error)
-        finally:
-            catalog.close()
-        return FitResult(self.catalog_path, fit_id, objective, mode)
+        with self._lock:
+            self._remember(
+                "fit",
+                {
+                    "param_grid": {k: list(v) for k, v in param_grid.items()},
+                    "num_epochs": num_epochs,
+                    "seed": seed,
+                    "policy": policy,
+                    "on_error": on_error,
+                    "objective": objective,
+                    "mode": mode,
+                },
+                spec,
+            )
+            catalog = Catalog(self.catalog_path)
+            try:
+                fit_id = self._fit_id(catalog, signature, configs, overwrite)
+                self._fit(
+                    catalog,
+                    fit_id,
+                    spec,
+                    configs,
+                    manifest,
+                    num_epochs,
+                    seed,
+                    policy,
+                    on_error,
+                    objective,
+                    mode,
+                )
+            finally:
+                catalog.close()
+        result = FitResult(self.catalog_path, fit_id, objective, mode)
+        result.spec = spec
+        return result
+
+    def _model(self, catalog: Catalog, model_tag: str) -> Any:
+        def best(fit_id: int) -> dict[str, Any]:
+            return FitResult(self.catalog_path, fit_id).best
+
+        return resolve_model(catalog, model_tag, best)
+
+    def _eval(
+        self, spec: MinibatchSpec, model_tag: str, kind: str, batch_size: int | None
+    ) -> tuple[Any, list[Any]]:
+        check_spec(spec, MinibatchSpec)
+        _picklable(spec)
+        manifest = etl.load_manifest(self.data_dir)
+        if manifest is None or kind not in manifest["splits"]:
+            raise ParamsError(
+                f"no preprocessed {kind} data in {self.data_dir}: give "
+                f"params['{kind}_main'] and run run_etl first."
+            )
+        sizes = manifest["splits"][kind]["sizes"]
+        parts = [p for p, n in enumerate(sizes) if n > 0]
+        w = min(self.workers, len(sizes))
+        with self._lock:
+            catalog = Catalog(self.catalog_path)
+            try:
+                ref = self._model(catalog, model_tag)
+            finally:
+                catalog.close()
+            owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
+            for p in parts:
+                owned[p % w].setdefault(kind, []).append(p)
+            engine = self._engine(spec, owned)
+            try:
+                return ref, evaluate(engine, ref, kind, parts, batch_size)
+            finally:
+                engine.shutdown()
+
+    def run_test(
+        self, spec: MinibatchSpec, model_tag: str = "best", batch_size: int | None = None
+    ) -> dict[str, float]:
+        """Evaluate a trained model on every test partition, in parallel on the workers.
+
+        Args:
+            spec: the Minibatch spec (its ``valtest`` and ``metrics_agg`` are used).
+            model_tag: ``"best"``, a model id such as ``"m003"``, or a checkpoint path.
+            batch_size: overrides the model's ``batch_size``.
+
+        Returns:
+            ``{"test_<metric>": value}``, also stored in the catalog.
+        """
+        ref, outcomes = self._eval(spec, model_tag, "test", batch_size)
+        metrics = aggregate(spec, ref, outcomes)
+        with self._lock:
+            catalog = Catalog(self.catalog_path)
+            try:
+                record_test(catalog, ref, metrics)
+            finally:
+                catalog.close()
+        return metrics
+
+    def run_predict(
+        self, spec: MinibatchSpec, model_tag: str = "best", batch_size: int | None = None
+    ) -> Path:
+        """Score the predict split; writes ``DIR/predictions/<tag>.csv`` and returns its path.
+
+        The file has one row per predict row, ordered by row id, with the columns
+        ``row_id, output_class, confidence``.
+        """
+        ref, outcomes = self._eval(spec, model_tag, "predict", batch_size)
+        return write_predictions(self.output_dir / "predictions" / f"{ref.tag}.csv", outcomes)
 
     def _fit_id(
         self, catalog: Catalog, signature: str, configs: list[Any], overwrite: bool
@@ -244,6 +391,8 @@ class Experiment:
         seed: int,
         policy: str,
         on_error: str,
+        objective: str | None,
+        mode: str,
     ) -> None:
         w = self.workers
         splits = manifest["splits"]
@@ -269,6 +418,8 @@ class Experiment:
             seed,
             num_epochs,
             on_error,
+            objective=objective,
+            mode=mode,
         )
         replay(catalog, state, sched)
         if sched.done:
@@ -278,18 +429,12 @@ class Experiment:
         for split, owner in (("train", train_owner), ("val", val_owner)):
             for p, worker in owner.items():
                 owned[worker].setdefault(split, []).append(p)
-        engine = LocalEngine(
-            spec,
-            str(self.data_dir),
-            owned,
-            str(self._misc_dir()),
-            threads=threads_per_worker(w),
-            devices=default_devices(w),
-        )
+        engine = self._engine(spec, owned)
         progress = _bar(
             sched.total_hops(), sched.total_hops() - sched.remaining_hops(), self.verbose
         )
         try:
+            _probe(engine, spec, configs[0], train_owner, val_owner, objective)
             run_loop(catalog, state, sched, engine, progress)
         except BaseException:
             catalog.set_fit_status(fit_id, "stopped")
@@ -298,6 +443,46 @@ class Experiment:
             progress.close()
             engine.shutdown()
         catalog.set_fit_status(fit_id, "done")
+
+
+def _probe(
+    engine: Engine,
+    spec: MinibatchSpec,
+    config: Any,
+    train_owner: dict[int, int],
+    val_owner: dict[int, int],
+    objective: str | None,
+) -> None:
+    """Before training: run the first config on one minibatch, and check the objective.
+
+    A broken spec (no optimizer, ``train`` returning a list...) fails here in a second,
+    naming the function, instead of once per model after the workers have spent time.
+    """
+    p = next(p for p, w in sorted(train_owner.items()) if w == 0)
+    engine.submit(0, HopTask(config.model_id, config.hyperparams, "probe", p, 0, None, None, 0, 0))
+    events: list[Any] = []
+    while not events:
+        events = engine.poll(timeout=1.0)
+    event = events[0]
+    failure = getattr(event, "failure", None)
+    if failure is not None:
+        raise UserCodeError(
+            f"{failure.message} (checked on one minibatch before training)",
+            function=failure.function,
+            where=f"model {config.model_id} {json.dumps(config.hyperparams)}",
+            user_traceback=failure.traceback,
+        )
+    outcome = getattr(event, "outcome", None)
+    if outcome is None:
+        return  # the worker died: the fit itself will retry and report it
+    names = set(outcome.metrics)
+    if 0 not in val_owner.values():  # worker 0 holds no val partition: names unknown
+        names |= {"val_" + n.removeprefix("train_") for n in list(names)}
+    if objective is not None and objective not in names:
+        raise ParamsError(
+            f"objective {objective!r} is not a metric this spec returns; choose one of "
+            f"{', '.join(sorted(names))} (split prefix + the key your train/valtest return)."
+        )
 
 
 def _bar(total: int, done: int, enabled: bool) -> Any:

@@ -34,6 +34,18 @@ class Params:
     models_dir: Path | None
     output_dir: Path
 
+    def as_dict(self) -> dict[str, Any]:
+        """Back to a ``params`` dict, with absolute paths (valid from any directory)."""
+        out: dict[str, Any] = {f"{s}_main": str(p) for s, p in self.mains.items()}
+        out.update({f"{s}_dir": str(p) for s, p in self.dirs.items()})
+        if self.misc:
+            out["misc"] = [str(p) for p in self.misc]
+        for key in ("etl_dir", "models_dir"):
+            if getattr(self, key) is not None:
+                out[key] = str(getattr(self, key))
+        out["output_dir"] = str(self.output_dir)
+        return out
+
     def object_dir(self, split: str) -> str | None:
         d = self.dirs.get(split)
         return str(d) if d is not None else None

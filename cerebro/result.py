@@ -39,6 +39,37 @@ class FitResult:
         self.status: str = fit["status"]
         self.objective = objective or self._default_objective()
         self.mode = mode
+        self.spec: Any = None  # the spec that trained these models, when known
+
+    def load_model(self, model_id: str = "best", spec: Any = None) -> dict[str, Any]:
+        """The ``create_model_components`` dict of a model, with its trained state loaded.
+
+        Ready for plain PyTorch outside Cerebro. ``spec`` defaults to the spec this fit ran.
+
+        Raises:
+            ValueError: unknown model id, a model with no checkpoint, or no spec to build it.
+        """
+        import torch
+
+        spec = spec if spec is not None else self.spec
+        if spec is None:
+            raise ValueError(
+                "pass spec=YourSpec(): this result was read from disk, so the "
+                "spec that builds the model is not known."
+            )
+        if model_id == "best":
+            model_id = self.best["model_id"]
+        model = next((m for m in self._models if m["model_id"] == model_id), None)
+        if model is None:
+            ids = ", ".join(m["model_id"] for m in self._models)
+            raise ValueError(f"unknown model id {model_id!r}; this fit has {ids}.")
+        if model["checkpoint"] is None:
+            raise ValueError(f"model {model_id} has no checkpoint (status {model['status']}).")
+        state = torch.load(model["checkpoint"], map_location="cpu", weights_only=False)
+        components = spec.create_model_components(json.loads(model["hyperparams"]))
+        for name, sd in state["components"].items():
+            components[name].load_state_dict(sd)
+        return dict(components)
 
     def _default_objective(self) -> str:
         names = {f"{m['split']}_{m['name']}" for m in self._metrics}

@@ -195,10 +195,13 @@ class BadMetricsSpec(ToySpec):
         return {"loss": [1.0, 2.0]}
 
 
-def test_non_scalar_metric_is_named(exp: Experiment) -> None:
-    result = exp.run_fit(BadMetricsSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
-    err = result.table["error"].iloc[0]
-    assert "BadMetricsSpec.valtest returned metric 'loss' = list" in err
+def test_non_scalar_metric_is_named_before_training(exp: Experiment) -> None:
+    with pytest.raises(UserCodeError) as err:
+        exp.run_fit(BadMetricsSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
+    assert "BadMetricsSpec.valtest failed for model m000" in str(err.value)
+    assert "returned metric 'loss' = list" in str(err.value)
+    assert "checked on one minibatch before training" in str(err.value)
+    assert not _rows(exp, "SELECT * FROM hops")  # no training hop ran
 
 
 class NoOptimizerSpec(ToySpec):
@@ -207,9 +210,24 @@ class NoOptimizerSpec(ToySpec):
 
 
 def test_components_without_optimizer(exp: Experiment) -> None:
-    result = exp.run_fit(NoOptimizerSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
-    assert "create_model_components failed" in result.table["error"].iloc[0]
-    assert "with the key 'optimizer', got ['model']" in result.table["error"].iloc[0]
+    with pytest.raises(
+        UserCodeError,
+        match=r"NoOptimizerSpec.create_model_components failed "
+        r"for model m000 .*with the key 'optimizer', got \['model'\]",
+    ):
+        exp.run_fit(NoOptimizerSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
+
+
+def test_unknown_objective_is_an_error_before_training(exp: Experiment) -> None:
+    with pytest.raises(
+        ParamsError,
+        match="objective 'val_accuracy' is not a metric this spec "
+        "returns; choose one of train_acc, train_loss, val_acc, val_loss",
+    ):
+        exp.run_fit(
+            ToySpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1, objective="val_accuracy"
+        )
+    assert not _rows(exp, "SELECT * FROM hops")
 
 
 class OriginalFormSpec(ToySpec):
