@@ -1,0 +1,106 @@
+"""Test, predict and reload trained models (real workers, real files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from cerebro import Experiment, ParamsError, UserCodeError
+from toy import ToyETL, ToySpec, write_toy_csvs
+
+GRID = {"lr": [0.05, 0.01], "batch_size": [32]}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, Any]:
+    root = tmp_path_factory.mktemp("eval")
+    params = write_toy_csvs(root / "csv")
+    params["output_dir"] = str(root / "run")
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    return exp, exp.run_fit(ToySpec(), GRID, num_epochs=2)
+
+
+def test_run_test_best_and_by_id(fitted: tuple[Experiment, Any]) -> None:
+    exp, result = fitted
+    best = exp.run_test(ToySpec(), model_tag="best")
+    assert set(best) == {"test_loss", "test_acc"} and 0.5 < best["test_acc"] <= 1.0
+    same = exp.run_test(ToySpec(), model_tag=result.best["model_id"])
+    assert same == best
+    bigger = exp.run_test(ToySpec(), model_tag="best", batch_size=60)
+    assert bigger["test_acc"] == pytest.approx(best["test_acc"])
+    import sqlite3
+
+    db = sqlite3.connect(exp.catalog_path)
+    rows = db.execute("SELECT model_id, tag, name FROM evaluations").fetchall()
+    db.close()
+    assert (result.best["model_id"], "best", "acc") in rows
+
+
+def test_run_predict_writes_sorted_csv(fitted: tuple[Experiment, Any]) -> None:
+    exp, _ = fitted
+    path = exp.run_predict(ToySpec(), model_tag="best")
+    assert path == exp.output_dir / "predictions" / "best.csv"
+    df = pd.read_csv(path)
+    assert list(df.columns) == ["row_id", "output_class", "confidence"]
+    expected = sorted(pd.read_csv(exp.params.mains["predict"])["id"])
+    assert df["row_id"].tolist() == expected
+    assert df["confidence"].between(0.5, 1.0).all()
+    first = path.read_bytes()
+    assert exp.run_predict(ToySpec(), model_tag="best").read_bytes() == first  # deterministic
+    # predictions agree with test labels as often as run_test says
+    test = pd.read_csv(exp.params.mains["test"]).set_index("id")
+    acc = (df.set_index("row_id")["output_class"] == test["label"]).mean()
+    assert acc == pytest.approx(exp.run_test(ToySpec())["test_acc"])
+
+
+def test_checkpoint_path_as_tag(fitted: tuple[Experiment, Any]) -> None:
+    exp, result = fitted
+    ckpt = result.best["checkpoint"]
+    path = exp.run_predict(ToySpec(), model_tag=ckpt)
+    assert path.name == Path(ckpt).stem + ".csv"
+
+
+def test_load_model_for_plain_pytorch(fitted: tuple[Experiment, Any]) -> None:
+    exp, result = fitted
+    components = result.load_model("best")
+    model = components["model"].eval()
+    test = pd.read_csv(exp.params.mains["test"])
+    x = torch.tensor(test[[f"f{i}" for i in range(6)]].values, dtype=torch.float32)
+    acc = (model(x).argmax(1).numpy() == test["label"].values).mean()
+    assert acc == pytest.approx(exp.run_test(ToySpec())["test_acc"])
+    with pytest.raises(ValueError, match="unknown model id 'm999'"):
+        result.load_model("m999")
+
+
+def test_unknown_model_tag(fitted: tuple[Experiment, Any]) -> None:
+    exp, _ = fitted
+    with pytest.raises(
+        ParamsError,
+        match=r"unknown model_tag 'm42': use 'best', a model id "
+        r"of the latest fit \(m000, m001\)",
+    ):
+        exp.run_test(ToySpec(), model_tag="m42")
+
+
+class ShortPredict(ToySpec):
+    def predict(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> Any:
+        classes, conf = super().predict(model_object, minibatch, hyperparams, device)
+        return classes[:-1], conf
+
+
+def test_predict_returning_wrong_length(fitted: tuple[Experiment, Any]) -> None:
+    exp, _ = fitted
+    with pytest.raises(
+        UserCodeError,
+        match=r"ShortPredict.predict failed for model m00\d .*"
+        r"returned 29 classes and 30 confidences for a minibatch of 30 rows",
+    ):
+        exp.run_predict(ShortPredict(), model_tag="best")
+    assert not (exp.output_dir / "predictions" / ".best.csv.tmp").exists()
