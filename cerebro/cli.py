@@ -119,12 +119,45 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("example", help="run a bundled example (digits, mnist)")
     ex.add_argument("name", help="example name: digits or mnist")
     common(ex)
+    rep = sub.add_parser(
+        "report", help="write DIR/report.html, its plots and TensorBoard files from the catalog"
+    )
+    rep.add_argument("dir", help="run directory (the output_dir of a fit)")
+    rep.add_argument("--objective", help="metric that ranks models (default: val_loss)")
+    rep.add_argument("--mode", default="min", choices=("min", "max"), help="default: min")
+    rep.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard files")
+    st = sub.add_parser("status", help="progress of a running or finished fit in DIR")
+    st.add_argument("dir", help="run directory (the output_dir of a fit)")
+    st.add_argument("--objective", help="metric that ranks models (default: val_loss)")
+    st.add_argument("--mode", default="min", choices=("min", "max"), help="default: min")
     return p
+
+
+def _report_or_status(args: argparse.Namespace) -> int:
+    """``cerebro report DIR`` and ``cerebro status DIR``: read the catalog, never write it."""
+    from cerebro import report
+
+    try:
+        if args.command == "status":
+            print(report.status_text(args.dir, objective=args.objective, mode=args.mode), end="")
+            return 0
+        page = report.write_report(args.dir, objective=args.objective, mode=args.mode)
+        print(page)
+        if not args.no_tensorboard:
+            tb = report.write_tensorboard(args.dir)
+            print(f"{tb}  (view: tensorboard --logdir {tb})")
+        return 0
+    except (CerebroError, FileNotFoundError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        print(f"cerebro: error: {first[0] if first else type(e).__name__}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cerebro`` console script."""
     args = _parser().parse_args(argv)
+    if args.command in ("report", "status"):
+        return _report_or_status(args)
     try:
         if args.command == "example":
             from cerebro.examples import example_path

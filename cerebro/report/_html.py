@@ -1,0 +1,357 @@
+"""``DIR/report.html``: one self-contained page (plus ``DIR/plots/*.png``) per run.
+
+NOTE [ the page works offline ]
+No external script, style sheet, font or CDN: CSS and the few lines of table-sorting
+JavaScript are inline, and images are referenced by paths relative to the page, so the run
+directory can be copied, zipped or opened from a file share as it is. The page and every
+plot are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cerebro.report._data import RunData, load_run
+from cerebro.report._summary import (
+    ModelProgress,
+    RunStatus,
+    fmt_seconds,
+    fmt_value,
+    hop_intervals,
+    summarize,
+)
+
+__all__ = ["write_report"]
+
+PLOTS = "plots"
+REPORT = "report.html"
+
+
+def write_report(run_dir: str | Path, objective: str | None = None, mode: str = "min") -> Path:
+    """Write ``run_dir/report.html`` and its plots under ``run_dir/plots/``.
+
+    The page has a summary (models, epochs, the best model and its hyperparameters, total
+    time, worker busy share), learning curves per metric, each hyperparameter against the
+    objective, the timeline of hops per worker, failed and diverged models with their
+    errors, and a table of every model, sortable by clicking a column header. It reads the
+    catalog only, so it works during a fit, after it and after a resume.
+
+    Args:
+        run_dir: a run directory (the ``output_dir`` of a fit).
+        objective: the metric that ranks models, ``"<split>_<name>"``; default as
+            :class:`cerebro.FitResult` (lowest ``val_loss``).
+        mode: ``"min"`` or ``"max"``.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no catalog.
+        NoFitError: the catalog has no fit yet.
+
+    Example:
+        >>> write_report("runs/digits", objective="val_acc", mode="max")  # doctest: +SKIP
+        PosixPath('runs/digits/report.html')
+    """
+    from cerebro.report._plots import plot_hyperparams, plot_learning_curves
+    from cerebro.report._timeline import plot_timeline
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    st = summarize(run, objective, mode)
+    plots = run_dir / PLOTS
+    curves = plot_learning_curves(run, st, plots)
+    hp = plot_hyperparams(run, st, plots)
+    timeline = plot_timeline(run, plots)
+    written = {p.name for _, p in curves} | {p.name for p in (hp, timeline) if p is not None}
+    for old in plots.glob("*.png"):  # plots of metrics this run no longer has
+        if old.name not in written:
+            old.unlink(missing_ok=True)
+    page = _page(run, st, curves, hp, timeline)
+    out = run_dir / REPORT
+    tmp = out.with_name(f".{REPORT}.tmp-{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None:
+        return ""
+    return f'<img src="{PLOTS}/{_e(path.name)}" alt="{_e(alt)}">'
+
+
+def _card(title: str, value: str, sub: str = "") -> str:
+    sub_html = f'<div class="sub">{sub}</div>' if sub else ""
+    return f'<div class="card"><div class="k">{_e(title)}</div><div class="v">{value}</div>{sub_html}</div>'  # noqa: E501
+
+
+def _status_counts(st: RunStatus) -> str:
+    counts: dict[str, int] = {}
+    for m in st.models:
+        counts[m.status] = counts.get(m.status, 0) + 1
+    return ", ".join(f'<span class="st st-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts.items())
+
+
+def _worker_busy(run: RunData, st: RunStatus) -> str:
+    if st.active_seconds <= 0:
+        return ""
+    per: dict[int, float] = {w: 0.0 for w in range(run.workers)}
+    for h, (s, e) in zip(
+        (h for h in run.hops if h["start"] is not None), hop_intervals(run), strict=True
+    ):
+        per[int(h["worker"])] = per.get(int(h["worker"]), 0.0) + (e - s)
+    return ", ".join(
+        f"worker {w} {100 * min(t / st.active_seconds, 1.0):.0f}%" for w, t in sorted(per.items())
+    )
+
+
+def _summary(run: RunData, st: RunStatus) -> str:
+    cards = [
+        _card("models", str(len(st.models)), _status_counts(st)),
+        _card(
+            "epochs",
+            str(st.num_epochs),
+            f"{run.train_partitions} train / {run.val_partitions} val partitions",
+        ),
+        _card(
+            "hops",
+            f"{st.hops_done}/{st.hops_total}",
+            f"{st.hops_running} running" if st.hops_running else "",
+        ),
+        _card(
+            "total time",
+            _e(fmt_seconds(st.elapsed)),
+            f"hops ran for {_e(fmt_seconds(st.active_seconds))}",
+        ),
+        _card(
+            "workers busy",
+            "?" if st.busy is None else f"{100 * st.busy:.0f}%",
+            f"{st.workers} workers",
+        ),
+    ]
+    if st.best is not None:
+        hp = "".join(
+            f"<tr><th>{_e(k)}</th><td>{_e(fmt_value(v))}</td></tr>"
+            for k, v in st.best["hyperparams"].items()
+        )
+        best = (
+            f'<div class="best"><div class="k">best model by {_e(st.objective)} ({_e(st.mode)})'
+            f'</div><div class="v">{_e(st.best["model_id"])} '
+            f'<span class="obj">{_e(st.objective)} = {_e(fmt_value(st.best["value"]))}</span>'
+            f'</div><table class="hp">{hp}</table></div>'
+        )
+    else:
+        best = (
+            f'<div class="best"><div class="k">best model</div><div class="v">none</div>'
+            f"<p>No model has a value for {_e(st.objective)} yet.</p></div>"
+        )
+    return f'<section class="summary">{best}<div class="cards">{"".join(cards)}</div></section>'
+
+
+def _failures(st: RunStatus) -> str:
+    failed = st.failed
+    if not failed:
+        return ""
+    items = []
+    for m in failed:
+        err = (m.error or "no error recorded").strip()
+        first = err.splitlines()[0] if err else ""
+        hp = ", ".join(f"{k}={fmt_value(v)}" for k, v in m.hyperparams.items())
+        items.append(
+            f'<div class="fail"><span class="st st-{_e(m.status)}">{_e(m.status)}</span> '
+            f"<b>{_e(m.model_id)}</b> <code>{_e(hp)}</code> after {m.epochs_done} epoch(s)"
+            f"<details><summary>{_e(first)}</summary><pre>{_e(err)}</pre></details></div>"
+        )
+    return (
+        f"<section><h2>Failed and diverged models ({len(failed)})</h2>{''.join(items)}</section>"
+    )
+
+
+def _metric_names(st: RunStatus) -> list[str]:
+    names: list[str] = []
+    for m in st.models:
+        names.extend(k for k in list(m.metrics) + list(m.test) if k not in names)
+    order = {"val": 0, "test": 1, "train": 2}
+    return sorted(names, key=lambda k: (order.get(k.split("_", 1)[0], 3), k != st.objective, k))
+
+
+def _cell(v: Any) -> str:
+    if v is None or v == "":
+        return '<td data-v=""></td>'
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return f'<td class="num" data-v="{_e(repr(float(v)))}">{_e(fmt_value(v))}</td>'
+    text = v if isinstance(v, str) else json.dumps(v)
+    return f"<td>{_e(text)}</td>"
+
+
+def _row(m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str]) -> str:
+    vals = {**m.metrics, **m.test}
+    best = st.best is not None and st.best["model_id"] == m.model_id
+    err = (m.error or "").strip()
+    first = err.splitlines()[0] if err else ""
+    cells = [
+        f"<td><b>{_e(m.model_id)}</b>{' ★' if best else ''}</td>",
+        f'<td data-v="{_e(m.status)}"><span class="st st-{_e(m.status)}">{_e(m.status)}'
+        "</span></td>",
+        _cell(m.epochs_done),
+        _cell(m.hops_done),
+        *(_cell(m.hyperparams.get(k)) for k in hp_names),
+        *(_cell(vals.get(k)) for k in names),
+        _cell(round(m.hop_seconds, 2)),
+        f'<td class="err" title="{_e(err)}">{_e(first[:160])}</td>',
+    ]
+    return f"<tr{' class=best' if best else ''}>{''.join(cells)}</tr>"
+
+
+def _table(run: RunData, st: RunStatus) -> str:
+    hp_names = run.hyperparam_names()
+    names = _metric_names(st)
+    head = ["model", "status", "epochs", "hops", *hp_names, *names, "hop time (s)", "error"]
+    ths = "".join(f'<th class="{"obj" if h == st.objective else ""}">{_e(h)}</th>' for h in head)
+    rows = "".join(_row(m, st, hp_names, names) for m in st.models)
+    return (
+        f"<section><h2>All models</h2><p class=hint>Metrics at each model's last epoch; click "
+        f"a column header to sort.</p><div class=scroll><table class=sortable id=models>"
+        f"<thead><tr>{ths}</tr></thead><tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def _page(
+    run: RunData,
+    st: RunStatus,
+    curves: list[tuple[str, Path]],
+    hp: Path | None,
+    timeline: Path | None,
+) -> str:
+    title = f"Cerebro report: {run.run_dir.resolve().name}"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.now))
+    live = ""
+    if st.fit_status == "running":
+        live = (
+            '<p class="live">The fit is still running: this is a snapshot. Run '
+            "<code>cerebro report DIR</code> again to update it.</p>"
+        )
+    elif st.fit_status == "stopped":
+        live = '<p class="live">The fit stopped before it finished; rerun it to resume.</p>'
+    sections = [_summary(run, st), live, _failures(st)]
+    if curves:
+        imgs = "".join(_img(p, f"learning curves: {n}") for n, p in curves)
+        sections.append(
+            "<section><h2>Learning curves</h2><p class=hint>Per epoch, train and validation; "
+            "the best model is the thick black line, dotted lines are failed or diverged "
+            f"models.</p>{imgs}</section>"
+        )
+    if hp is not None:
+        sections.append(
+            f"<section><h2>Hyperparameters against {_e(st.objective)}</h2><p class=hint>"
+            "Each model's value at its last epoch; x marks along the top are failed or "
+            f"diverged models without a value.</p>{_img(hp, 'hyperparameters')}</section>"
+        )
+    if timeline is not None:
+        sections.append(
+            "<section><h2>Timeline</h2><p class=hint>Every hop per worker over time; gaps "
+            f"are idle workers. {_e(_worker_busy(run, st))}.</p>"
+            f"{_img(timeline, 'timeline')}</section>"
+        )
+    sections.append(_table(run, st))
+    return _TEMPLATE.format(
+        title=_e(title),
+        run_dir=_e(run.run_dir.resolve()),
+        status=_e(st.fit_status),
+        when=_e(when),
+        body="\n".join(s for s in sections if s),
+        css=_CSS,
+        js=_JS,
+    )
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{css}</style></head>
+<body><header><h1>{title}</h1>
+<div class="meta"><span class="st st-{status}">{status}</span> <code>{run_dir}</code> &middot;
+snapshot {when}</div></header>
+<main>
+{body}
+</main>
+<script>{js}</script>
+</body></html>
+"""
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+margin:0;background:#f5f6f8;color:#1d2125;font-size:14px}
+header{background:#1f2d3d;color:#fff;padding:18px 32px}
+header h1{margin:0 0 6px;font-size:22px;font-weight:600}
+header code{color:#cfe3ff}.meta{font-size:13px;opacity:.9}
+main{padding:8px 32px 40px;max-width:1500px}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);
+margin:18px 0;padding:16px 20px}
+h2{font-size:17px;margin:0 0 8px}.hint{color:#5c6670;margin:0 0 10px;font-size:13px}
+img{max-width:100%;display:block;margin:8px 0 14px}
+.summary{display:flex;gap:20px;flex-wrap:wrap;align-items:flex-start}
+.best{flex:0 0 300px;border-left:4px solid #2b8a3e;padding-left:14px}
+.best .v{font-size:22px;font-weight:600;margin:4px 0}.best .obj{font-size:14px;color:#2b8a3e}
+.cards{display:flex;gap:12px;flex-wrap:wrap;flex:1}
+.card{background:#f5f6f8;border-radius:6px;padding:10px 14px;min-width:130px}
+.k{font-size:12px;color:#5c6670;text-transform:uppercase;letter-spacing:.04em}
+.card .v{font-size:20px;font-weight:600;margin-top:2px}.sub{font-size:12px;color:#5c6670}
+table.hp{border-collapse:collapse;font-size:13px}
+table.hp th{text-align:left;padding:1px 12px 1px 0;color:#5c6670;font-weight:500}
+.scroll{overflow-x:auto}
+table.sortable{border-collapse:collapse;width:100%;font-size:13px}
+table.sortable th{background:#eef1f4;cursor:pointer;user-select:none;text-align:left;
+padding:6px 10px;white-space:nowrap;position:sticky;top:0}
+table.sortable th:hover{background:#dde3ea}
+table.sortable th.obj{background:#dbeedd}
+table.sortable th[data-dir=asc]::after{content:" \\25B2"}
+table.sortable th[data-dir=desc]::after{content:" \\25BC"}
+table.sortable td{padding:5px 10px;border-top:1px solid #e6e9ed;white-space:nowrap}
+table.sortable td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable tr.best td{background:#eaf6ec}
+td.err{color:#a61e1e;max-width:420px;overflow:hidden;text-overflow:ellipsis}
+.st{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;
+background:#e6e9ed;color:#1d2125}
+.st-done{background:#d3f0d8;color:#1b5e20}.st-running{background:#d6e8fb;color:#0b4f8a}
+.st-failed{background:#fbd9d9;color:#9b1c1c}.st-diverged{background:#fde7c8;color:#8a4b00}
+.st-stopped{background:#fde7c8;color:#8a4b00}
+.fail{margin:8px 0;padding:8px 10px;background:#fff7f7;border-left:3px solid #c44e52}
+.fail summary{cursor:pointer;color:#9b1c1c;margin-top:4px}
+.fail pre{white-space:pre-wrap;font-size:12px;background:#f5f6f8;padding:8px;
+max-height:320px;overflow:auto}
+.live{background:#fff8e1;border-left:4px solid #f0ad00;padding:10px 14px}
+"""
+
+# Click a header to sort by it (again to reverse); numbers as numbers, empty cells last.
+_JS = """
+document.querySelectorAll("table.sortable th").forEach(function (th, i) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0];
+    var asc = th.dataset.dir !== "asc";
+    table.querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
+    th.dataset.dir = asc ? "asc" : "desc";
+    function key(r) {
+      var c = r.cells[i], v = c.dataset.v !== undefined ? c.dataset.v : c.textContent.trim();
+      var n = Number(v);
+      return v === "" ? null : (isNaN(n) ? v.toLowerCase() : n);
+    }
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === null || y === null) { return (x === null) - (y === null); }
+      if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+    }).forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""

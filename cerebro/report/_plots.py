@@ -1,0 +1,244 @@
+"""The report's PNG plots: learning curves and each hyperparameter against the objective.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas, never ``pyplot``, so
+no global state or GUI backend is touched, and every file is written to a temporary name and
+renamed (a reader never sees half a PNG).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from cerebro.report._data import RunData
+from cerebro.report._summary import DROPPED, RunStatus, fmt_value, objective_value
+
+__all__ = ["plot_hyperparams", "plot_learning_curves", "save_figure"]
+
+BEST_COLOR = "#111111"
+FAILED_COLOR = "#C44E52"
+# Past this many models the legend names the best ones only; the rest are drawn in grey.
+LEGEND_LIMIT = 20
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG to a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "metric"
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _ranked(st: RunStatus) -> list[str]:
+    """Model ids, best first by the objective, models without a value last."""
+    sign = 1.0 if st.mode == "min" else -1.0
+
+    def key(m: Any) -> tuple[int, float, str]:
+        v = objective_value(m, st.objective)
+        return (v is None, 0.0 if v is None else sign * v, m.model_id)
+
+    return [m.model_id for m in sorted(st.models, key=key)]
+
+
+def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tuple[str, Path]]:
+    """One figure per metric: train and val panels, every model, the best one highlighted.
+
+    Returns ``[(metric name, png path)]``.
+    """
+    series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]] = {}
+    for m in run.metrics:
+        if m["value"] is None or not math.isfinite(m["value"]):
+            continue
+        s = series.setdefault(m["name"], {}).setdefault(m["split"], {})
+        s.setdefault(m["model_id"], []).append((int(m["epoch"]) + 1, float(m["value"])))
+    status = {m.model_id: m.status for m in st.models}
+    best = st.best["model_id"] if st.best else None
+    ranked = _ranked(st)
+    named = set(ranked[:LEGEND_LIMIT]) if len(ranked) > LEGEND_LIMIT else set(ranked)
+    colors = dict(zip(ranked, _colors(len(ranked)), strict=True))
+    ids = sorted(status)
+    obj_split, _, obj_name = st.objective.partition("_")
+    out = []
+    for name in sorted(series, key=lambda n: (n != obj_name, n)):
+        splits: list[str] = [s for s in ("train", "val") if s in series[name]]
+        splits += sorted(s for s in series[name] if s not in splits)
+        fig = Figure(figsize=(5.0 * len(splits) + 2.2, 4.2), layout="constrained")
+        axes = fig.subplots(1, len(splits), sharey=True, squeeze=False)[0]
+        for ax, split in zip(axes, splits, strict=True):
+            curves = series[name][split]
+            for mid in ids:
+                if mid not in curves or mid == best:
+                    continue
+                pts = sorted(curves[mid])
+                dropped = status.get(mid) in DROPPED
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color=colors[mid] if mid in named else "#BBBBBB",
+                    lw=1.3,
+                    ls=":" if dropped else "-",
+                    marker="o",
+                    ms=3,
+                    alpha=0.85,
+                )
+            if best in curves:
+                pts = sorted(curves[best])
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                ax.plot(xs, ys, color=BEST_COLOR, lw=3.0, marker="o", ms=5, zorder=5)
+                ax.annotate(
+                    f"best: {best}",
+                    (xs[-1], ys[-1]),
+                    xytext=(6, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=9,
+                    fontweight="bold",
+                    color=BEST_COLOR,
+                    zorder=6,
+                    annotation_clip=False,
+                )
+            highlight = split == obj_split and name == obj_name
+            ax.set_title(f"{split} {name}" + ("  (objective)" if highlight else ""), fontsize=11)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.margins(x=0.12)
+        axes[0].set_ylabel(name)
+        fig.legend(
+            handles=_legend(ranked, named, colors, status, best),
+            loc="outside right upper",
+            fontsize=8,
+            frameon=False,
+            title="models (best first)",
+            title_fontsize=8,
+        )
+        path = save_figure(fig, out_dir / f"curves_{safe_name(name)}.png")
+        out.append((name, path))
+    return out
+
+
+def _legend(
+    ranked: list[str],
+    named: set[str],
+    colors: dict[str, Any],
+    status: dict[str, str],
+    best: str | None,
+) -> list[Line2D]:
+    handles = []
+    for mid in ranked:
+        if mid not in named:
+            continue
+        tag = f" ({status[mid]})" if status.get(mid) in DROPPED else ""
+        if mid == best:
+            handles.append(Line2D([], [], color=BEST_COLOR, lw=3, label=f"{mid} best"))
+        else:
+            ls = ":" if status.get(mid) in DROPPED else "-"
+            handles.append(Line2D([], [], color=colors[mid], lw=1.5, ls=ls, label=mid + tag))
+    rest = len(ranked) - len(named)
+    if rest:
+        handles.append(Line2D([], [], color="#BBBBBB", lw=1.5, label=f"{rest} more (grey)"))
+    return handles
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
+    """One panel per hyperparameter that varies: its values against the objective.
+
+    Numbers are placed on a numeric axis (log when they span 20x or more), anything else
+    as categories. A failed or diverged model with no objective value is an ``x`` along the
+    top edge, so hyperparameter values that break training stand out.
+    """
+    names = [
+        n
+        for n in run.hyperparam_names()
+        if len({repr(m.hyperparams.get(n)) for m in st.models}) > 1
+    ]
+    if not names:
+        return None
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    best = st.best["model_id"] if st.best else None
+    for ax, name in zip(axes, names, strict=False):
+        vals = [m.hyperparams.get(name) for m in st.models]
+        numeric = all(_is_number(v) for v in vals)
+        if numeric:
+            xs_all = [float(v) for v in vals]  # type: ignore[arg-type]
+            pos = [v for v in xs_all if v > 0]
+            if len(pos) == len(xs_all) and max(pos) / min(pos) >= 20:
+                ax.set_xscale("log")
+            distinct = sorted(set(xs_all))
+            if len(distinct) <= 8:
+                ax.set_xticks(distinct, [fmt_value(v) for v in distinct])
+                ax.minorticks_off()
+        else:
+            cats = sorted({repr(v) for v in vals}, key=str)
+            labels = {c: fmt_value(v) for c, v in zip([repr(v) for v in vals], vals, strict=True)}
+            ax.set_xticks(range(len(cats)), [labels[c] for c in cats])
+            ax.set_xlim(-0.6, len(cats) - 0.4)
+        seen: dict[Any, int] = {}
+        for m, v in zip(st.models, vals, strict=True):
+            if numeric:
+                x = float(v)  # type: ignore[arg-type]
+            else:
+                c = cats.index(repr(v))
+                k = seen[c] = seen.get(c, -1) + 1  # spread points of one category apart
+                x = c + ((k % 5) - 2) * 0.06
+            y = objective_value(m, st.objective)
+            dropped = m.status in DROPPED
+            if y is None:
+                if dropped:
+                    ax.plot(
+                        x,
+                        0.96,
+                        "x",
+                        color=FAILED_COLOR,
+                        ms=9,
+                        mew=2,
+                        transform=ax.get_xaxis_transform(),
+                        clip_on=False,
+                    )
+                continue
+            if m.model_id == best:
+                ax.plot(x, y, "*", color=BEST_COLOR, ms=16, zorder=5)
+            else:
+                ax.plot(x, y, "o", color=FAILED_COLOR if dropped else "#4C72B0", ms=7, alpha=0.8)
+        ax.set_xlabel(name)
+        ax.set_ylabel(st.objective)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.legend(
+        handles=[
+            Line2D([], [], ls="", marker="o", color="#4C72B0", label="model"),
+            Line2D([], [], ls="", marker="*", ms=12, color=BEST_COLOR, label=f"best ({best})"),
+            Line2D([], [], ls="", marker="x", mew=2, color=FAILED_COLOR, label="failed/diverged"),
+        ],
+        loc="outside upper center",
+        ncols=3,
+        fontsize=9,
+        frameon=False,
+    )
+    return save_figure(fig, out_dir / "hyperparams.png")

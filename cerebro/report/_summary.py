@@ -1,0 +1,255 @@
+"""Numbers a user acts on, computed from one catalog snapshot: progress, timing, the best model.
+
+NOTE [ the best model is FitResult's best ]
+The objective defaults to what :class:`cerebro.FitResult` picks (``val_loss``, else
+``train_loss``, else the first metric by name) and models are ranked the same way: each
+model's value at its last recorded epoch, ``mode`` min or max, ties to the lowest model id.
+An objective ``test_<name>`` ranks by the ``evaluations`` table when it has rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cerebro.report._data import RunData
+
+__all__ = ["ModelProgress", "RunStatus", "active_segments", "summarize"]
+
+# Two hops further apart than this (seconds, across all workers) mean the driver was not
+# running in between (a stopped and resumed fit): that gap is not counted as idle time.
+RESUME_GAP = 60.0
+LIVE = ("pending", "running")
+DROPPED = ("failed", "diverged")
+
+
+@dataclass
+class ModelProgress:
+    """One model's state: where it is in the fit and its latest metrics."""
+
+    model_id: str
+    status: str
+    error: str | None
+    hyperparams: dict[str, Any]
+    epochs_done: int
+    hops_done: int
+    hops_total: int
+    metrics: dict[str, float] = field(default_factory=dict)  # last epoch, "<split>_<name>"
+    test: dict[str, float] = field(default_factory=dict)  # evaluations, "test_<name>"
+    hop_seconds: float = 0.0  # wall time of its done hops
+
+
+@dataclass
+class RunStatus:
+    """The state of a running or finished fit, as :func:`cerebro.report.read_status` sees it.
+
+    Attributes:
+        hops_done: completed hops of every model.
+        hops_total: hops the fit will have run when it ends (a failed model's remaining
+            hops are not counted: they will never run).
+        hops_running: hops in flight now.
+        elapsed: seconds from the fit's creation to its end (or now).
+        eta: seconds left, from the mean train and val hop times; ``None`` when unknown
+            (no hop done yet) and 0 when the fit is not running.
+        busy: the workers' busy fraction while the fit was active, ``None`` before any hop.
+        best: ``{"model_id", "value", "hyperparams", "epoch"}`` or ``None``.
+        last_activity: the time (``time.time()``) of the last hop start or end.
+    """
+
+    run_dir: str
+    fit_id: int
+    fit_status: str
+    num_epochs: int
+    workers: int
+    models: list[ModelProgress]
+    hops_done: int
+    hops_total: int
+    hops_running: int
+    elapsed: float
+    eta: float | None
+    busy: float | None
+    active_seconds: float
+    objective: str
+    mode: str
+    best: dict[str, Any] | None
+    last_activity: float | None
+    now: float
+
+    @property
+    def failed(self) -> list[ModelProgress]:
+        return [m for m in self.models if m.status in DROPPED]
+
+
+def default_objective(run: RunData) -> str:
+    names = {f"{m['split']}_{m['name']}" for m in run.metrics}
+    for candidate in ("val_loss", "train_loss"):
+        if candidate in names:
+            return candidate
+    return sorted(names)[0] if names else "val_loss"
+
+
+def active_segments(
+    intervals: list[tuple[float, float]], gap: float = RESUME_GAP
+) -> list[tuple[float, float]]:
+    """Merge hop intervals into the periods a driver was running (gaps under ``gap`` joined)."""
+    segs: list[tuple[float, float]] = []
+    for s, e in sorted(intervals):
+        if segs and s <= segs[-1][1] + gap:
+            segs[-1] = (segs[-1][0], max(segs[-1][1], e))
+        else:
+            segs.append((s, e))
+    return segs
+
+
+def hop_intervals(run: RunData) -> list[tuple[float, float]]:
+    """(start, end) of every hop that has a start; a hop still running ends now."""
+    out = []
+    for h in run.hops:
+        if h["start"] is None:
+            continue
+        end = h["end"]
+        if end is None:
+            end = run.now if h["status"] == "running" and not run.finished else h["start"]
+        out.append((float(h["start"]), max(float(end), float(h["start"]))))
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> RunStatus:
+    """Progress, timing and the best model of ``run``."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    objective = objective or default_objective(run)
+    last = run.last_epoch_metrics()
+    tests = run.test_metrics()
+    done_hops = [h for h in run.hops if h["status"] == "done"]
+    per_model: dict[str, dict[str, int]] = {}
+    seconds: dict[str, float] = {}
+    for h in done_hops:
+        c = per_model.setdefault(h["model_id"], {"train": 0, "val": 0})
+        c[h["kind"]] = c.get(h["kind"], 0) + 1
+        seconds[h["model_id"]] = seconds.get(h["model_id"], 0.0) + _dur(h)
+    epochs_done: dict[str, int] = {}
+    for mrow in run.metrics:
+        mid = mrow["model_id"]
+        epochs_done[mid] = max(epochs_done.get(mid, 0), int(mrow["epoch"]) + 1)
+    models = []
+    for row in run.models:
+        mid = row["model_id"]
+        c = per_model.get(mid, {})
+        models.append(
+            ModelProgress(
+                model_id=mid,
+                status=row["status"],
+                error=row["error"],
+                hyperparams=row["hyperparams"],
+                epochs_done=epochs_done.get(mid, 0),
+                hops_done=sum(c.values()),
+                hops_total=run.hops_per_model,
+                metrics=last.get(mid, {}),
+                test=tests.get(mid, {}),
+                hop_seconds=seconds.get(mid, 0.0),
+            )
+        )
+    hops_done = len(done_hops)
+    hops_total = sum(
+        m.hops_done if m.status in DROPPED else max(m.hops_total, m.hops_done) for m in models
+    )
+    train_mean = _mean([_dur(h) for h in done_hops if h["kind"] == "train"])
+    val_mean = _mean([_dur(h) for h in done_hops if h["kind"] != "train"]) or train_mean
+    eta: float | None = 0.0
+    if not run.finished:
+        rem_train = rem_val = 0
+        for m in models:
+            if m.status in LIVE:
+                c = per_model.get(m.model_id, {})
+                rem_train += max(run.num_epochs * run.train_partitions - c.get("train", 0), 0)
+                rem_val += max(run.num_epochs * run.val_partitions - c.get("val", 0), 0)
+        if train_mean is None:
+            eta = None
+        else:
+            work = rem_train * train_mean + rem_val * (val_mean or 0.0)
+            eta = work / run.workers
+    intervals = hop_intervals(run)
+    segs = active_segments(intervals)
+    active = sum(e - s for s, e in segs)
+    busy = None
+    if intervals and active > 0:
+        busy = min(sum(e - s for s, e in intervals) / (run.workers * active), 1.0)
+    stamps = [float(t) for h in run.hops for t in (h["start"], h["end"]) if t is not None]
+    return RunStatus(
+        run_dir=str(run.run_dir),
+        fit_id=run.fit_id,
+        fit_status=str(run.fit["status"]),
+        num_epochs=run.num_epochs,
+        workers=run.workers,
+        models=models,
+        hops_done=hops_done,
+        hops_total=hops_total,
+        hops_running=sum(1 for h in run.hops if h["status"] == "running"),
+        elapsed=max(run.end_time - float(run.fit["created"]), 0.0),
+        eta=eta,
+        busy=busy,
+        active_seconds=active,
+        objective=objective,
+        mode=mode,
+        best=best_model(models, objective, mode),
+        last_activity=max(stamps) if stamps else None,
+        now=run.now,
+    )
+
+
+def objective_value(m: ModelProgress, objective: str) -> float | None:
+    v = m.metrics.get(objective, m.test.get(objective))
+    return v if v is not None and math.isfinite(v) else None
+
+
+def best_model(models: list[ModelProgress], objective: str, mode: str) -> dict[str, Any] | None:
+    """The best model by ``objective`` at its last epoch (ties: lowest model id)."""
+    scored = [(objective_value(m, objective), m) for m in models]
+    ok = [(v, m) for v, m in scored if v is not None]
+    if not ok:
+        return None
+    sign = 1.0 if mode == "min" else -1.0
+    v, m = min(ok, key=lambda t: (sign * t[0], t[1].model_id))
+    return {
+        "model_id": m.model_id,
+        "value": v,
+        "hyperparams": m.hyperparams,
+        "epoch": m.epochs_done,
+        "status": m.status,
+    }
+
+
+def _dur(h: dict[str, Any]) -> float:
+    if h["start"] is None or h["end"] is None:
+        return 0.0
+    return max(float(h["end"]) - float(h["start"]), 0.0)
+
+
+def fmt_seconds(s: float | None) -> str:
+    """``1:02:03`` / ``2:03`` / ``4.2 s``; ``?`` for unknown."""
+    if s is None or not math.isfinite(s):
+        return "?"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def fmt_value(v: Any) -> str:
+    """A metric or hyperparameter value, short."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(v)
