@@ -95,17 +95,25 @@ class LocalEngine:
         return dict(result)
 
     def _restart(self, w: int, reason: str) -> None:
-        self.restarts[w] += 1
-        if self.restarts[w] > self._max_restarts:
-            raise WorkerError(
-                f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping rather "
-                "than looping. Check memory use (dmesg may show the OOM killer) and the "
-                "spec's native code; resume with `cerebro resume DIR` once fixed."
-            )
-        self._children[w].kill()
-        child = Child(f"worker {w}", self._env)
-        self._children[w] = child
-        self.info[w] = self._finish_setup(w, child.call(setup_worker, *self._setup_args[w]))
+        """Replace worker ``w`` with a fresh process that reloads its partitions."""
+        while True:
+            self.restarts[w] += 1
+            if self.restarts[w] > self._max_restarts:
+                raise WorkerError(
+                    f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping "
+                    "rather than looping. Check memory use (dmesg may show the OOM killer) "
+                    "and the spec's native code; resume with `cerebro resume DIR` once fixed."
+                )
+            self._children[w].kill()
+            child = Child(f"worker {w}", self._env)
+            self._children[w] = child
+            try:
+                result = child.call(setup_worker, *self._setup_args[w])
+            except ChildDied as e:
+                reason = f"died while starting: {e}"
+                continue
+            self.info[w] = self._finish_setup(w, result)
+            return
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
