@@ -100,3 +100,106 @@ def test_killed_driver_resumes(toy_params: dict[str, str], tmp_path: Path) -> No
     w1 = torch.load(result.best["checkpoint"], weights_only=False)["components"]["model"]
     w2 = torch.load(reference.best["checkpoint"], weights_only=False)["components"]["model"]
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+EXPERIMENT = """
+import numpy as np, pandas as pd, time, torch
+from pathlib import Path
+from cerebro import ETLSpec, MinibatchSpec
+
+root = Path(__file__).parent / "data"
+root.mkdir(exist_ok=True)
+rng = np.random.default_rng(0)
+for split, n in (("train", 400), ("val", 100)):
+    y = rng.integers(0, 2, n)
+    df = pd.DataFrame({"id": np.arange(n), "a": rng.normal(size=n) + y, "label": y})
+    df.to_csv(root / f"{split}.csv", index=False)
+
+class ETL(ETLSpec):
+    def row_prep(self, row, mode, object_dir):
+        time.sleep(0.002)
+        return torch.tensor([row["a"]], dtype=torch.float32), torch.tensor(int(row["label"]))
+
+class Spec(MinibatchSpec):
+    def create_model_components(self, hyperparams):
+        model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Dropout(0.2),
+                                    torch.nn.Linear(8, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=hyperparams["lr"])
+        return {"model": model, "optimizer": opt}
+    def train(self, model_object, minibatch, hyperparams, device):
+        time.sleep(0.01)
+        x, y = minibatch
+        model_object["optimizer"].zero_grad()
+        loss = torch.nn.functional.cross_entropy(model_object["model"](x), y)
+        loss.backward(); model_object["optimizer"].step()
+        return {"loss": loss.item()}
+    def valtest(self, model_object, minibatch, hyperparams, device):
+        x, y = minibatch
+        out = model_object["model"](x)
+        return {"loss": torch.nn.functional.cross_entropy(out, y).item(),
+                "acc": (out.argmax(1) == y).float().mean().item()}
+
+etl_spec, minibatch_spec = ETL(), Spec()
+params = {"train_main": str(root / "train.csv"), "val_main": str(root / "val.csv"),
+          "output_dir": str(root.parent / "run")}
+param_grid = {"lr": [0.05, 0.01, 0.002], "batch_size": [32]}
+num_epochs = 3
+workers = 2
+"""
+
+
+def test_driver_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
+    import random
+
+    f = tmp_path / "exp.py"
+    f.write_text(EXPERIMENT)
+    rng = random.Random(1234)
+    kills = 0
+    finished = False
+    started = time.time()
+    while kills < 6 and time.time() - started < 150:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cerebro.cli", "run", str(f), "-q"],
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            proc.wait(timeout=rng.uniform(1.0, 7.0))
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            finished = True
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # driver, ETL processes and workers
+            proc.wait()
+            kills += 1
+    assert kills >= 2, "the run finished too fast to be killed: slow the experiment down"
+    run_dir = tmp_path / "run"
+    result = Experiment.resume(run_dir, verbose=False)  # the API, after the last kill
+    del finished
+    con = sqlite3.connect(run_dir / "catalog.sqlite")
+    rows = con.execute("SELECT model_id, kind, partition, epoch, status FROM hops").fetchall()
+    con.close()
+    count = Counter((m, k, p, e) for m, k, p, e, s in rows if s == "done")
+    assert len(count) == 3 * 2 * 2 * 3 and set(count.values()) == {1}
+    assert {r[4] for r in rows} <= {"done", "lost"}
+    assert set(result.table["status"]) == {"done"}
+
+    # the same as a run that was never interrupted
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    (clean_dir / "exp.py").write_text(EXPERIMENT)
+    r = subprocess.run(
+        [sys.executable, "-m", "cerebro.cli", "run", str(clean_dir / "exp.py"), "-q"],
+        cwd=clean_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    clean = Experiment.resume(clean_dir / "run", verbose=False)  # finished: reads, no work
+    key = ["model_id", "epoch", "split", "metric"]
+    a = result.history.sort_values(key).reset_index(drop=True)
+    b = clean.history.sort_values(key).reset_index(drop=True)
+    assert a.equals(b)

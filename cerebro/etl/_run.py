@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import cloudpickle
 
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
 from cerebro.errors import UserCodeError, WorkerError
@@ -94,11 +92,46 @@ def _check_row(result: Any, split: str) -> str | None:
 
 
 def _spec_fingerprint(spec: ETLSpec) -> str:
-    try:
-        text = inspect.getsource(type(spec)).encode()
-    except (OSError, TypeError):
-        text = cloudpickle.dumps(type(spec))
-    return hashlib.sha256(text).hexdigest()[:16]
+    """A hash of the spec's code and simple attributes.
+
+    Code objects, not source text: a spec unpickled by value (``resume``) has no source
+    file to read but the very same code, so it must hash the same.
+    """
+    h = hashlib.sha256(type(spec).__qualname__.encode())
+    for klass in type(spec).__mro__:
+        if klass is ETLSpec:
+            break
+        for name, value in sorted(vars(klass).items()):
+            func = getattr(value, "__func__", value)
+            code = getattr(func, "__code__", None)
+            if code is not None:
+                h.update(name.encode() + _code_bytes(code))
+            elif not name.startswith("__"):
+                h.update(f"{name}={_simple(value)}".encode())
+    for name, value in sorted(vars(spec).items()):
+        h.update(f"{name}={_simple(value)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """Bytecode, names and constants of ``code`` and its nested functions (marshal's output
+    depends on interning and reference counts, so it is not stable across processes)."""
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"\0".join(parts)
+
+
+def _simple(value: Any) -> str:
+    if isinstance(value, str | int | float | bool | type(None)):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_simple(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k!r}:{_simple(v)}" for k, v in sorted(value.items())) + "}"
+    return type(value).__qualname__
 
 
 def _fingerprint(
