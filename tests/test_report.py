@@ -25,7 +25,7 @@ from toy import ToyETL, ToySpec, write_toy_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
 # m000..m005: lr x act; lr=0.01 raises in train (failed), lr=0.5 returns NaN (diverged).
-GRID = {"lr": [0.1, 0.01, 0.5], "act": ["relu", "tanh"], "batch_size": [32]}
+GRID: dict[str, list[Any]] = {"lr": [0.1, 0.01, 0.5], "act": ["relu", "tanh"], "batch_size": [32]}
 EPOCHS = 2
 
 

@@ -41,10 +41,14 @@ def safe_name(name: str) -> str:
 
 
 def _colors(n: int) -> list[Any]:
+    """``n`` distinct colours: tab10's first, then tab20's lighter shades of them."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    tab20 = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # dark shades, then the light ones
+    return [tab20(order[i % 20]) for i in range(n)]
 
 
 def _ranked(st: RunStatus) -> list[str]:
@@ -71,13 +75,25 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
         s.setdefault(m["model_id"], []).append((int(m["epoch"]) + 1, float(m["value"])))
     status = {m.model_id: m.status for m in st.models}
     best = st.best["model_id"] if st.best else None
-    ranked = _ranked(st)
-    named = set(ranked[:LEGEND_LIMIT]) if len(ranked) > LEGEND_LIMIT else set(ranked)
-    colors = dict(zip(ranked, _colors(len(ranked)), strict=True))
+    ranges = {
+        name: (
+            min(v for c in splits.values() for pts in c.values() for _, v in pts),
+            max(v for c in splits.values() for pts in c.values() for _, v in pts),
+        )
+        for name, splits in series.items()
+    }
+    with_points = {mid for splits in series.values() for c in splits.values() for mid in c}
+    others = [mid for mid in _ranked(st) if mid in with_points and mid != best]
+    colors = dict(zip(others, _colors(len(others)), strict=True))
+    labels = _labels(run)
     ids = sorted(status)
     obj_split, _, obj_name = st.objective.partition("_")
     out = []
     for name in sorted(series, key=lambda n: (n != obj_name, n)):
+        here = {mid for c in series[name].values() for mid in c}
+        ranked = [mid for mid in _ranked(st) if mid in here]
+        named = set(ranked[:LEGEND_LIMIT])
+        without = len(status) - len(ranked)
         splits: list[str] = [s for s in ("train", "val") if s in series[name]]
         splits += sorted(s for s in series[name] if s not in splits)
         fig = Figure(figsize=(5.0 * len(splits) + 2.2, 4.2), layout="constrained")
@@ -103,27 +119,29 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
                 pts = sorted(curves[best])
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 ax.plot(xs, ys, color=BEST_COLOR, lw=3.0, marker="o", ms=5, zorder=5)
+                low, high = ranges[name]
+                above = ys[-1] <= (low + high) / 2  # the label goes where there is room
                 ax.annotate(
                     f"best: {best}",
                     (xs[-1], ys[-1]),
-                    xytext=(6, 0),
+                    xytext=(-6, 9 if above else -9),
                     textcoords="offset points",
-                    va="center",
+                    ha="right",
+                    va="bottom" if above else "top",
                     fontsize=9,
-                    fontweight="bold",
                     color=BEST_COLOR,
                     zorder=6,
-                    annotation_clip=False,
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8},
                 )
             highlight = split == obj_split and name == obj_name
             ax.set_title(f"{split} {name}" + ("  (objective)" if highlight else ""), fontsize=11)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.margins(x=0.12)
+            ax.margins(x=0.06, y=0.08)
         axes[0].set_ylabel(name)
         fig.legend(
-            handles=_legend(ranked, named, colors, status, best),
+            handles=_legend(ranked, named, colors, status, best, labels, without),
             loc="outside right upper",
             fontsize=8,
             frameon=False,
@@ -135,26 +153,47 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
     return out
 
 
+def _labels(run: RunData, width: int = 44) -> dict[str, str]:
+    """``m003 lr=0.003 hidden=64``: the id and the hyperparameters that vary, shortened."""
+    varying = [
+        n
+        for n in run.hyperparam_names()
+        if len({repr(m["hyperparams"].get(n)) for m in run.models}) > 1
+    ]
+    out = {}
+    for m in run.models:
+        hp = " ".join(f"{n}={fmt_value(m['hyperparams'].get(n))}" for n in varying)
+        label = f"{m['model_id']}  {hp}".rstrip()
+        out[m["model_id"]] = label if len(label) <= width else label[: width - 1] + "…"
+    return out
+
+
 def _legend(
     ranked: list[str],
     named: set[str],
     colors: dict[str, Any],
     status: dict[str, str],
     best: str | None,
+    labels: dict[str, str],
+    without: int,
 ) -> list[Line2D]:
     handles = []
     for mid in ranked:
         if mid not in named:
             continue
-        tag = f" ({status[mid]})" if status.get(mid) in DROPPED else ""
+        label = labels.get(mid, mid)
         if mid == best:
-            handles.append(Line2D([], [], color=BEST_COLOR, lw=3, label=f"{mid} best"))
+            handles.append(Line2D([], [], color=BEST_COLOR, lw=3, label=f"{label}  (best)"))
         else:
-            ls = ":" if status.get(mid) in DROPPED else "-"
-            handles.append(Line2D([], [], color=colors[mid], lw=1.5, ls=ls, label=mid + tag))
+            dropped = status.get(mid) in DROPPED
+            tag = f"  ({status[mid]})" if dropped else ""
+            ls = ":" if dropped else "-"
+            handles.append(Line2D([], [], color=colors[mid], lw=1.5, ls=ls, label=label + tag))
     rest = len(ranked) - len(named)
     if rest:
         handles.append(Line2D([], [], color="#BBBBBB", lw=1.5, label=f"{rest} more (grey)"))
+    if without:
+        handles.append(Line2D([], [], ls="", label=f"{without} model(s) without a finished epoch"))
     return handles
 
 
@@ -225,6 +264,8 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
                 ax.plot(x, y, "*", color=BEST_COLOR, ms=16, zorder=5)
             else:
                 ax.plot(x, y, "o", color=FAILED_COLOR if dropped else "#4C72B0", ms=7, alpha=0.8)
+        if any(objective_value(m, st.objective) is None for m in st.models):
+            ax.margins(y=0.16)  # room for the failed models' x along the top
         ax.set_xlabel(name)
         ax.set_ylabel(st.objective)
         ax.grid(alpha=0.3)

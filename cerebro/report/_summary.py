@@ -9,13 +9,14 @@ An objective ``test_<name>`` ranks by the ``evaluations`` table when it has rows
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from cerebro.report._data import RunData
 
-__all__ = ["ModelProgress", "RunStatus", "active_segments", "summarize"]
+__all__ = ["ModelProgress", "RunStatus", "active_segments", "driver_restarts", "summarize"]
 
 # Two hops further apart than this (seconds, across all workers) mean the driver was not
 # running in between (a stopped and resumed fit): that gap is not counted as idle time.
@@ -90,28 +91,69 @@ def default_objective(run: RunData) -> str:
 
 
 def active_segments(
-    intervals: list[tuple[float, float]], gap: float = RESUME_GAP
+    intervals: list[tuple[float, float]], gap: float = RESUME_GAP, breaks: tuple[float, ...] = ()
 ) -> list[tuple[float, float]]:
-    """Merge hop intervals into the periods a driver was running (gaps under ``gap`` joined)."""
+    """Merge hop intervals into the periods a driver was running.
+
+    Intervals closer than ``gap`` are joined (that time counts as idle workers), unless a
+    driver restart lies between them: ``breaks`` are the start times of resumed drivers'
+    first hops (see :func:`driver_restarts`).
+    """
     segs: list[tuple[float, float]] = []
     for s, e in sorted(intervals):
-        if segs and s <= segs[-1][1] + gap:
+        restarted = bool(segs) and any(segs[-1][1] < b <= s for b in breaks)
+        if segs and s <= segs[-1][1] + gap and not restarted:
             segs[-1] = (segs[-1][0], max(segs[-1][1], e))
         else:
             segs.append((s, e))
     return segs
 
 
+def driver_restarts(run: RunData) -> tuple[float, ...]:
+    """When a resumed driver ran its first hop: its workers are new processes (new pids).
+
+    A pid whose first hop starts after every earlier pid's last hop ended is a new
+    generation of workers, i.e. a new driver; one worker restarted inside a running fit is
+    not (the other workers go on past its start).
+    """
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for h in run.hops:
+        if h["pid"] is None or h["start"] is None:
+            continue
+        pid, s = int(h["pid"]), float(h["start"])
+        e = float(h["end"]) if h["end"] is not None else s
+        first[pid] = min(first.get(pid, s), s)
+        last[pid] = max(last.get(pid, e), e)
+    out = []
+    for s in first.values():
+        older = [q for q in first if first[q] < s]
+        if older and all(last[q] <= s for q in older):
+            out.append(s)
+    return tuple(sorted(set(out)))
+
+
 def hop_intervals(run: RunData) -> list[tuple[float, float]]:
-    """(start, end) of every hop that has a start; a hop still running ends now."""
+    """(start, end) of every hop that has a start, in ``run.hops`` order.
+
+    A hop still running ends now. A hop a dead driver left behind (``lost``, no end) ends
+    where the last hop of that driver's session ended: about when the driver died.
+    """
+    breaks = driver_restarts(run)
+    ends = sorted(float(h["end"]) for h in run.hops if h["end"] is not None)
     out = []
     for h in run.hops:
         if h["start"] is None:
             continue
+        start = float(h["start"])
         end = h["end"]
-        if end is None:
-            end = run.now if h["status"] == "running" and not run.finished else h["start"]
-        out.append((float(h["start"]), max(float(end), float(h["start"]))))
+        if end is None and h["status"] == "running" and not run.finished:
+            end = run.now
+        elif end is None:
+            session_end = next((b for b in breaks if b > start), math.inf)
+            i = bisect.bisect_left(ends, session_end) - 1
+            end = ends[i] if i >= 0 and ends[i] >= start else start
+        out.append((start, max(float(end), start)))
     return out
 
 
@@ -175,7 +217,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
             work = rem_train * train_mean + rem_val * (val_mean or 0.0)
             eta = work / run.workers
     intervals = hop_intervals(run)
-    segs = active_segments(intervals)
+    segs = active_segments(intervals, breaks=driver_restarts(run))
     active = sum(e - s for s, e in segs)
     busy = None
     if intervals and active > 0:

@@ -2,10 +2,11 @@
 
 NOTE [ a resumed fit's gap is cut out ]
 A fit that was stopped and resumed has a stretch with no hops at all (the driver was gone:
-minutes or days). Drawn to scale it would squeeze both halves into slivers, so the time
-axis counts *active* seconds only: every gap longer than ``RESUME_GAP`` between the
-periods in which hops ran is cut out and marked with a dashed line saying how long it was.
-Shorter idle time, which is what a user wants to see, is drawn to scale.
+seconds or days). Drawn to scale it would squeeze both halves into slivers and count as
+idle workers, so the time axis counts *active* seconds only: the gap before a resumed
+driver's first hop (its workers have new pids), and any gap longer than ``RESUME_GAP``,
+is cut out and marked with a dashed line saying how long it was. Idle time inside a
+session, which is what a user wants to see, is drawn to scale.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from matplotlib.patches import Patch
 
 from cerebro.report._data import RunData
 from cerebro.report._plots import save_figure
-from cerebro.report._summary import active_segments, fmt_seconds, hop_intervals
+from cerebro.report._summary import active_segments, driver_restarts, fmt_seconds, hop_intervals
 
 __all__ = ["ActiveClock", "plot_timeline"]
 
@@ -28,6 +29,7 @@ COLORS = {
     "failed": "#C44E52",
     "lost": "#9A9A9A",
     "running": "#A6D96A",
+    "overhead": "#C7CED8",
 }
 
 
@@ -71,22 +73,32 @@ def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
     hops = [h for h in run.hops if h["start"] is not None]
     if not hops:
         return None
-    clock = ActiveClock(active_segments(hop_intervals(run)))
+    clock = ActiveClock(active_segments(hop_intervals(run), breaks=driver_restarts(run)))
     intervals = dict(zip((h["hop_id"] for h in hops), hop_intervals(run), strict=True))
     workers = sorted({int(h["worker"]) for h in hops} | set(range(run.workers)))
     total = max(clock(max(e for _, e in intervals.values())), 1e-9)
     bars: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    labels: list[tuple[float, float, int, str]] = []
+    labels: list[tuple[float, float, int, str, str]] = []
     for h in hops:
         s, e = intervals[h["hop_id"]]
         x0, x1 = clock(s), clock(e)
         cat = _category(h["status"], h["kind"])
-        bars.setdefault((int(h["worker"]), cat), []).append((x0, max(x1 - x0, total * 1e-4)))
-        labels.append((x0, x1, int(h["worker"]), h["model_id"]))
+        w = int(h["worker"])
+        bars.setdefault((w, cat), []).append((x0, max(x1 - x0, total * 1e-4)))
+        load = save = 0.0
+        if h["status"] == "done":  # building/loading and saving the model: overhead, lighter
+            load = min(float(h["load_seconds"] or 0.0), x1 - x0)
+            save = min(float(h["save_seconds"] or 0.0), x1 - x0 - load)
+            for start, width in ((x0, load), (x1 - save, save)):
+                if width > total * 2e-3:
+                    bars.setdefault((w, "overhead"), []).append((start, width))
+        pale = load + save > (x1 - x0) / 2
+        labels.append((x0, x1, w, h["model_id"], "#1d2125" if pale else "white"))
     height = max(2.6, 0.55 * len(workers) + 1.6)
     fig = Figure(figsize=(13.0, height), layout="constrained")
     ax = fig.subplots()
-    for (w, cat), spans in sorted(bars.items()):
+    order = list(COLORS)
+    for (w, cat), spans in sorted(bars.items(), key=lambda kv: order.index(kv[0][1])):
         ax.broken_barh(
             spans,
             (w - 0.38, 0.76),
@@ -97,10 +109,10 @@ def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
         )
     # Model ids inside the hops that are wide enough to hold them.
     min_width = total * 0.035
-    for x0, x1, w, mid in labels:
+    for x0, x1, w, mid, color in labels:
         if x1 - x0 >= min_width:
             ax.text(
-                (x0 + x1) / 2, w, mid, ha="center", va="center", fontsize=7, color="white",
+                (x0 + x1) / 2, w, mid, ha="center", va="center", fontsize=7, color=color,
                 clip_on=True,
             )  # fmt: skip
     for pos, gap in clock.gaps():
@@ -116,7 +128,8 @@ def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     present = {cat for _, cat in bars}
     names = {"train": "train hop", "val": "validation hop", "failed": "failed/diverged",
-             "lost": "lost (worker or driver died)", "running": "running now"}  # fmt: skip
+             "lost": "lost (worker or driver died)", "running": "running now",
+             "overhead": "model build/load and save"}  # fmt: skip
     fig.legend(
         handles=[Patch(color=COLORS[c], label=names[c]) for c in COLORS if c in present],
         loc="outside lower center",

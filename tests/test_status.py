@@ -1,0 +1,156 @@
+"""`cerebro status` and the report read a live fit without disturbing it, and after a resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerebro.catalog import Catalog
+from cerebro.report import NoFitError, RunStatus, read_status, status_text, write_report
+from toy import ToyETL, write_toy_csvs
+
+TESTS = Path(__file__).resolve().parent
+MODELS, EPOCHS = 4, 3
+TOTAL = MODELS * EPOCHS * (2 + 2)  # every epoch: 2 train + 2 val partitions per model
+
+# The driver of the live fit: its own process, killed once and then resumed by the test.
+DRIVER = """
+import sys, time
+from cerebro import Experiment
+from toy import ToySpec
+
+class SlowSpec(ToySpec):
+    def train(self, model_object, minibatch, hyperparams, device):
+        time.sleep(0.015)
+        return super().train(model_object, minibatch, hyperparams, device)
+
+exp = Experiment({params!r}, workers=2, verbose=False)
+exp.run_fit(SlowSpec(), {{"lr": [0.1, 0.05], "hidden": [4, 8], "batch_size": [16]}},
+            num_epochs={epochs}, seed=2)
+"""
+
+
+def _start(params: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    script = DRIVER.format(params=params, epochs=EPOCHS)
+    return subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+
+
+def _poll(run_dir: Path, until: Any, proc: subprocess.Popen[bytes]) -> list[RunStatus]:
+    """Read the status every 0.1 s while the driver runs, until ``until(status)``."""
+    seen: list[RunStatus] = []
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            st = read_status(run_dir)
+        except (FileNotFoundError, NoFitError):  # the run is still starting
+            st = None
+        if st is not None:
+            seen.append(st)
+            if until(st):
+                break
+        time.sleep(0.1)
+    return seen
+
+
+def _assert_grows(seen: list[RunStatus]) -> None:
+    for a, b in zip(seen, seen[1:], strict=False):
+        assert b.hops_done >= a.hops_done
+        for ma, mb in zip(a.models, b.models, strict=True):
+            assert mb.hops_done >= ma.hops_done and mb.epochs_done >= ma.epochs_done
+        assert b.hops_total == a.hops_total == TOTAL
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A fit read while it runs, killed (SIGKILL) mid-way, read again, and resumed to the end."""
+    from cerebro import Experiment
+
+    root = tmp_path_factory.mktemp("live")
+    params = write_toy_csvs(root / "csv")
+    params["output_dir"] = str(root / "run")
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    run_dir = exp.output_dir
+
+    proc = _start(params)
+    first = _poll(run_dir, lambda st: st.hops_done >= TOTAL // 3, proc)
+    alive = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-hop
+    proc.wait()
+    killed = read_status(run_dir)
+    killed_text = status_text(run_dir)
+    killed_report = write_report(run_dir).read_text()
+
+    proc = _start(params)  # the same fit again: resumes from the catalog
+    second = _poll(run_dir, lambda st: False, proc)
+    assert proc.wait(timeout=120) == 0
+    return {
+        "run_dir": run_dir,
+        "first": first,
+        "alive": alive,
+        "killed": killed,
+        "killed_text": killed_text,
+        "killed_report": killed_report,
+        "second": second,
+        "final": read_status(run_dir),
+    }
+
+
+def test_status_reads_a_live_fit_and_numbers_only_grow(live: dict[str, Any]) -> None:
+    first, second = live["first"], live["second"]
+    assert live["alive"], "the fit ended before the test could read it mid-way"
+    assert len(first) >= 3 and len(second) >= 2
+    mid = [st for st in first + second if 0 < st.hops_done < TOTAL]
+    assert mid, "no read saw the fit in progress"
+    assert all(st.fit_status == "running" for st in mid)
+    assert any(st.eta is not None and st.eta > 0 for st in mid)
+    _assert_grows(first + [live["killed"]] + second + [live["final"]])
+
+
+def test_status_after_a_kill_says_running_with_hops_left(live: dict[str, Any]) -> None:
+    st = live["killed"]
+    assert st.fit_status == "running" and TOTAL // 3 <= st.hops_done < TOTAL
+    assert "fit 1: running" in live["killed_text"]
+    assert "still running: this is a snapshot" in live["killed_report"]
+
+
+def test_status_after_resume_is_complete(live: dict[str, Any]) -> None:
+    st = live["final"]
+    assert st.fit_status == "done"
+    assert (st.hops_done, st.hops_total, st.hops_running) == (TOTAL, TOTAL, 0)
+    assert all(m.status == "done" and m.epochs_done == EPOCHS for m in st.models)
+    assert st.best is not None and st.eta == 0
+    assert st.busy is not None and 0.2 < st.busy <= 1.0
+    text = status_text(live["run_dir"])
+    assert f"hops {TOTAL}/{TOTAL} (100%)" in text
+    for i in range(MODELS):
+        assert f"m{i:03d}" in text
+    assert f"best so far: {st.best['model_id']} val_loss=" in text
+
+
+def test_report_after_resume_shows_lost_hops(live: dict[str, Any]) -> None:
+    page = write_report(live["run_dir"]).read_text()
+    assert "fit is still running" not in page
+    assert (live["run_dir"] / "plots" / "timeline.png").is_file()
+
+
+def test_no_fit_yet(tmp_path: Path) -> None:
+    Catalog(tmp_path / "catalog.sqlite").close()  # a run that has only created its catalog
+    assert "no fit yet" in status_text(tmp_path)
+    with pytest.raises(NoFitError, match="no fit yet"):
+        write_report(tmp_path)
+
+
+def test_no_catalog_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a Cerebro run directory"):
+        status_text(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        status_text(tmp_path / "missing")
