@@ -130,7 +130,41 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("dir", help="run directory (the output_dir of a fit)")
     st.add_argument("--objective", help="metric that ranks models (default: val_loss)")
     st.add_argument("--mode", default="min", choices=("min", "max"), help="default: min")
+    res = sub.add_parser("resume", help="continue an interrupted run in DIR from its catalog")
+    res.add_argument("dir", help="run directory")
+    res.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    for name, what in (
+        ("test", "evaluate a trained model on the test split"),
+        ("predict", "write DIR/predictions/<model>.csv for the predict split"),
+    ):
+        sp = sub.add_parser(name, help=what)
+        sp.add_argument("dir", help="run directory")
+        sp.add_argument(
+            "--model",
+            default="best",
+            help="'best' (default), a model id such as m003, or a checkpoint path",
+        )
+        sp.add_argument("--batch-size", type=int, help="override the model's batch_size")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _on_saved_run(args: argparse.Namespace) -> int:
+    """``cerebro resume|test|predict DIR``: act on the experiment saved in DIR."""
+    from cerebro.experiment import Experiment
+
+    if args.command == "resume":
+        result = Experiment.resume(args.dir, verbose=not args.quiet)
+        _print_result(result, Path(args.dir).resolve())
+        return 0
+    exp = Experiment.from_dir(args.dir, verbose=not args.quiet)
+    spec = exp.saved_spec("fit")
+    if args.command == "test":
+        for name, value in exp.run_test(spec, args.model, args.batch_size).items():
+            print(f"{name}\t{value:.6g}")
+    else:
+        print(exp.run_predict(spec, args.model, args.batch_size))
+    return 0
 
 
 def _report_or_status(args: argparse.Namespace) -> int:
@@ -159,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "status"):
         return _report_or_status(args)
     try:
+        if args.command in ("resume", "test", "predict"):
+            return _on_saved_run(args)
         if args.command == "example":
             from cerebro.examples import example_path
 

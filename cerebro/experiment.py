@@ -84,25 +84,46 @@ class Experiment:
         self._lock = RunLock(self.output_dir)
 
     @classmethod
+    def from_dir(cls, run_dir: str | Path, *, verbose: bool = True) -> Experiment:
+        """The experiment saved in ``run_dir`` by an earlier ``run_etl``/``run_fit``.
+
+        Raises:
+            CerebroError: ``run_dir`` holds no saved experiment.
+        """
+        session = load_experiment(Path(run_dir))
+        if session is None or "params" not in session:
+            raise CerebroError(
+                f"{run_dir} holds no Cerebro experiment (no experiment.json); start one with "
+                "`cerebro run FILE` or Experiment(...).run_fit."
+            )
+        return cls(session["params"], workers=session["workers"], verbose=verbose)
+
+    def saved_spec(self, section: str) -> Any:
+        """The spec an earlier ``run_etl`` (``"etl"``) or ``run_fit`` (``"fit"``) used."""
+        try:
+            return load_spec(self.output_dir, section)
+        except FileNotFoundError:
+            step = "run_etl" if section == "etl" else "run_fit"
+            raise CerebroError(
+                f"{self.output_dir} has no saved {section} spec: {step} was never called there."
+            ) from None
+
+    @classmethod
     def resume(cls, run_dir: str | Path, *, verbose: bool = True) -> FitResult:
         """Continue the interrupted run in ``run_dir`` (ETL, then the fit) from its catalog.
 
         No completed hop runs again; the specs and settings come from ``run_dir``.
 
         Raises:
-            CerebroError: ``run_dir`` holds no saved experiment.
+            CerebroError: ``run_dir`` holds no saved fit.
         """
-        run_dir = Path(run_dir)
-        session = load_experiment(run_dir)
-        if session is None or "fit" not in session:
-            raise CerebroError(
-                f"{run_dir} holds no experiment to resume (no experiment.json with a fit); "
-                "start it with run_fit or `cerebro run`."
-            )
-        exp = cls(session["params"], workers=session["workers"], verbose=verbose)
+        exp = cls.from_dir(run_dir, verbose=verbose)
+        session = load_experiment(exp.output_dir) or {}
+        if "fit" not in session:
+            raise CerebroError(f"{run_dir} holds no fit to resume; call run_fit there first.")
         if "etl" in session and exp.params.etl_dir is None:
-            exp.run_etl(load_spec(run_dir, "etl"), **session["etl"])
-        return exp.run_fit(load_spec(run_dir, "fit"), **session["fit"])
+            exp.run_etl(exp.saved_spec("etl"), **session["etl"])
+        return exp.run_fit(exp.saved_spec("fit"), **session["fit"])
 
     def _engine(self, spec: MinibatchSpec, owned: list[dict[str, list[int]]]) -> Engine:
         """Start the workers, each holding the partitions ``owned`` lists for it."""

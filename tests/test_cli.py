@@ -15,15 +15,17 @@ from cerebro import ETLSpec, MinibatchSpec
 root = Path(__file__).parent / "data"
 root.mkdir(exist_ok=True)
 rng = np.random.default_rng(0)
-for split, n in (("train", 200), ("val", 50)):
+for split, n in (("train", 200), ("val", 50), ("test", 50)):
     y = rng.integers(0, 2, n)
     df = pd.DataFrame({"id": np.arange(n), "a": rng.normal(size=n) + y, "label": y})
     df.to_csv(root / f"{split}.csv", index=False)
+df.drop(columns=["label"]).to_csv(root / "predict.csv", index=False)
 
 # Specs defined right here (not importable by workers): they travel by value.
 class ETL(ETLSpec):
     def row_prep(self, row, mode, object_dir):
-        return torch.tensor([row["a"]], dtype=torch.float32), torch.tensor(int(row["label"]))
+        label = None if mode == "predict" else torch.tensor(int(row["label"]))
+        return torch.tensor([row["a"]], dtype=torch.float32), label
 
 class Spec(MinibatchSpec):
     def create_model_components(self, hyperparams):
@@ -41,9 +43,14 @@ class Spec(MinibatchSpec):
         out = model_object["model"](x)
         return {"loss": torch.nn.functional.cross_entropy(out, y).item(),
                 "acc": (out.argmax(1) == y).float().mean().item()}
+    def predict(self, model_object, minibatch, hyperparams, device):
+        x, _ = minibatch
+        conf, cls = torch.softmax(model_object["model"](x), 1).max(1)
+        return cls, conf
 
 etl_spec, minibatch_spec = ETL(), Spec()
 params = {"train_main": str(root / "train.csv"), "val_main": str(root / "val.csv"),
+          "test_main": str(root / "test.csv"), "predict_main": str(root / "predict.csv"),
           "output_dir": str(root.parent / "run")}
 param_grid = {"lr": [0.1, 0.01], "batch_size": [32]}
 num_epochs = 2
@@ -85,6 +92,21 @@ def test_run_experiment_file(tmp_path: Path) -> None:
     # the same command again finds the finished fit and recomputes nothing
     again = _cerebro("run", str(f), "--workers", "2", "--output", str(out), "-q", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.splitlines()[:3] == lines[:3]
+    # and the saved run answers resume, test and predict on its own
+    resumed = _cerebro("resume", str(out), "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[:3] == lines[:3]
+    tested = _cerebro("test", str(out), "-q", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert sorted(ln.split("\t")[0] for ln in tested.stdout.splitlines()) == [
+        "test_acc",
+        "test_loss",
+    ]
+    pred = _cerebro("predict", str(out), "--model", "m001", "-q", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr
+    csv = Path(pred.stdout.strip())
+    assert csv == out / "predictions" / "m001.csv"
+    assert len(csv.read_text().splitlines()) == 51
 
 
 def test_bundled_example(tmp_path: Path) -> None:
@@ -118,5 +140,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "must define etl_spec, minibatch_spec, param_grid at module level" in r.stderr
     r = _cerebro("run", str(tmp_path / "missing.py"), cwd=tmp_path)
     assert r.returncode == 2 and "no experiment file" in r.stderr
+    r = _cerebro("resume", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert r.returncode == 2 and "holds no Cerebro experiment" in r.stderr
     r = _cerebro("example", "cifar", cwd=tmp_path)
     assert r.returncode == 2 and "choose one of: digits, mnist" in r.stderr
