@@ -119,7 +119,12 @@ def test_status_after_a_kill_says_running_with_hops_left(live: dict[str, Any]) -
     st = live["killed"]
     assert st.fit_status == "running" and TOTAL // 3 <= st.hops_done < TOTAL
     assert "fit 1: running" in live["killed_text"]
-    assert "still running: this is a snapshot" in live["killed_report"]
+    assert st.driver_alive is False
+    assert "is not running on this machine" in live["killed_text"]
+    assert "The fit was interrupted" in live["killed_report"]
+    assert all(
+        s.driver_alive for s in live["first"] if s.driver_pid == live["first"][-1].driver_pid
+    )
 
 
 def test_status_after_resume_is_complete(live: dict[str, Any]) -> None:
@@ -133,7 +138,7 @@ def test_status_after_resume_is_complete(live: dict[str, Any]) -> None:
     assert f"hops {TOTAL}/{TOTAL} (100%)" in text
     for i in range(MODELS):
         assert f"m{i:03d}" in text
-    assert f"best so far: {st.best['model_id']} val_loss=" in text
+    assert f"best: {st.best['model_id']} val_loss=" in text
 
 
 def test_report_after_resume_shows_lost_hops(live: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from cerebro.report._summary import (
     fmt_seconds,
     fmt_value,
     hop_intervals,
+    sort_metrics,
     summarize,
 )
 
@@ -99,7 +100,7 @@ def _status_counts(st: RunStatus) -> str:
     counts: dict[str, int] = {}
     for m in st.models:
         counts[m.status] = counts.get(m.status, 0) + 1
-    return ", ".join(f'<span class="st st-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts.items())
+    return " ".join(f'<span class="st st-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts.items())
 
 
 def _worker_busy(run: RunData, st: RunStatus) -> str:
@@ -140,6 +141,14 @@ def _summary(run: RunData, st: RunStatus) -> str:
         ),
     ]
     if st.best is not None:
+        test = next(m.test for m in st.models if m.model_id == st.best["model_id"])
+        tests = (
+            "<div class=sub>test: "
+            + ", ".join(f"{_e(k)} = {_e(fmt_value(v))}" for k, v in sorted(test.items()))
+            + "</div>"
+            if test
+            else ""
+        )
         hp = "".join(
             f"<tr><th>{_e(k)}</th><td>{_e(fmt_value(v))}</td></tr>"
             for k, v in st.best["hyperparams"].items()
@@ -148,7 +157,7 @@ def _summary(run: RunData, st: RunStatus) -> str:
             f'<div class="best"><div class="k">best model by {_e(st.objective)} ({_e(st.mode)})'
             f'</div><div class="v">{_e(st.best["model_id"])} '
             f'<span class="obj">{_e(st.objective)} = {_e(fmt_value(st.best["value"]))}</span>'
-            f'</div><table class="hp">{hp}</table></div>'
+            f'</div><table class="hp">{hp}</table>{tests}</div>'
         )
     else:
         best = (
@@ -177,12 +186,60 @@ def _failures(st: RunStatus) -> str:
     )
 
 
+def _tests(run: RunData, st: RunStatus) -> str:
+    """Test-set results (``run_test``) and prediction files (``run_predict``), if any."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in run.evaluations:  # oldest first: a later evaluation of the same thing wins
+        key = (str(e["model_id"]), str(e.get("tag") or e["model_id"]), str(e.get("checkpoint")))
+        g = groups.setdefault(key, {"values": {}, "created": None})
+        g["values"][f"{e.get('split') or 'test'}_{e['name']}"] = e["value"]
+        g["created"] = e.get("created")
+    preds = sorted((run.run_dir / "predictions").glob("*.csv"))
+    if not groups and not preds:
+        return ""
+    parts = ["<section><h2>Test set and predictions</h2>"]
+    if groups:
+        current = {m["model_id"]: m["checkpoint"] for m in run.models}
+        names = sorted({k for g in groups.values() for k in g["values"]})
+        head = "".join(f"<th>{_e(h)}</th>" for h in ["model", "tag", *names, "checkpoint"])
+        rows = []
+        for (mid, tag, ck), g in groups.items():
+            stale = ck not in ("None", current.get(mid))
+            note = " (not the model's latest checkpoint)" if stale else ""
+            rows.append(
+                f"<tr><td><b>{_e(mid)}</b></td><td>{_e(tag)}</td>"
+                + "".join(_cell(g["values"].get(n)) for n in names)
+                + f"<td>{_e(Path(ck).name if ck != 'None' else '')}{_e(note)}</td></tr>"
+            )
+        parts.append(
+            "<p class=hint>From <code>run_test</code>; sortable.</p><div class=scroll>"
+            f"<table class='sortable compact'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div>"
+        )
+    if preds:
+        items = "".join(
+            f'<li><a href="predictions/{_e(p.name)}">predictions/{_e(p.name)}</a> '
+            f"({_count_rows(p)} rows)</li>"
+            for p in preds
+        )
+        parts.append(f"<p class=hint>Predictions (<code>run_predict</code>):</p><ul>{items}</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except OSError:
+        return 0
+
+
 def _metric_names(st: RunStatus) -> list[str]:
     names: list[str] = []
     for m in st.models:
         names.extend(k for k in list(m.metrics) + list(m.test) if k not in names)
-    order = {"val": 0, "test": 1, "train": 2}
-    return sorted(names, key=lambda k: (order.get(k.split("_", 1)[0], 3), k != st.objective, k))
+    return sort_metrics(names, st.objective)
 
 
 def _cell(v: Any) -> str:
@@ -236,14 +293,19 @@ def _page(
     title = f"Cerebro report: {run.run_dir.resolve().name}"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.now))
     live = ""
-    if st.fit_status == "running":
+    if st.fit_status == "running" and st.driver_alive is False:
+        live = (
+            f'<p class="live">The fit was interrupted: its driver (process {st.driver_pid}) is '
+            "not running on this machine. Rerun the same command to resume it.</p>"
+        )
+    elif st.fit_status == "running":
         live = (
             '<p class="live">The fit is still running: this is a snapshot. Run '
             "<code>cerebro report DIR</code> again to update it.</p>"
         )
     elif st.fit_status == "stopped":
         live = '<p class="live">The fit stopped before it finished; rerun it to resume.</p>'
-    sections = [_summary(run, st), live, _failures(st)]
+    sections = [_summary(run, st), live, _tests(run, st), _failures(st)]
     if curves:
         imgs = "".join(_img(p, f"learning curves: {n}") for n, p in curves)
         sections.append(
@@ -311,6 +373,7 @@ table.hp{border-collapse:collapse;font-size:13px}
 table.hp th{text-align:left;padding:1px 12px 1px 0;color:#5c6670;font-weight:500}
 .scroll{overflow-x:auto}
 table.sortable{border-collapse:collapse;width:100%;font-size:13px}
+table.sortable.compact{width:auto}
 table.sortable th{background:#eef1f4;cursor:pointer;user-select:none;text-align:left;
 padding:6px 10px;white-space:nowrap;position:sticky;top:0}
 table.sortable th:hover{background:#dde3ea}

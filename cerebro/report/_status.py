@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cerebro.report._data import NoFitError, catalog_path, load_run
-from cerebro.report._summary import RunStatus, fmt_seconds, fmt_value, summarize
+from cerebro.report._summary import RunStatus, fmt_seconds, fmt_value, sort_metrics, summarize
 
 __all__ = ["read_status", "status_text"]
 
@@ -64,7 +64,12 @@ def format_status(st: RunStatus) -> str:
     if st.busy is not None:
         parts.append(f"workers busy {100 * st.busy:.0f}%")
     lines.append("  ".join(parts))
-    if st.fit_status == "running" and st.last_activity is not None:
+    if st.fit_status == "running" and st.driver_alive is False:
+        lines.append(
+            f"the fit's driver (process {st.driver_pid}) is not running on this machine: it "
+            "was interrupted; rerun the same command to resume"
+        )
+    elif st.fit_status == "running" and st.last_activity is not None:
         idle = st.now - st.last_activity
         if idle > STALE_SECONDS:
             lines.append(
@@ -75,12 +80,13 @@ def format_status(st: RunStatus) -> str:
         lines.append("the fit stopped before it finished: rerun the same command to resume")
     if st.best is not None:
         hp = ", ".join(f"{k}={fmt_value(v)}" for k, v in st.best["hyperparams"].items())
+        label = "best so far" if st.fit_status == "running" else "best"
         lines.append(
-            f"best so far: {st.best['model_id']} {st.objective}={fmt_value(st.best['value'])} "
-            f"({st.mode}, epoch {st.best['epoch']}) {hp}"
+            f"{label}: {st.best['model_id']} {st.objective}={fmt_value(st.best['value'])} "
+            f"({st.mode}, after {st.best['epoch']} epochs) {hp}"
         )
     else:
-        lines.append(f"best so far: none (no model has {st.objective} yet)")
+        lines.append(f"best: none (no model has {st.objective} yet)")
     lines.append("")
     lines.extend(_table(st))
     failed = st.failed
@@ -98,8 +104,7 @@ def _table(st: RunStatus) -> list[str]:
         for k in list(m.metrics) + list(m.test):
             if k not in names:
                 names.append(k)
-    order = {"val": 0, "test": 1, "train": 2}
-    names.sort(key=lambda k: (order.get(k.split("_", 1)[0], 3), k != st.objective, k))
+    names = sort_metrics(names, st.objective)
     hp_names: list[str] = []
     for m in st.models:
         hp_names.extend(k for k in m.hyperparams if k not in hp_names)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,8 @@ class RunStatus:
         busy: the workers' busy fraction while the fit was active, ``None`` before any hop.
         best: ``{"model_id", "value", "hyperparams", "epoch"}`` or ``None``.
         last_activity: the time (``time.time()``) of the last hop start or end.
+        driver_pid: the process that last held the run directory (``DIR/.lock``), if known.
+        driver_alive: whether that process runs on this machine (``None``: unknown).
     """
 
     run_dir: str
@@ -76,6 +80,8 @@ class RunStatus:
     best: dict[str, Any] | None
     last_activity: float | None
     now: float
+    driver_pid: int | None = None
+    driver_alive: bool | None = None
 
     @property
     def failed(self) -> list[ModelProgress]:
@@ -242,7 +248,32 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
         best=best_model(models, objective, mode),
         last_activity=max(stamps) if stamps else None,
         now=run.now,
+        **_driver(run),
     )
+
+
+def _driver(run: RunData) -> dict[str, Any]:
+    """Who holds the run directory: the pid ``DIR/.lock`` names, and whether it is alive.
+
+    Only a hint (the lock file is never locked or written here): the pid is checked on
+    this machine, with signal 0, which tells whether the process exists and does nothing.
+    """
+    try:
+        text = (run.run_dir / ".lock").read_text(errors="replace")
+    except OSError:
+        return {}
+    match = re.match(r"process (\d+)", text.strip())
+    if match is None:
+        return {}
+    pid = int(match.group(1))
+    try:
+        os.kill(pid, 0)
+        alive: bool | None = True
+    except ProcessLookupError:
+        alive = False
+    except (PermissionError, OSError):
+        alive = None  # exists but not ours, or cannot tell
+    return {"driver_pid": pid, "driver_alive": alive}
 
 
 def objective_value(m: ModelProgress, objective: str) -> float | None:
@@ -271,6 +302,18 @@ def _dur(h: dict[str, Any]) -> float:
     if h["start"] is None or h["end"] is None:
         return 0.0
     return max(float(h["end"]) - float(h["start"]), 0.0)
+
+
+def sort_metrics(names: list[str], objective: str) -> list[str]:
+    """``<split>_<name>`` keys: val, test, train; within each, the objective's name first."""
+    order = {"val": 0, "test": 1, "train": 2}
+    obj_name = objective.partition("_")[2]
+
+    def key(k: str) -> tuple[int, bool, str]:
+        split, _, name = k.partition("_")
+        return (order.get(split, 3), name != obj_name, name)
+
+    return sorted(names, key=key)
 
 
 def fmt_seconds(s: float | None) -> str:
