@@ -19,7 +19,7 @@ import pytest
 
 from cerebro import Experiment, FitResult
 from cerebro.report import read_status, status_text, write_report, write_tensorboard
-from cerebro.report._summary import active_segments
+from cerebro.report._summary import active_segments, short_error
 from cerebro.report._timeline import ActiveClock
 from toy import ToyETL, ToySpec, write_toy_csvs
 
@@ -285,6 +285,16 @@ def test_test_set_results_are_shown_when_recorded(run_dir: Path, tmp_path: Path)
     assert by_test.best is not None and by_test.best["model_id"] == "m000"
     sc = _scalars(write_tensorboard(copy) / "m001")
     assert [e.value for e in sc["test/acc"]] == pytest.approx([0.625])
+
+
+def test_short_error_keeps_the_gist() -> None:
+    where = 'Spec.train failed for model m004 {"lr": 0.02}, epoch 0, train partition 0: '
+    assert short_error(where + "RuntimeError: out of memory\n\ntraceback") == (
+        "RuntimeError: out of memory"
+    )
+    diverged = "model m006 {\"lr\": 0.5} diverged: metric 'loss' became NaN in epoch 0"
+    assert short_error(diverged) == "diverged: metric 'loss' became NaN in epoch 0"
+    assert short_error(None) == "" and short_error("worker lost") == "worker lost"
 
 
 def test_active_clock_cuts_out_a_resume_gap() -> None:

@@ -23,6 +23,7 @@ from cerebro.report._summary import (
     fmt_seconds,
     fmt_value,
     hop_intervals,
+    short_error,
     sort_metrics,
     summarize,
 )
@@ -154,14 +155,14 @@ def _summary(run: RunData, st: RunStatus) -> str:
             for k, v in st.best["hyperparams"].items()
         )
         best = (
-            f'<div class="best"><div class="k">best model by {_e(st.objective)} ({_e(st.mode)})'
-            f'</div><div class="v">{_e(st.best["model_id"])} '
+            f'<div class="bestcard"><div class="k">best model by {_e(st.objective)} '
+            f'({_e(st.mode)})</div><div class="v">{_e(st.best["model_id"])} '
             f'<span class="obj">{_e(st.objective)} = {_e(fmt_value(st.best["value"]))}</span>'
             f'</div><table class="hp">{hp}</table>{tests}</div>'
         )
     else:
         best = (
-            f'<div class="best"><div class="k">best model</div><div class="v">none</div>'
+            f'<div class="bestcard"><div class="k">best model</div><div class="v">none</div>'
             f"<p>No model has a value for {_e(st.objective)} yet.</p></div>"
         )
     return f'<section class="summary">{best}<div class="cards">{"".join(cards)}</div></section>'
@@ -174,7 +175,7 @@ def _failures(st: RunStatus) -> str:
     items = []
     for m in failed:
         err = (m.error or "no error recorded").strip()
-        first = err.splitlines()[0] if err else ""
+        first = short_error(err)
         hp = ", ".join(f"{k}={fmt_value(v)}" for k, v in m.hyperparams.items())
         items.append(
             f'<div class="fail"><span class="st st-{_e(m.status)}">{_e(m.status)}</span> '
@@ -255,7 +256,6 @@ def _row(m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str])
     vals = {**m.metrics, **m.test}
     best = st.best is not None and st.best["model_id"] == m.model_id
     err = (m.error or "").strip()
-    first = err.splitlines()[0] if err else ""
     cells = [
         f"<td><b>{_e(m.model_id)}</b>{' ★' if best else ''}</td>",
         f'<td data-v="{_e(m.status)}"><span class="st st-{_e(m.status)}">{_e(m.status)}'
@@ -265,7 +265,7 @@ def _row(m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str])
         *(_cell(m.hyperparams.get(k)) for k in hp_names),
         *(_cell(vals.get(k)) for k in names),
         _cell(round(m.hop_seconds, 2)),
-        f'<td class="err" title="{_e(err)}">{_e(first[:160])}</td>',
+        f'<td class="err" title="{_e(err)}">{_e(short_error(err)[:160])}</td>',
     ]
     return f"<tr{' class=best' if best else ''}>{''.join(cells)}</tr>"
 
@@ -363,8 +363,9 @@ margin:18px 0;padding:16px 20px}
 h2{font-size:17px;margin:0 0 8px}.hint{color:#5c6670;margin:0 0 10px;font-size:13px}
 img{max-width:100%;display:block;margin:8px 0 14px}
 .summary{display:flex;gap:20px;flex-wrap:wrap;align-items:flex-start}
-.best{flex:0 0 300px;border-left:4px solid #2b8a3e;padding-left:14px}
-.best .v{font-size:22px;font-weight:600;margin:4px 0}.best .obj{font-size:14px;color:#2b8a3e}
+.bestcard{flex:0 0 300px;border-left:4px solid #2b8a3e;padding-left:14px}
+.bestcard .v{font-size:22px;font-weight:600;margin:4px 0}
+.bestcard .obj{font-size:14px;color:#2b8a3e}
 .cards{display:flex;gap:12px;flex-wrap:wrap;flex:1}
 .card{background:#f5f6f8;border-radius:6px;padding:10px 14px;min-width:130px}
 .k{font-size:12px;color:#5c6670;text-transform:uppercase;letter-spacing:.04em}

@@ -213,8 +213,8 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
         for n in run.hyperparam_names()
         if len({repr(m.hyperparams.get(n)) for m in st.models}) > 1
     ]
-    if not names:
-        return None
+    if not names or all(objective_value(m, st.objective) is None for m in st.models):
+        return None  # nothing varies, or no model has a value yet
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows + 0.5), layout="constrained")

@@ -304,6 +304,20 @@ def _dur(h: dict[str, Any]) -> float:
     return max(float(h["end"]) - float(h["start"]), 0.0)
 
 
+def short_error(error: str | None) -> str:
+    """The gist of a model's error: ``RuntimeError: ...`` or what diverged, not the where."""
+    lines = (error or "").strip().splitlines()
+    if not lines:
+        return ""
+    first = lines[0]
+    m = re.search(r": ([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*)$", first)
+    if m:
+        return m.group(1)
+    if " diverged: " in first:
+        return "diverged: " + first.split(" diverged: ", 1)[1]
+    return first
+
+
 def sort_metrics(names: list[str], objective: str) -> list[str]:
     """``<split>_<name>`` keys: val, test, train; within each, the objective's name first."""
     order = {"val": 0, "test": 1, "train": 2}
