@@ -19,7 +19,7 @@ from typing import Any
 
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
-from cerebro.errors import UserCodeError
+from cerebro.errors import CerebroError, UserCodeError
 from cerebro.params import ModelConfig
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
@@ -213,6 +213,16 @@ def _on_failure(
     where = (
         f"{_where(state, hop.model_id)}, epoch {hop.epoch}, {hop.kind} partition {hop.partition}"
     )
+    if failure.system:
+        # NOTE [ system failures stop the fit ] A full disk or a broken worker is not the
+        # model's fault: failing models one by one would wreck the search. Stop instead; the
+        # catalog keeps every completed hop and `cerebro resume DIR` goes on once fixed.
+        catalog.hop_ended(hop_id, "lost", f"{failure.function}: {failure.message}")
+        raise CerebroError(
+            f"{failure.function} failed for {where}: {failure.message}. Completed hops are "
+            "kept: fix the cause (free disk space, raise the file-size limit) and resume with "
+            "`cerebro resume DIR` or the same run_fit call."
+        )
     err = UserCodeError(
         failure.message, function=failure.function, where=where, user_traceback=failure.traceback
     )

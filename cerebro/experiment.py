@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,19 @@ class Experiment:
             exp.run_etl(exp.saved_spec("etl"), **session["etl"])
         return exp.run_fit(exp.saved_spec("fit"), **session["fit"])
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the run directory, and turn catalog write failures into a clear error."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as e:
+                raise CerebroError(
+                    f"could not write the catalog {self.catalog_path}: {e}. Free disk space "
+                    "(or raise the file-size limit) and rerun: SQLite rolled back the "
+                    "unfinished change and every completed hop is kept."
+                ) from e
+
     def _engine(self, spec: MinibatchSpec, owned: list[dict[str, list[int]]]) -> Engine:
         """Start the workers, each holding the partitions ``owned`` lists for it."""
         w = len(owned)
@@ -186,7 +201,7 @@ class Experiment:
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
         parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
-        with self._lock:
+        with self._locked():
             self._remember(
                 "etl", {"fraction": fraction, "seed": seed, "partitions": parts}, etl_spec
             )
@@ -275,7 +290,7 @@ class Experiment:
             },
             sort_keys=True,
         )
-        with self._lock:
+        with self._locked():
             self._remember(
                 "fit",
                 {
@@ -331,7 +346,7 @@ class Experiment:
         sizes = manifest["splits"][kind]["sizes"]
         parts = [p for p, n in enumerate(sizes) if n > 0]
         w = min(self.workers, len(sizes))
-        with self._lock:
+        with self._locked():
             catalog = Catalog(self.catalog_path)
             try:
                 ref = self._model(catalog, model_tag)
@@ -361,7 +376,7 @@ class Experiment:
         """
         ref, outcomes = self._eval(spec, model_tag, "test", batch_size)
         metrics = aggregate(spec, ref, outcomes)
-        with self._lock:
+        with self._locked():
             catalog = Catalog(self.catalog_path)
             try:
                 record_test(catalog, ref, metrics)

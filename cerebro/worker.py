@@ -76,6 +76,7 @@ class UserFailure:
     function: str
     message: str
     traceback: str
+    system: bool = False  # not the model's fault (disk full...): stop the fit, fail no model
 
 
 def setup_worker(
@@ -182,8 +183,14 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> None:
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(
+            f"could not write it ({e}); the disk may be full or a file-size limit reached"
+        ) from e
 
 
 def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
@@ -339,7 +346,15 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
         return UserFailure(f"{name}.{hook}", f"{type(e).__name__}: {e}", traceback.format_exc())
     s0 = time.perf_counter()
     if task.kind == "train" and task.out_ckpt is not None and run.nonfinite is None:
-        _save(components, task.out_ckpt, task)
+        try:
+            _save(components, task.out_ckpt, task)
+        except OSError as e:
+            return UserFailure(
+                "saving the checkpoint",
+                f"{task.out_ckpt}: {e}",
+                traceback.format_exc(),
+                system=True,
+            )
     save_seconds = time.perf_counter() - s0
     return HopOutcome(
         run.metrics,

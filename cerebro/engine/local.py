@@ -157,6 +157,7 @@ class LocalEngine:
                             "cerebro worker",
                             f"{result.type_name}: {result.message}",
                             result.traceback,
+                            system=True,
                         ),
                     )
                 )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
-from cerebro.errors import UserCodeError, WorkerError
+from cerebro.errors import CerebroError, UserCodeError, WorkerError
 from cerebro.etl._read import plan_split
 from cerebro.params import SPLITS, Params
 from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
@@ -281,6 +281,11 @@ def run_etl(
             ((split, params.object_dir(split), rows) for split, _, rows in items),
             on_result,
         )
+    except OSError as e:
+        raise CerebroError(
+            f"could not write the partitions under {data_dir}: {e}. Free disk space or raise "
+            "the file-size limit, then rerun run_etl (your CSVs and earlier runs are untouched)."
+        ) from e
     except ChildDied as e:
         raise WorkerError(
             f"an ETL process died: {e}. Rerun run_etl; if it repeats, the "

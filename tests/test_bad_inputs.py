@@ -1,0 +1,610 @@
+"""The table of bad inputs: each gives one clear error saying what, where and how to fix it.
+
+Every row is a distinct mistake a user can make; the test checks the exception type and the
+message. Most fail before any process starts; the rest fail before training starts, or stop
+a fit without losing what it had computed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from cerebro import (
+    CerebroError,
+    ETLSpec,
+    Experiment,
+    MinibatchSpec,
+    ParamsError,
+    SpecError,
+    UserCodeError,
+)
+from cerebro.params import expand_grid
+from cerebro.spec import check_spec
+from toy import ToyETL, ToySpec, write_toy_csvs
+
+GRID = {"lr": [0.05], "batch_size": [32]}
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    params: dict[str, Any]  # fresh toy CSVs, output under tmp/run
+    data: dict[str, Any]  # params of a run whose ETL is done (etl_dir), output under tmp/fit
+
+    def exp(self, **changes: Any) -> Experiment:
+        return Experiment(dict(self.params, **changes), workers=2, verbose=False)
+
+    def fitted(self) -> Experiment:
+        return Experiment(self.data, workers=2, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bad")
+    params = write_toy_csvs(root / "csv")
+    params["output_dir"] = str(root / "prep")
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    exp.run_fit(ToySpec(), GRID, num_epochs=1)
+    return {"params": params, "data_dir": str(exp.data_dir), "prep": exp}
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, prepared: dict[str, Any]) -> Ctx:
+    params = write_toy_csvs(tmp_path / "csv")
+    params["output_dir"] = str(tmp_path / "run")
+    data = dict(prepared["params"], etl_dir=prepared["data_dir"], output_dir=str(tmp_path / "fit"))
+    return Ctx(tmp_path, params, data)
+
+
+def _csv(ctx: Ctx, split: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = ctx.params[f"{split}_main"]
+    change(pd.read_csv(path)).to_csv(path, index=False)
+
+
+class _ETL(ToyETL):
+    def __init__(self, fn: Callable[[dict[str, Any], str], Any]):
+        self.fn = fn
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        return self.fn(row, mode)
+
+
+def _good(row: dict[str, Any], mode: str) -> Any:
+    return ToyETL().row_prep(row, mode, None)
+
+
+class _Spec(ToySpec):
+    """ToySpec with one hook replaced."""
+
+    def __init__(self, **hooks: Callable[..., Any]):
+        self.hooks = hooks
+
+    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        if "create" in self.hooks:
+            return self.hooks["create"](super().create_model_components(hyperparams))  # type: ignore[no-any-return]
+        return super().create_model_components(hyperparams)
+
+    def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        out = super().train(model_object, minibatch, hyperparams, device)
+        return self.hooks["train"](out) if "train" in self.hooks else out
+
+    def predict(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        out = super().predict(model_object, minibatch, hyperparams, device)
+        return self.hooks["predict"](out) if "predict" in self.hooks else out
+
+
+class _NoTrain(MinibatchSpec):
+    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def valtest(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        return {}
+
+
+class _Typo(ToySpec):
+    def metric_agg(self, mode: str, hyperparams: Any, metrics: Any) -> Any:
+        return {}
+
+
+class _Sig(ToySpec):
+    def train(self, model_object: Any, minibatch: Any) -> Any:  # type: ignore[override]
+        return {}
+
+
+class _SigETL(ETLSpec):
+    def row_prep(self, row: Any) -> Any:  # type: ignore[override]
+        return row
+
+
+class _Lock(ToySpec):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+class _Features(ToyETL):
+    def set_features(self) -> list[str]:
+        return ["f0"]
+
+
+def _run_fit(spec: Any, **kw: Any) -> Callable[[Ctx], Any]:
+    args = {"param_grid": GRID, "num_epochs": 1, **kw}
+    return lambda c: c.fitted().run_fit(spec, **args)
+
+
+def _etl(spec: ETLSpec | None = None, **kw: Any) -> Callable[[Ctx], Any]:
+    return lambda c: c.exp().run_etl(spec or ToyETL(), **kw)
+
+
+def _then(setup: Callable[[Ctx], Any], act: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+    return lambda c: (setup(c), act(c))
+
+
+CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
+    # params
+    (
+        "unknown params key",
+        lambda c: c.exp(batch=1),
+        ParamsError,
+        r"unknown params key\(s\): 'batch'.*Known keys: train_main",
+    ),
+    (
+        "misspelled params key",
+        lambda c: c.exp(train_mian="x"),
+        ParamsError,
+        r"'train_mian' \(did you mean 'train_main'\?\)",
+    ),
+    (
+        "missing CSV file",
+        lambda c: c.exp(val_main=str(c.tmp / "nope.csv")),
+        ParamsError,
+        r"params\['val_main'\] = '.*nope.csv': no such file .*Point it at the val split's CSV",
+    ),
+    (
+        "missing object folder",
+        lambda c: c.exp(train_dir=str(c.tmp / "imgs")),
+        ParamsError,
+        r"params\['train_dir'\] = .*: no such folder",
+    ),
+    (
+        "missing misc file",
+        lambda c: c.exp(misc=[str(c.tmp / "vocab.txt")]),
+        ParamsError,
+        r"params\['misc'\] lists '.*vocab.txt': no such file",
+    ),
+    (
+        "missing etl_dir",
+        lambda c: c.exp(etl_dir=str(c.tmp / "old")),
+        ParamsError,
+        r"params\['etl_dir'\] = .*: no such folder. It must be the data folder of an earlier",
+    ),
+    (
+        "missing models_dir",
+        lambda c: c.exp(models_dir=str(c.tmp / "m")),
+        ParamsError,
+        r"params\['models_dir'\] = .*: no such folder",
+    ),
+    (
+        "params not a dict",
+        lambda c: Experiment(["train.csv"]),
+        TypeError,  # type: ignore[arg-type]
+        "params must be a dict, got list",
+    ),
+    (
+        "path of the wrong type",
+        lambda c: c.exp(train_main=3),
+        TypeError,
+        r"params\['train_main'\] must be a path \(str\), got int",
+    ),
+    (
+        "no output_dir",
+        lambda c: Experiment({"train_main": c.params["train_main"]}),
+        ParamsError,
+        "params needs 'output_dir'",
+    ),
+    (
+        "no train data",
+        lambda c: Experiment({"output_dir": str(c.tmp)}),
+        ParamsError,
+        "params needs 'train_main' .* or 'etl_dir'",
+    ),
+    (
+        "output_dir under a file",
+        lambda c: c.exp(output_dir=c.params["train_main"] + "/run"),
+        ParamsError,
+        "cannot create output_dir .*train.csv/run",
+    ),
+    (
+        "zero workers",
+        lambda c: Experiment(c.params, workers=0),
+        ParamsError,
+        "workers must be at least 1, got 0",
+    ),
+    (
+        "workers as a string",
+        lambda c: Experiment(c.params, workers="2"),
+        TypeError,  # type: ignore[arg-type]
+        r"workers must be an int, got str \('2'\)",
+    ),
+    # param_grid
+    ("empty grid", lambda c: expand_grid({}), ParamsError, "param_grid is empty"),
+    (
+        "grid without batch_size",
+        lambda c: expand_grid({"lr": [0.1]}),
+        ParamsError,
+        "param_grid needs 'batch_size'",
+    ),
+    (
+        "batch_size 0",
+        lambda c: expand_grid({"batch_size": [0]}),
+        ParamsError,
+        "must hold positive integers, got 0",
+    ),
+    (
+        "negative batch_size",
+        lambda c: expand_grid({"batch_size": [-4]}),
+        ParamsError,
+        "must hold positive integers, got -4",
+    ),
+    (
+        "fractional batch_size",
+        lambda c: expand_grid({"batch_size": [32.5]}),
+        ParamsError,
+        "must hold positive integers, got 32.5",
+    ),
+    (
+        "empty value list",
+        lambda c: expand_grid({"batch_size": [32], "lr": []}),
+        ParamsError,
+        r"param_grid\['lr'\] is an empty list",
+    ),
+    (
+        "value not a list",
+        lambda c: expand_grid({"batch_size": 32}),
+        TypeError,  # type: ignore[dict-item]
+        r"write 'batch_size': \[32\] for a single value",
+    ),
+    (
+        "value not storable",
+        lambda c: expand_grid({"batch_size": [32], "act": [object()]}),
+        TypeError,
+        "cannot be stored in the catalog",
+    ),
+    (
+        "grid not a dict",
+        lambda c: expand_grid([("batch_size", [32])]),
+        TypeError,  # type: ignore[arg-type]
+        "param_grid must be a dict of lists",
+    ),
+    # specs
+    (
+        "spec class, not instance",
+        lambda c: check_spec(ToySpec, MinibatchSpec),
+        TypeError,
+        r"pass ToySpec\(\) instead",
+    ),
+    (
+        "spec not a subclass",
+        lambda c: check_spec(object(), MinibatchSpec),
+        TypeError,
+        "subclass instance of cerebro.MinibatchSpec",
+    ),
+    (
+        "missing train",
+        lambda c: check_spec(_NoTrain(), MinibatchSpec),
+        SpecError,
+        r"_NoTrain must define MinibatchSpec.train\(\)",
+    ),
+    (
+        "misspelled hook",
+        lambda c: check_spec(_Typo(), MinibatchSpec),
+        SpecError,
+        "_Typo.metric_agg looks like a misspelling of the hook 'metrics_agg'",
+    ),
+    (
+        "train signature",
+        lambda c: check_spec(_Sig(), MinibatchSpec),
+        SpecError,
+        r"_Sig.train takes \(model_object, minibatch\) but Cerebro calls it as",
+    ),
+    (
+        "row_prep signature",
+        lambda c: check_spec(_SigETL(), ETLSpec),
+        SpecError,
+        r"_SigETL.row_prep takes \(row\)",
+    ),
+    (
+        "unpicklable spec",
+        _run_fit(_Lock()),
+        SpecError,
+        "_Lock cannot be sent to the worker processes: .*lock",
+    ),
+    # CSVs and ETL
+    (
+        "CSV without id",
+        _then(lambda c: _csv(c, "val", lambda d: d.drop(columns=["id"])), _etl()),
+        ParamsError,
+        "has no 'id' column",
+    ),
+    (
+        "duplicate ids",
+        _then(lambda c: _csv(c, "val", lambda d: d.assign(id=7)), _etl()),
+        ParamsError,
+        r"duplicate id\(s\) \[7\]",
+    ),
+    (
+        "non-integer ids",
+        _then(lambda c: _csv(c, "test", lambda d: d.assign(id="x")), _etl()),
+        ParamsError,
+        "column 'id' must hold integers",
+    ),
+    (
+        "empty split",
+        _then(lambda c: _csv(c, "val", lambda d: d.iloc[:0]), _etl()),
+        ParamsError,
+        "has a header but no rows",
+    ),
+    (
+        "empty CSV file",
+        _then(lambda c: Path(c.params["test_main"]).write_text(""), _etl()),
+        ParamsError,
+        "is empty; it needs a header row",
+    ),
+    (
+        "unparsable CSV",
+        _then(
+            lambda c: Path(c.params["val_main"]).write_bytes(b"id,a\n1,2\n3,4,5,6\n\xff\xfe"),
+            _etl(),
+        ),
+        ParamsError,
+        "could not be parsed as CSV",
+    ),
+    ("object files without *_dir", _etl(_Features()), ParamsError, r"params has no 'train_dir'"),
+    (
+        "missing object files",
+        lambda c: c.exp(train_dir=str(c.tmp)).run_etl(_Features()),
+        ParamsError,
+        r"object file\(s\) not found under train_dir=.*id 1000",
+    ),
+    (
+        "row_prep returns a tensor",
+        _etl(_ETL(lambda r, m: torch.zeros(2))),
+        UserCodeError,
+        r"_ETL.row_prep failed for split 'train', row id \d+: row_prep must return \(input, ",
+    ),
+    (
+        "row_prep label None",
+        _etl(_ETL(lambda r, m: (torch.zeros(2), None))),
+        UserCodeError,
+        "returned label None in train mode",
+    ),
+    (
+        "row_prep returns text",
+        _etl(_ETL(lambda r, m: ("x", torch.tensor(1)))),
+        UserCodeError,
+        "input must be a tensor or a tuple/list/dict of tensors, got str",
+    ),
+    (
+        "inconsistent shapes and types",
+        _etl(
+            _ETL(
+                lambda r, m: (
+                    torch.zeros(2),
+                    torch.tensor(1) if r["id"] % 2 else torch.tensor(1.5),
+                )
+            )
+        ),
+        UserCodeError,
+        r"row_prep returned dtype torch\.\w+ for leaf 1 of this row but \w+ for earlier rows",
+    ),
+    (
+        "row_prep raises",
+        _etl(_ETL(lambda r, m: r["pixels"])),
+        UserCodeError,
+        r"row_prep failed for split 'train', row id \d+: KeyError: 'pixels'",
+    ),
+    ("fraction above 1", _etl(fraction=1.5), ParamsError, r"fraction must be in \(0, 1\]"),
+    (
+        "fraction too small",
+        _etl(fraction=0.001),
+        ParamsError,
+        "train split has 1 row.* but 2 partitions are needed",
+    ),
+    ("fraction as text", _etl(fraction="half"), TypeError, "fraction must be a number"),
+    # fits
+    (
+        "num_epochs 0",
+        _run_fit(ToySpec(), num_epochs=0),
+        ParamsError,
+        "num_epochs must be at least 1, got 0",
+    ),
+    (
+        "num_epochs as text",
+        _run_fit(ToySpec(), num_epochs="3"),
+        TypeError,
+        "num_epochs must be an int, got str",
+    ),
+    (
+        "unknown policy",
+        _run_fit(ToySpec(), policy="fast"),
+        ParamsError,
+        "policy must be one of .*got 'fast'",
+    ),
+    (
+        "unknown on_error",
+        _run_fit(ToySpec(), on_error="skip"),
+        ParamsError,
+        "on_error must be one of",
+    ),
+    (
+        "unknown mode",
+        _run_fit(ToySpec(), mode="maximize"),
+        ParamsError,
+        "mode must be 'min' or 'max'",
+    ),
+    (
+        "more workers than partitions",
+        lambda c: Experiment(c.data, workers=3, verbose=False).run_fit(ToySpec(), GRID, 1),
+        ParamsError,
+        "3 workers but the data has 2 partitions",
+    ),
+    (
+        "fit before ETL",
+        lambda c: c.exp().run_fit(ToySpec(), GRID, 1),
+        ParamsError,
+        r"call run_etl\(etl_spec\) before run_fit",
+    ),
+    (
+        "no optimizer",
+        _run_fit(_Spec(create=lambda d: {"model": d["model"]})),
+        UserCodeError,
+        r"create_model_components failed for model m000 .*key 'optimizer', got \['model'\]",
+    ),
+    (
+        "train returns a list metric",
+        _run_fit(_Spec(train=lambda o: {"loss": [1.0, 2.0]})),
+        UserCodeError,
+        r"_Spec.train returned metric 'loss' = list; each metric must be a single",
+    ),
+    (
+        "train returns nothing",
+        _run_fit(_Spec(train=lambda o: None)),
+        UserCodeError,
+        r"_Spec.train must return a dict of metrics .*got NoneType",
+    ),
+    (
+        "train returns a tensor metric",
+        _run_fit(_Spec(train=lambda o: {"loss": torch.ones(3)})),
+        UserCodeError,
+        r"metric 'loss' = Tensor of shape \(3,\)",
+    ),
+    (
+        "unknown objective",
+        _run_fit(ToySpec(), objective="val_auc"),
+        ParamsError,
+        "objective 'val_auc' is not a metric this spec returns; choose one of train_acc",
+    ),
+    (
+        "another fit in the run dir",
+        lambda c: (_run_fit(ToySpec())(c), c.fitted().run_fit(ToySpec(), GRID, 2)),
+        ParamsError,
+        "already holds a different fit .*pass overwrite=True",
+    ),
+    # test and predict
+    (
+        "unknown model_tag",
+        lambda c: c.fitted().run_test(ToySpec(), "m7"),
+        ParamsError,
+        r"unknown model_tag 'm7': use 'best', a model id of the latest fit",
+    ),
+    (
+        "model_tag not a string",
+        lambda c: c.fitted().run_test(ToySpec(), 3),
+        TypeError,  # type: ignore[arg-type]
+        "model_tag must be a str, got int",
+    ),
+    (
+        "test before any fit",
+        lambda c: c.fitted().run_test(ToySpec()),
+        ParamsError,
+        "model_tag='best' but this run directory has no fit yet",
+    ),
+    (
+        "batch_size override 0",
+        lambda c: (_run_fit(ToySpec())(c), c.fitted().run_test(ToySpec(), batch_size=0)),
+        ParamsError,
+        "batch_size must be a positive int, got 0",
+    ),
+    (
+        "predict of the wrong length",
+        lambda c: (
+            _run_fit(ToySpec())(c),
+            c.fitted().run_predict(_Spec(predict=lambda o: (o[0][:-1], o[1]))),
+        ),
+        UserCodeError,
+        r"returned \d+ classes and \d+ confidences for a minibatch of \d+ rows",
+    ),
+    (
+        "resume where nothing ran",
+        lambda c: Experiment.resume(c.tmp),
+        CerebroError,
+        "holds no Cerebro experiment",
+    ),
+]
+
+
+def test_table_is_large_and_distinct() -> None:
+    names = [c[0] for c in CASES]
+    assert len(names) == len(set(names)) >= 40
+
+
+@pytest.mark.parametrize("name, act, exc, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(
+    ctx: Ctx, name: str, act: Callable[[Ctx], Any], exc: type[BaseException], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        act(ctx)
+
+
+DISK_FULL = """
+import resource, sys
+sys.path.insert(0, {tests!r})
+from cerebro import Experiment
+from toy import ToyETL, ToySpec
+exp = Experiment({params!r}, workers=2, verbose=False)
+if sys.argv[1] == "etl":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+    exp.run_etl(ToyETL())
+elif sys.argv[1] == "catalog":
+    exp.run_etl(ToyETL())
+    exp.run_fit(ToySpec(), {{"lr": [0.05], "batch_size": [32]}}, num_epochs=1)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+    exp.run_fit(ToySpec(), {{"lr": [0.05, 0.01], "batch_size": [32]}}, num_epochs=2,
+                overwrite=True)
+else:
+    class TinyDisk(ToySpec):
+        def initialize_worker(self):  # only the workers' disk is full
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+    exp.run_etl(ToyETL())
+    exp.run_fit(TinyDisk(), {{"lr": [0.05], "hidden": [64], "batch_size": [32]}},
+                num_epochs=1)
+"""
+
+
+@pytest.mark.parametrize(
+    "stage, match",
+    [
+        ("etl", r"could not write the partitions under .*File too large\. Free disk space"),
+        ("catalog", r"could not write the catalog .*catalog.sqlite: disk I/O error. Free disk"),
+        (
+            "worker",
+            r"saving the checkpoint failed for model m000 .*could not write it .*the "
+            r"disk may be full.*Completed hops are kept: fix the cause",
+        ),
+    ],
+)
+def test_disk_full(ctx: Ctx, stage: str, match: str) -> None:
+    script = DISK_FULL.format(tests=str(Path(__file__).parent), params=ctx.params)
+    r = subprocess.run(
+        [sys.executable, "-c", script, stage],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    import re
+
+    assert re.search(match, last), r.stderr[-3000:]
