@@ -458,6 +458,13 @@ class Experiment:
             mode=mode,
         )
         replay(catalog, state, sched)
+        if self.params.models_dir is not None:
+            # Pre-trained starting points, as the original's models_dir: <model_id>.pt
+            for model_id, ckpt in state.checkpoint.items():
+                start = self.params.models_dir / f"{model_id}.pt"
+                if ckpt is None and start.is_file():
+                    state.checkpoint[model_id] = str(start)
+                    state.keep.add(str(start))  # never cleaned up as a superseded step
         if sched.done:
             catalog.set_fit_status(fit_id, "done")
             return

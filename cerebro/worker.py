@@ -159,9 +159,17 @@ def _build(spec: MinibatchSpec, task: HopTask, device: torch.device) -> dict[str
         if isinstance(obj, torch.nn.Module):
             obj.to(device)
     if state is not None:
-        for name, sd in state["components"].items():
+        # A Cerebro checkpoint, or (models_dir) a plain {component: state_dict} file.
+        saved = state.get("components", state)
+        for name, sd in saved.items():
+            if name not in components:
+                raise _Unusable(
+                    f"returned no component {name!r}, which the checkpoint "
+                    f"{task.in_ckpt} holds (it has {sorted(components)})"
+                )
             components[name].load_state_dict(sd)
-        torch.set_rng_state(state["rng"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
     return components
 
 

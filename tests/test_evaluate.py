@@ -104,3 +104,23 @@ def test_predict_returning_wrong_length(fitted: tuple[Experiment, Any]) -> None:
     ):
         exp.run_predict(ShortPredict(), model_tag="best")
     assert not (exp.output_dir / "predictions" / ".best.csv.tmp").exists()
+
+
+def test_models_dir_starts_from_pretrained_weights(
+    fitted: tuple[Experiment, Any], tmp_path: Path
+) -> None:
+    exp, result = fitted
+    pre = tmp_path / "pretrained"
+    pre.mkdir()
+    trained = torch.load(result.best["checkpoint"], weights_only=False)["components"]
+    torch.save({"model": trained["model"]}, pre / "m000.pt")  # a plain state-dict file
+    params = exp.params.as_dict()
+    params.update(models_dir=str(pre), output_dir=str(tmp_path / "run"), etl_dir=str(exp.data_dir))
+    warm = Experiment(params, workers=2, verbose=False).run_fit(
+        ToySpec(), {"lr": [0.001], "batch_size": [32]}, num_epochs=1
+    )
+    cold = Experiment(
+        dict(params, models_dir=None, output_dir=str(tmp_path / "cold")), workers=2, verbose=False
+    ).run_fit(ToySpec(), {"lr": [0.001], "batch_size": [32]}, num_epochs=1)
+    assert warm.table["val_loss"].iloc[0] < cold.table["val_loss"].iloc[0] / 2
+    assert (pre / "m000.pt").is_file()  # the user's file is never cleaned up
