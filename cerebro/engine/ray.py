@@ -1,0 +1,287 @@
+"""The Ray engine: worker slots as Ray actors pinned to the nodes that hold their partitions.
+
+Same contract as the local engine (``workers``, ``submit``, ``poll``, ``shutdown``; see
+:mod:`cerebro.engine`), for a cluster of machines. Only this engine imports Ray, and only
+when it is used (:func:`cerebro._imports.import_ray`).
+
+NOTE [ data stays on its node ]
+Worker slot ``w`` owns the partitions ``p`` with ``p % W == w``, as in the local engine, and
+slot ``w`` lives on alive node ``w % N`` (round robin, head node first). :func:`ray_etl` runs
+``row_prep`` on those slots, so each node preprocesses and stores its own partitions on its
+own disk; the manifest on the driver records, per partition, the node and the folder that
+hold it, and :class:`RayEngine` pins each slot's actor to that node
+(``NodeAffinitySchedulingStrategy(soft=False)``). No shared filesystem is needed.
+
+NOTE [ models travel through the driver ]
+The driver reads ``task.in_ckpt``, sends the bytes with the hop, and writes the bytes the
+hop returns to ``task.out_ckpt`` (temp name, then ``os.replace``) before it reports
+``HopDone``. The controller and catalog are unchanged, and the driver holds every model's
+latest state: a lost node loses no completed hop.
+
+NOTE [ lost actors ]
+An actor that dies (``ray.kill``, SIGKILL, its node's raylet gone) fails its hop's
+ObjectRef with ``RayActorError`` at once. The slot gets a fresh actor on the same node that
+reloads the partitions from that node's disk, and the hop is reported as ``WorkerLost`` so
+the controller runs it again. A slot whose node has left the cluster cannot be restarted
+yet (its partitions are on that node's disk): the engine stops with an error that says so.
+
+NOTE [ a local Ray stays on loopback ]
+``address=None`` starts a Ray instance on this machine with no dashboard, whose servers
+listen on 127.0.0.1 only (Ray does so when its node address is loopback and its "cluster
+mode" is off). It stays up for later fits in the same process; Ray stops it at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._ray_etl import ray_etl
+from cerebro.engine._ray_nodes import (
+    alive_nodes,
+    connect,
+    kill,
+    misc_files,
+    node_gone,
+    plan_slots,
+    spawn,
+)
+from cerebro.errors import ParamsError, UserCodeError, WorkerError
+from cerebro.spec import MinibatchSpec
+from cerebro.worker import HopOutcome, HopTask, UserFailure
+
+__all__ = ["RayEngine", "connect", "ray_etl"]
+
+
+class RayEngine:
+    """Worker slots as Ray actors, each pinned to the node that holds its partitions.
+
+    Args:
+        spec: the user's Minibatch spec (sent to each actor by value).
+        data_dir: the ETL output folder on the driver. With a manifest written by
+            :func:`ray_etl`, each slot's actor goes to the node that holds its partitions
+            and reads them from that node's folder; otherwise (data preprocessed by the
+            local ETL) slots go round robin over the nodes and read ``data_dir`` itself,
+            which must then be on storage every node mounts at the same path.
+        owned: for each worker slot, ``{split: [partition indices]}`` it holds.
+        misc_dir: folder with the ``misc`` files; they are copied to every node.
+        address: Ray cluster to join (``"HOST:6379"``); None starts a local Ray instance
+            (see :func:`connect`). An existing ``ray.init`` connection is used as it is.
+        resources_per_worker: Ray resources per actor, e.g. ``{"CPU": 4, "GPU": 1}``;
+            default: each node's CPUs (and GPUs) shared evenly by its slots.
+        max_restarts: how many times one slot may be restarted before the run stops.
+        num_cpus: CPUs of a local Ray instance (``address=None``); default: all cores.
+        start_timeout: seconds to wait for the actors to start and load their partitions.
+
+    Raises:
+        WorkerError: a slot's node is not in the cluster, or an actor did not start.
+        UserCodeError: the spec's ``initialize_worker`` or ``read_misc`` raised.
+    """
+
+    def __init__(
+        self,
+        spec: MinibatchSpec,
+        data_dir: str,
+        owned: list[dict[str, list[int]]],
+        misc_dir: str,
+        *,
+        address: str | None = None,
+        resources_per_worker: Mapping[str, float] | None = None,
+        max_restarts: int = 3,
+        num_cpus: int | None = None,
+        start_timeout: float = 300.0,
+    ):
+        t0 = time.perf_counter()
+        self._ray = ray = connect(address, num_cpus=num_cpus)
+        self.workers = len(owned)
+        self.timings: dict[str, float] = {"connect_s": time.perf_counter() - t0}
+        self._timeout = start_timeout
+        self._max_restarts = max_restarts
+        self.restarts = [0] * self.workers
+        self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
+        self.pid_node: dict[int, str] = {}  # every actor pid this engine used -> its node id
+        self._running: dict[Any, tuple[int, HopTask]] = {}  # ObjectRef -> (slot, task)
+        self._early: list[EngineEvent] = []
+        self._actors: list[Any] = []
+        nodes, roots = _placement(ray, Path(data_dir), owned)
+        self.slots = plan_slots(ray, nodes, resources_per_worker)
+        misc = ray.put(misc_files(misc_dir))
+        self._setup_args = [
+            (spec, roots[w], owned[w], misc, self.slots[w]["threads"], self.slots[w]["device"])
+            for w in range(self.workers)
+        ]
+        t1 = time.perf_counter()
+        try:
+            self._actors = [spawn(ray, s) for s in self.slots]
+            refs = [
+                a.setup.remote(*args)
+                for a, args in zip(self._actors, self._setup_args, strict=True)
+            ]
+            for w, ref in enumerate(refs):
+                self._finish_setup(w, self._get(ref, w))
+        except BaseException:
+            self.shutdown()
+            raise
+        self.timings["actors_s"] = time.perf_counter() - t1
+
+    def _get(self, ref: Any, w: int) -> Any:
+        ray = self._ray
+        try:
+            return ray.get(ref, timeout=self._timeout)
+        except ray.exceptions.GetTimeoutError as e:
+            s = self.slots[w]
+            raise WorkerError(
+                f"worker {w}'s actor did not start on node {s['node_id']} ({s['ip']}) within "
+                f"{self._timeout:.0f} s; does that node have the resources it asks for "
+                f"({s['options']})? Check `ray status`, or pass resources_per_worker."
+            ) from e
+
+    def _finish_setup(self, w: int, result: Any) -> None:
+        if isinstance(result, UserFailure):
+            raise UserCodeError(
+                result.message,
+                function=result.function,
+                where=f"worker {w} set-up on node {self.slots[w]['node_id']}",
+                user_traceback=result.traceback,
+            )
+        self.info[w] = dict(result)
+        self.pid_node[result["pid"]] = result["node_id"]
+
+    def _restart(self, w: int, reason: str) -> None:
+        """Replace slot ``w``'s actor with a fresh one on the same node."""
+        ray = self._ray
+        while True:
+            self.restarts[w] += 1
+            if self.restarts[w] > self._max_restarts:
+                raise WorkerError(
+                    f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping "
+                    "rather than looping. Check the node's memory and the spec's native code; "
+                    "resume with `cerebro resume DIR` once fixed."
+                )
+            kill(ray, self._actors[w])
+            node = self.slots[w]["node_id"]
+            if not any(n["NodeID"] == node and n.get("Alive") for n in ray.nodes()):
+                raise WorkerError(node_gone(node, f"it left the cluster ({reason})"))
+            self._actors[w] = spawn(ray, self.slots[w])
+            try:
+                result = self._get(self._actors[w].setup.remote(*self._setup_args[w]), w)
+            except ray.exceptions.RayActorError as e:
+                reason = f"died while starting: {e}"
+                continue
+            self._finish_setup(w, result)
+            return
+
+    def submit(self, worker: int, task: HopTask) -> None:
+        """Start ``task`` on ``worker``, which must be idle."""
+        try:
+            state = Path(task.in_ckpt).read_bytes() if task.in_ckpt is not None else None
+        except OSError as e:
+            failure = UserFailure("reading the checkpoint", f"{task.in_ckpt}: {e}", "")
+            self._early.append(HopFailed(worker, task, failure))
+            return
+        ref = self._actors[worker].hop.remote(task, state)
+        self._running[ref] = (worker, task)
+
+    def poll(self, timeout: float | None = None) -> list[EngineEvent]:
+        """Wait up to ``timeout`` seconds for hops to end; return what happened."""
+        ray = self._ray
+        events, self._early = self._early, []
+        if not self._running:
+            return events
+        refs = list(self._running)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=0 if events else timeout)
+        if ready and rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        for ref in ready:
+            w, task = self._running.pop(ref)
+            events.append(self._event(ref, w, task))
+        return events
+
+    def _event(self, ref: Any, w: int, task: HopTask) -> EngineEvent:
+        ray = self._ray
+        try:
+            result, state = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            self._restart(w, _first_line(e))
+            return WorkerLost(w, task, f"Ray actor died: {_first_line(e)}")
+        except ray.exceptions.RayTaskError as e:  # outside the user's hooks: a bug, unpicklable
+            return HopFailed(w, task, UserFailure("cerebro worker", _first_line(e), str(e)))
+        except ray.exceptions.RayError as e:  # object lost with its node, and the like
+            self._restart(w, _first_line(e))
+            return WorkerLost(w, task, f"Ray error: {_first_line(e)}")
+        if isinstance(result, UserFailure):
+            return HopFailed(w, task, result)
+        assert isinstance(result, HopOutcome)
+        if state is not None and task.out_ckpt is not None:
+            s0 = time.perf_counter()
+            try:
+                _write_atomic(task.out_ckpt, state)
+            except OSError as e:
+                failure = UserFailure("saving the checkpoint", f"{task.out_ckpt}: {e}", "")
+                return HopFailed(w, task, failure)
+            result.save_seconds += time.perf_counter() - s0
+        return HopDone(w, task, result)
+
+    def shutdown(self) -> None:
+        """Stop every actor (a hop in flight is abandoned); Ray itself stays up."""
+        ray = self._ray
+        idle = [a for a in self._actors if a is not None]
+        try:
+            ray.wait([a.close.remote() for a in idle], num_returns=len(idle), timeout=5)
+        except Exception:  # noqa: BLE001 - a dead actor has nothing to clean
+            pass
+        for actor in idle:
+            kill(ray, actor)
+        self._actors = []
+        self._running.clear()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _placement(
+    ray: ModuleType, data_dir: Path, owned: list[dict[str, list[int]]]
+) -> tuple[list[str], list[str]]:
+    """Node id and data folder of each slot, from the manifest written by :func:`ray_etl`."""
+    from cerebro.etl import load_manifest
+
+    manifest = load_manifest(data_dir) or {}
+    where = manifest.get("ray", {}).get("placement")
+    if where is None:  # local ETL: a folder every node must see; round robin over nodes
+        nodes = alive_nodes(ray)
+        if not nodes:
+            raise WorkerError("the Ray cluster has no alive node with CPUs.")
+        ids = [nodes[w % len(nodes)]["NodeID"] for w in range(len(owned))]
+        return ids, [str(data_dir)] * len(owned)
+    ids, roots = [], []
+    for w, parts in enumerate(owned):
+        homes = {
+            (where[split][p]["node_id"], where[split][p]["root"])
+            for split, indices in parts.items()
+            for p in indices
+        }
+        if len(homes) != 1:
+            raise ParamsError(
+                f"worker {w}'s partitions {parts} are on {len(homes)} nodes; the data was "
+                f"preprocessed for {manifest['ray']['workers']} workers. Run the fit with that "
+                "many workers, or rerun run_etl for this many."
+            )
+        node, root = homes.pop()
+        ids.append(node)
+        roots.append(root)
+    return ids, roots
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

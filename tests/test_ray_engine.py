@@ -1,0 +1,349 @@
+"""The Ray engine on a real two-node Ray cluster (``ray.cluster_utils.Cluster``, loopback).
+
+Each node gets its own data folder, as if it were its own machine: the ETL writes every
+partition on the node whose worker owns it, the fit's actors read only their own node's
+folder, models travel through the driver, and the result is bit-identical to the local
+engine's. One cluster serves the whole module (Ray starts slowly).
+
+Ray is imported only inside fixtures and tests, never at collection: ``import cerebro``
+must not pull Ray in (``test_public_api``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cerebro import Experiment
+from cerebro.partitions import partition_path
+from toy import ToyETL, ToySpec, write_toy_csvs
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="Ray is not installed (pip install 'cerebro-mop[ray]'); the Ray engine is optional",
+)
+
+GRID: dict[str, list[Any]] = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
+EPOCHS = 2
+TESTS = str(Path(__file__).resolve().parent)
+
+
+class SlowSpec(ToySpec):
+    """Hops long enough to be killed mid-way."""
+
+    def train(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, float]:
+        time.sleep(0.02)
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A head and a worker node of 1 CPU each, on loopback; the driver connected to it."""
+    ray = pytest.importorskip("ray", reason="the Ray engine is optional")
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    # Keep every Ray server on 127.0.0.1 (as RayEngine does for a local instance).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    args: dict[str, Any] = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+    c = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    c.add_node(**args)
+    c.wait_for_nodes()
+    pythonpath = os.pathsep.join([TESTS, *(p for p in sys.path if p)])
+    ray.init(address=c.address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        ray_constants.ENABLE_RAY_CLUSTER = True
+
+
+@pytest.fixture(scope="module")
+def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The toy data through the local ETL and through the Ray ETL (one folder per node)."""
+    from cerebro.engine.ray import ray_etl
+
+    root = tmp_path_factory.mktemp("ray")
+    params = write_toy_csvs(root / "csv")
+    local = Experiment(dict(params, output_dir=str(root / "local")), workers=2, verbose=False)
+    local.run_etl(ToyETL(), seed=1)
+    exp = Experiment(dict(params, output_dir=str(root / "ray")), workers=2, verbose=False)
+    manifest = ray_etl(
+        ToyETL(),
+        exp.params,
+        exp.data_dir,
+        exp._misc_dir(),
+        partitions=2,
+        fraction=1.0,
+        seed=1,
+        workers=2,
+        node_data_dir=str(root / "nodes" / "{node_id}"),
+        progress=False,
+    )
+    return {"params": params, "root": root, "local": local, "manifest": manifest}
+
+
+def _hops(catalog: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(catalog)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM hops ORDER BY hop_id").fetchall()
+    finally:
+        db.close()
+
+
+def _fit(
+    data: dict[str, Any],
+    name: str,
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+    spec: Any = None,
+    wrap: Any = None,
+) -> tuple[Any, Experiment, list[Any]]:
+    """A real ``run_fit`` (probe, controller loop, catalog) on the local or the Ray engine."""
+    from cerebro.engine.ray import RayEngine
+
+    source = data["local"] if engine == "local" else None
+    params = dict(data["params"], output_dir=str(data["root"] / name))
+    if source is not None:
+        params["etl_dir"] = str(source.data_dir)
+    else:
+        params["etl_dir"] = str(data["root"] / "ray" / "data")
+    exp = Experiment(params, workers=2, verbose=False)
+    engines: list[Any] = []
+
+    def make(self: Experiment, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
+        e = RayEngine(spec, str(self.data_dir), owned, str(self._misc_dir()))
+        engines.append(e)
+        return wrap(e) if wrap else e
+
+    with monkeypatch.context() as m:
+        if engine == "ray":
+            m.setattr(Experiment, "_engine", make)
+        result = exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    return result, exp, engines
+
+
+def _same_history(a: Any, b: Any) -> None:
+    keys = ["model_id", "epoch", "split", "metric"]
+    x = a.history.sort_values(keys).reset_index(drop=True)
+    y = b.history.sort_values(keys).reset_index(drop=True)
+    assert x.equals(y)
+
+
+def _per_hop_metrics(catalog: Path) -> dict[tuple[str, str, int, int], Any]:
+    return {
+        (r["model_id"], r["kind"], r["partition"], r["epoch"]): json.loads(r["metrics"])
+        for r in _hops(catalog)
+        if r["status"] == "done"
+    }
+
+
+def test_ray_etl_writes_each_partition_on_its_own_node(data: dict[str, Any]) -> None:
+    manifest, root = data["manifest"], data["root"]
+    placement = manifest["ray"]["placement"]
+    nodes = {e["node_id"] for entries in placement.values() for e in entries}
+    assert len(nodes) == 2  # two workers, two nodes: one worker per node
+    local_dir = data["local"].data_dir
+    for split, entries in placement.items():
+        for p, entry in enumerate(entries):
+            assert entry["node_id"] == placement["train"][p % 2]["node_id"]
+            here = partition_path(Path(entry["root"]), split, p)
+            assert Path(entry["root"]).parent == root / "nodes"
+            assert (here / "meta.json").is_file()
+            # ... and on no other node
+            for other in nodes - {entry["node_id"]}:
+                assert not partition_path(root / "nodes" / other, split, p).exists()
+            # the same bytes as the local ETL's partition
+            there = partition_path(local_dir, split, p)
+            files = sorted(f.name for f in there.iterdir())
+            assert sorted(f.name for f in here.iterdir()) == files
+            for f in files:
+                if f.endswith(".npy"):
+                    assert np.array_equal(np.load(here / f), np.load(there / f))
+                else:
+                    assert (here / f).read_bytes() == (there / f).read_bytes()
+    # the driver keeps only the manifest
+    assert sorted(p.name for p in (root / "ray" / "data").iterdir()) == ["manifest.json"]
+    assert manifest["splits"] == json.loads((local_dir / "manifest.json").read_text())["splits"]
+
+
+def test_ray_etl_reuses_its_output(data: dict[str, Any]) -> None:
+    from cerebro.engine.ray import ray_etl
+
+    exp = Experiment(
+        dict(data["params"], output_dir=str(data["root"] / "ray")), workers=2, verbose=False
+    )
+    t0 = time.perf_counter()
+    again = ray_etl(
+        ToyETL(),
+        exp.params,
+        exp.data_dir,
+        exp._misc_dir(),
+        partitions=2,
+        fraction=1.0,
+        seed=1,
+        node_data_dir=str(data["root"] / "nodes" / "{node_id}"),
+        progress=False,
+    )
+    assert again == data["manifest"]
+    assert time.perf_counter() - t0 < 5
+
+
+def test_fit_matches_local_engine_and_reads_only_local_partitions(
+    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, local_exp, _ = _fit(data, "fit-local", "local", monkeypatch)
+    result, exp, engines = _fit(data, "fit-ray", "ray", monkeypatch)
+    (engine,) = engines
+    placement = data["manifest"]["ray"]["placement"]
+    hops = [h for h in _hops(exp.catalog_path) if h["status"] == "done"]
+    assert len(hops) == 4 * 2 * 2 * EPOCHS
+    for h in hops:  # every hop ran on the node that holds its partition
+        assert engine.pid_node[h["pid"]] == placement[h["kind"]][h["partition"]]["node_id"]
+        assert h["worker"] == h["partition"] % 2
+    # same seed, same grid, same partitions: the very same per-minibatch values (so the same
+    # row order in every hop) and the same epoch metrics as the local engine
+    assert _per_hop_metrics(exp.catalog_path) == _per_hop_metrics(local_exp.catalog_path)
+    _same_history(result, reference)
+    assert set(result.table["status"]) == {"done"}
+    # the driver holds every model's latest state
+    assert Path(result.best["checkpoint"]).is_file()
+
+
+def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    killed: list[int] = []
+
+    class KillOnce:
+        """Passes calls through; SIGKILLs worker 1's actor mid-run, once."""
+
+        def __init__(self, engine: Any):
+            self.engine, self.workers, self.done = engine, engine.workers, 0
+
+        def submit(self, worker: int, task: Any) -> None:
+            self.engine.submit(worker, task)
+
+        def poll(self, timeout: float | None = None) -> list[Any]:
+            if self.done >= 6 and not killed and 1 in {w for w, _ in _busy(self.engine)}:
+                pid = self.engine.info[1]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            events = self.engine.poll(timeout)
+            self.done += len(events)
+            return events
+
+        def shutdown(self) -> None:
+            self.engine.shutdown()
+
+    t0 = time.perf_counter()
+    result, exp, engines = _fit(data, "fit-kill", "ray", monkeypatch, SlowSpec(), KillOnce)
+    (engine,) = engines
+    assert killed and engine.restarts == [0, 1]
+    assert engine.info[1]["pid"] != killed[0]
+    rows = _hops(exp.catalog_path)
+    assert [r["status"] for r in rows].count("lost") == 1
+    done = Counter((r["model_id"], r["kind"], r["partition"], r["epoch"]) for r in rows)
+    expected = {
+        (f"m{i:03d}", k, p, e)
+        for i in range(4)
+        for k in ("train", "val")
+        for p in (0, 1)
+        for e in range(EPOCHS)
+    }
+    finished = Counter(
+        (r["model_id"], r["kind"], r["partition"], r["epoch"])
+        for r in rows
+        if r["status"] == "done"
+    )
+    assert set(finished) == expected and set(finished.values()) == {1}
+    assert sum(done.values()) == len(expected) + 1
+    placement = data["manifest"]["ray"]["placement"]
+    for r in rows:
+        if r["status"] == "done":  # the replacement stayed on the node with the data
+            assert engine.pid_node[r["pid"]] == placement[r["kind"]][r["partition"]]["node_id"]
+    reference, _, _ = _fit(data, "fit-kill-local", "local", monkeypatch, SlowSpec())
+    _same_history(result, reference)
+    assert time.perf_counter() - t0 < 120
+
+
+def _busy(engine: Any) -> list[tuple[int, Any]]:
+    return list(engine._running.values())
+
+
+def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cerebro._imports import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'cerebro-mop\[ray\]'"):
+        import_ray()
+
+
+LOCAL = """
+import json, sys
+from cerebro.engine.ray import connect
+
+def listening():
+    out = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A":  # LISTEN
+                out.add(f[1])
+    return out
+
+before = listening()
+ray = connect(None, num_cpus=2)
+nodes = [n["NodeManagerAddress"] for n in ray.nodes()]
+new = sorted(listening() - before)
+ray.shutdown()
+print(json.dumps({"nodes": nodes, "new": new}))
+"""
+
+
+def _loopback(hex_addr: str) -> bool:
+    ip = hex_addr.split(":")[0]
+    if len(ip) == 8:  # IPv4, little-endian
+        return ip.endswith("7F")
+    return ip in ("00000000000000000000000001000000",) or (
+        ip.startswith("0000000000000000FFFF0000") and ip.endswith("7F")
+    )
+
+
+def test_local_instance_listens_on_loopback_only(tmp_path: Path) -> None:
+    """``address=None``: a local Ray whose every server listens on 127.0.0.1 (own process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run(
+        [sys.executable, "-c", LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["nodes"] == ["127.0.0.1"]
+    assert report["new"], "Ray opened no listening socket?"
+    assert all(_loopback(a) for a in report["new"]), report["new"]
