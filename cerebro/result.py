@@ -32,6 +32,17 @@ class FitResult:
         try:
             self._models = [dict(r) for r in cat.models(fit_id)]
             self._metrics = [dict(r) for r in cat.metrics(fit_id)]
+            self._checkpoints = {
+                (r["model_id"], r["epoch"]): r["path"]
+                for r in cat.db.execute("SELECT * FROM checkpoints WHERE fit_id=?", (fit_id,))
+            }
+            self._seconds: dict[str, float] = {}
+            for r in cat.db.execute(
+                "SELECT model_id, SUM(end - start) FROM hops WHERE fit_id=? AND status='done' "
+                "GROUP BY model_id",
+                (fit_id,),
+            ):
+                self._seconds[r[0]] = float(r[1] or 0.0)
             fit = dict(cat.fit(fit_id))
         finally:
             cat.close()
@@ -87,9 +98,26 @@ class FitResult:
         ]
         return pd.DataFrame(rows, columns=cols)
 
+    def _best_epoch(self, model_id: str) -> tuple[int, float] | None:
+        """(epoch, value) where this model's objective was best; ties: earliest epoch."""
+        split, _, name = self.objective.partition("_")
+        values = [
+            (m["epoch"], m["value"])
+            for m in self._metrics
+            if m["model_id"] == model_id
+            and m["split"] == split
+            and m["name"] == name
+            and m["value"] is not None
+        ]
+        if not values:
+            return None
+        sign = 1 if self.mode == "min" else -1
+        return min(values, key=lambda ev: (sign * ev[1], ev[0]))
+
     @property
     def table(self) -> pd.DataFrame:
-        """One row per model: id, hyperparameters, last epoch's metrics, status."""
+        """One row per model: hyperparameters, last epoch's metrics, the best value of the
+        objective and its epoch, training seconds (sum of its hops) and status."""
         last: dict[str, int] = {}
         for m in self._metrics:
             last[m["model_id"]] = max(last.get(m["model_id"], -1), m["epoch"])
@@ -101,6 +129,10 @@ class FitResult:
             for m in self._metrics:
                 if m["model_id"] == mid and m["epoch"] == last.get(mid):
                     row[f"{m['split']}_{m['name']}"] = m["value"]
+            best = self._best_epoch(mid)
+            row[f"best_{self.objective}"] = best[1] if best else None
+            row["best_epoch"] = best[0] if best else None
+            row["train_seconds"] = round(self._seconds.get(mid, 0.0), 3)
             row["status"] = model["status"]
             row["error"] = model["error"]
             rows.append(row)
@@ -108,36 +140,43 @@ class FitResult:
 
     @property
     def best(self) -> dict[str, Any]:
-        """The best model by the objective at its last epoch (ties: lowest model id).
+        """The model with the best objective at any epoch (ties: lowest model id).
+
+        Returns:
+            ``model_id``, ``hyperparams``, ``objective``, ``value``, ``epoch`` (where the
+            value was reached), ``metrics`` (all of that epoch) and ``checkpoint`` (the
+            model's state at the end of that epoch).
 
         Raises:
             ValueError: no model has a value for the objective (every model failed, or the
                 metric is not one the spec returns).
         """
-        table = self.table
-        if self.objective not in table.columns or table[self.objective].isna().all():
-            have = sorted(c for c in table.columns if c.startswith(("train_", "val_")))
+        sign = 1 if self.mode == "min" else -1
+        found = [
+            (sign * b[1], m["model_id"], b[0], m)
+            for m in self._models
+            if (b := self._best_epoch(m["model_id"])) is not None
+        ]
+        if not found:
+            have = sorted({f"{m['split']}_{m['name']}" for m in self._metrics})
             raise ValueError(
                 f"no model has a value for the objective {self.objective!r}; metrics "
                 f"recorded: {have or 'none (did every model fail? see result.table)'}"
             )
-        ok = table.dropna(subset=[self.objective])
-        ok = ok.sort_values(
-            [self.objective, "model_id"], ascending=[self.mode == "min", True], kind="stable"
-        )
-        best = ok.iloc[0]
-        model = next(m for m in self._models if m["model_id"] == best["model_id"])
+        _, model_id, epoch, model = min(found, key=lambda t: (t[0], t[1]))
+        metrics = {
+            f"{m['split']}_{m['name']}": float(m["value"])
+            for m in self._metrics
+            if m["model_id"] == model_id and m["epoch"] == epoch and m["value"] is not None
+        }
         return {
-            "model_id": best["model_id"],
+            "model_id": model_id,
             "hyperparams": json.loads(model["hyperparams"]),
             "objective": self.objective,
-            "value": float(best[self.objective]),
-            "metrics": {
-                k: float(v)
-                for k, v in best.items()
-                if k.startswith(("train_", "val_")) and pd.notna(v)
-            },
-            "checkpoint": model["checkpoint"],
+            "value": metrics[self.objective],
+            "epoch": epoch,
+            "metrics": metrics,
+            "checkpoint": self._checkpoints.get((model_id, epoch), model["checkpoint"]),
         }
 
     def __repr__(self) -> str:

@@ -84,6 +84,9 @@ def test_run_experiment_file(tmp_path: Path) -> None:
         "train_loss",
         "val_acc",
         "val_loss",
+        "best_val_loss",
+        "best_epoch",
+        "train_seconds",
         "status",
     ]
     assert lines[1].split()[0] == "m000" and lines[1].split()[-1] == "done"

@@ -96,11 +96,15 @@ def test_every_hop_exactly_once_and_validation_each_epoch(exp: Experiment, tmp_p
         assert len(counts) == epochs and len(set(counts)) == 1  # not cumulative
     bs16 = mb[mb.model_id == "m000"]["value"].iloc[0]
     assert bs16 == 2 * 8  # 120 rows per partition / 16 = 8 minibatches, 2 partitions
-    assert result.best["model_id"] in models
-    assert (
-        result.best["value"]
-        == table[table.model_id == result.best["model_id"]]["val_loss"].iloc[0]
-    )
+    best = result.best
+    assert best["model_id"] in models
+    vals = hist[
+        (hist.model_id == best["model_id"]) & (hist.split == "val") & (hist.metric == "loss")
+    ].set_index("epoch")["value"]
+    assert best["value"] == vals.min() and best["epoch"] == vals.idxmin()
+    assert best["value"] == min(table["best_val_loss"])
+    assert table.set_index("model_id").loc[best["model_id"], "best_epoch"] == best["epoch"]
+    assert (table["train_seconds"] > 0).all()
     # learning happened
     assert table["val_acc"].max() > 0.8
 
@@ -140,7 +144,7 @@ def test_checkpoints_are_kept_per_epoch(exp: Experiment) -> None:
     assert all(Path(c["path"]).is_file() for c in ckpts)
     files = sorted(p.name for p in (exp.output_dir / "models" / "m000").iterdir())
     assert files == ["step-00002.pt", "step-00004.pt"]  # intermediate states cleaned up
-    assert result.best["checkpoint"] == ckpts[-1]["path"]
+    assert result.best["checkpoint"] == ckpts[result.best["epoch"]]["path"]
 
 
 class BrokenSpec(ToySpec):
