@@ -90,6 +90,9 @@ def setup_worker(
 ) -> dict[str, Any] | UserFailure:
     """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
     torch.set_num_threads(threads)
+    # Building the first optimizer of a process imports torch's compiler stack (about a
+    # second). Pay it here, in parallel on every worker, rather than in the first hops.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     state["spec"] = spec
     state["device"] = torch.device(device)
     name = type(spec).__name__
