@@ -197,9 +197,13 @@ def run_loop(
                 _on_failure(catalog, state, sched, hop, hop_id, event.failure)
             elif isinstance(event, HopDone):
                 _on_done(catalog, state, sched, hop, hop_id, event)
-                progress.update(1)
+                live = [m for m in state.configs if sched.remaining_hops(m) > 0]
+                epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
+                info = {"epoch": f"{epoch + 1}/{state.num_epochs}"}
                 if state.best is not None:
-                    progress.set_postfix(best=f"{state.best:.4g}", refresh=False)
+                    info["best"] = f"{state.best:.4g}"
+                progress.set_postfix(info, refresh=False)
+                progress.update(1)
 
 
 def _on_failure(
