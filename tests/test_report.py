@@ -229,7 +229,7 @@ def test_tensorboard_round_trip(run_dir: Path, tmp_path: Path) -> None:
 
 def test_tensorboard_hparams(run_dir: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams import api_pb2, metadata
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("models", "data"))
@@ -240,9 +240,16 @@ def test_tensorboard_hparams(run_dir: Path, tmp_path: Path) -> None:
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["lr"].number_value == pytest.approx(0.1)
     assert start.hparams["act"].string_value == "tanh"
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.STATUS_SUCCESS
     exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
     tags = {m.name.tag for m in exp.metric_infos}
     assert {"val/loss", "val/acc", "train/loss", "train/acc"} <= tags
+    failed = EventAccumulator(str(tb / "m002"))
+    failed.Reload()
+    content = failed.PluginTagToContent(metadata.PLUGIN_NAME)
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.STATUS_FAILURE
 
 
 def _add_evaluations(run_dir: Path, values: dict[str, float]) -> None:

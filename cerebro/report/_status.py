@@ -59,7 +59,7 @@ def format_status(st: RunStatus) -> str:
     if st.hops_running:
         parts.append(f"{st.hops_running} running")
     parts.append(f"elapsed {fmt_seconds(st.elapsed)}")
-    if st.fit_status == "running":
+    if st.fit_status == "running" and st.driver_alive is not False:
         parts.append(f"ETA {fmt_seconds(st.eta)}")
     if st.busy is not None:
         parts.append(f"workers busy {100 * st.busy:.0f}%")

@@ -229,6 +229,11 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
     if intervals and active > 0:
         busy = min(sum(e - s for s, e in intervals) / (run.workers * active), 1.0)
     stamps = [float(t) for h in run.hops for t in (h["start"], h["end"]) if t is not None]
+    driver = _driver(run)
+    elapsed = max(run.end_time - float(run.fit["created"]), 0.0)
+    if not run.finished and driver.get("driver_alive") is False:  # interrupted: frozen
+        eta = None
+        elapsed = max((max(stamps) if stamps else run.now) - float(run.fit["created"]), 0.0)
     return RunStatus(
         run_dir=str(run.run_dir),
         fit_id=run.fit_id,
@@ -239,7 +244,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
         hops_done=hops_done,
         hops_total=hops_total,
         hops_running=sum(1 for h in run.hops if h["status"] == "running"),
-        elapsed=max(run.end_time - float(run.fit["created"]), 0.0),
+        elapsed=elapsed,
         eta=eta,
         busy=busy,
         active_seconds=active,
@@ -248,7 +253,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
         best=best_model(models, objective, mode),
         last_activity=max(stamps) if stamps else None,
         now=run.now,
-        **_driver(run),
+        **driver,
     )
 
 

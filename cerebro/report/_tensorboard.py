@@ -135,5 +135,22 @@ def _write_model(
     exp, ssi, sei = hparams(
         hp, final, hparam_domain_discrete={k: v for k, v in domains.items() if k in hp}
     )
+    _set_session_status(sei, str(model["status"]))
     for summary in (exp, ssi, sei):
         writer.file_writer.add_summary(summary)
+
+
+def _set_session_status(sei: Any, status: str) -> None:
+    """The hparams view's session status: failed and diverged models as failures.
+
+    (torch's ``hparams()`` always writes success; the view can filter by status.)
+    """
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    value = {"done": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(
+        status, api_pb2.STATUS_FAILURE if status == "diverged" else api_pb2.STATUS_RUNNING
+    )
+    meta = sei.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+    data.session_end_info.status = value
+    meta.content = data.SerializeToString()
