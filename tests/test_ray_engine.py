@@ -38,7 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 GRID: dict[str, list[Any]] = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
 EPOCHS = 2
-TESTS = str(Path(__file__).resolve().parent)
 
 
 class SlowSpec(ToySpec):
@@ -65,8 +64,7 @@ def cluster() -> Iterator[Any]:
     c = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
     c.add_node(**args)
     c.wait_for_nodes()
-    pythonpath = os.pathsep.join([TESTS, *(p for p in sys.path if p)])
-    ray.init(address=c.address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(address=c.address)  # the actors import `toy` from the driver's sys.path
     try:
         yield c
     finally:
@@ -110,6 +108,18 @@ def _hops(catalog: Path) -> list[sqlite3.Row]:
         db.close()
 
 
+def _on_ray(m: pytest.MonkeyPatch, engines: list[Any], wrap: Any = None) -> None:
+    """Make ``Experiment`` run its hops on a RayEngine (the wiring Experiment will get)."""
+    from cerebro.engine.ray import RayEngine
+
+    def make(self: Experiment, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
+        e = RayEngine(spec, str(self.data_dir), owned, str(self._misc_dir()))
+        engines.append(e)
+        return wrap(e) if wrap else e
+
+    m.setattr(Experiment, "_engine", make)
+
+
 def _fit(
     data: dict[str, Any],
     name: str,
@@ -119,25 +129,13 @@ def _fit(
     wrap: Any = None,
 ) -> tuple[Any, Experiment, list[Any]]:
     """A real ``run_fit`` (probe, controller loop, catalog) on the local or the Ray engine."""
-    from cerebro.engine.ray import RayEngine
-
-    source = data["local"] if engine == "local" else None
-    params = dict(data["params"], output_dir=str(data["root"] / name))
-    if source is not None:
-        params["etl_dir"] = str(source.data_dir)
-    else:
-        params["etl_dir"] = str(data["root"] / "ray" / "data")
+    etl_dir = data["local"].data_dir if engine == "local" else data["root"] / "ray" / "data"
+    params = dict(data["params"], output_dir=str(data["root"] / name), etl_dir=str(etl_dir))
     exp = Experiment(params, workers=2, verbose=False)
     engines: list[Any] = []
-
-    def make(self: Experiment, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
-        e = RayEngine(spec, str(self.data_dir), owned, str(self._misc_dir()))
-        engines.append(e)
-        return wrap(e) if wrap else e
-
     with monkeypatch.context() as m:
         if engine == "ray":
-            m.setattr(Experiment, "_engine", make)
+            _on_ray(m, engines, wrap)
         result = exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
     return result, exp, engines
 
@@ -227,6 +225,13 @@ def test_fit_matches_local_engine_and_reads_only_local_partitions(
     assert set(result.table["status"]) == {"done"}
     # the driver holds every model's latest state
     assert Path(result.best["checkpoint"]).is_file()
+    # test and predict hops run on the nodes too, with the same results
+    with monkeypatch.context() as m:
+        _on_ray(m, engines)
+        tested = exp.run_test(ToySpec())
+        predicted = exp.run_predict(ToySpec())
+    assert tested == local_exp.run_test(ToySpec())
+    assert predicted.read_bytes() == local_exp.run_predict(ToySpec()).read_bytes()
 
 
 def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

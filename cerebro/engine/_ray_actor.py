@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -25,10 +27,22 @@ from typing import Any
 
 from cerebro.etl._run import _prep_chunk, _RowFailure
 from cerebro.partitions import PartitionWriter, StructureError, partition_path
-from cerebro.spec import ETLSpec, MinibatchSpec
 from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
 
 __all__ = ["WorkerActor"]
+
+
+def load_spec(blob: bytes, paths: list[str]) -> Any:
+    """Unpickle a spec sent by the driver, after adding the driver's import path.
+
+    Like the local engine's workers (which get the driver's ``sys.path``), so a spec class
+    defined in the user's own module imports here; paths this node lacks are skipped, and
+    they go after the node's own, never shadowing its packages.
+    """
+    for p in paths:
+        if p not in sys.path and os.path.isdir(p):
+            sys.path.append(p)
+    return pickle.loads(blob)
 
 
 def _scratch_root() -> str:
@@ -64,22 +78,32 @@ class WorkerActor:
             (d / name).write_bytes(data)
         return str(d)
 
-    def close(self) -> None:
-        """Remove this slot's scratch folder (the engine calls it before killing the actor)."""
+    def reset(self) -> None:
+        """Forget the ETL (spec, unfinished writers) so a fit can use this process next."""
         for w in self.writers.values():
             shutil.rmtree(w.tmp, ignore_errors=True)
         self.writers.clear()
+        self.state.clear()
+        shutil.rmtree(self.scratch / "misc", ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove this slot's scratch folder (the engine calls it before killing the actor)."""
+        self.reset()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # --- ETL ----------------------------------------------------------------------------------
 
     def etl_setup(
-        self, spec: ETLSpec, misc: dict[str, bytes], threads: int
+        self, spec_blob: bytes, paths: list[str], misc: dict[str, bytes], threads: int
     ) -> tuple[str, str, str] | None:
         """Run the ETL spec's set-up hooks; returns ``(hook, message, traceback)`` on failure."""
         import torch
 
         torch.set_num_threads(threads)
+        try:
+            spec = load_spec(spec_blob, paths)
+        except Exception as e:  # noqa: BLE001 - e.g. the spec's module is not on this node
+            return "unpickling the ETL spec", _unpickle_hint(e), traceback.format_exc()
         self.state["spec"] = spec
         misc_dir = self._misc(misc)
         for hook, args in (("initialize_worker", ()), ("read_misc", (misc_dir,))):
@@ -141,7 +165,8 @@ class WorkerActor:
 
     def setup(
         self,
-        spec: MinibatchSpec,
+        spec_blob: bytes,
+        paths: list[str],
         data_dir: str,
         owned: dict[str, list[int]],
         misc: dict[str, bytes],
@@ -149,6 +174,12 @@ class WorkerActor:
         device: str,
     ) -> dict[str, Any] | UserFailure:
         """:func:`cerebro.worker.setup_worker` with the misc files copied to this node."""
+        try:
+            spec = load_spec(spec_blob, paths)
+        except Exception as e:  # noqa: BLE001 - e.g. the spec's module is not on this node
+            return UserFailure(
+                "unpickling the Minibatch spec", _unpickle_hint(e), traceback.format_exc()
+            )
         missing = [
             f"{split}/part-{p:05d}"
             for split, indices in owned.items()
@@ -192,6 +223,9 @@ class WorkerActor:
         finally:
             in_path.unlink(missing_ok=True)
         new_state = None
+        if isinstance(result, UserFailure) and task.in_ckpt is not None:
+            # name the driver's checkpoint file, not this node's scratch copy of it
+            result.message = result.message.replace(str(in_path), task.in_ckpt)
         if isinstance(result, HopOutcome):
             result.load_seconds += staged
             if out_path.exists():
@@ -200,3 +234,14 @@ class WorkerActor:
                 out_path.unlink()
                 result.save_seconds += time.perf_counter() - s0
         return result, new_state
+
+
+def _unpickle_hint(e: BaseException) -> str:
+    info = f"{type(e).__name__}: {e}"
+    if isinstance(e, ImportError):
+        info += (
+            ". The spec's module must be importable on every node: install it there, put it "
+            "on a path every node has, or define the spec in the driver script's __main__ "
+            "(it then travels by value)."
+        )
+    return info

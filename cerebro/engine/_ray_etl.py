@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cerebro.engine._ray_nodes import alive_nodes, connect, kill, misc_files, plan_slots, spawn
+from cerebro.engine._ray_nodes import (
+    alive_nodes,
+    connect,
+    kill,
+    misc_files,
+    park,
+    plan_slots,
+    spawn,
+    spec_payload,
+)
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
 from cerebro.etl._read import plan_split
 from cerebro.etl._run import (
@@ -179,8 +188,9 @@ def _run(
     bar = _progress(sum(len(p.rows) for p in plans), progress)
     try:
         misc = ray.put(misc_files(misc_dir))
+        blob, paths = spec_payload(spec)
         setups = [
-            a.etl_setup.remote(spec, misc, s["threads"])
+            a.etl_setup.remote(blob, paths, misc, s["threads"])
             for a, s in zip(actors, slots, strict=True)
         ]
         for w, failure in enumerate(_get(ray, setups)):
@@ -225,15 +235,21 @@ def _run(
         unfinished = _get(ray, [a.etl_finish.remote() for a in actors])
         if any(unfinished):
             raise CerebroError(f"ETL left partitions unfinished: {unfinished}; rerun run_etl.")
+        # Hand the actors, reset, to the fit that comes next (see NOTE in _ray_nodes).
+        _get(ray, [a.reset.remote() for a in actors])
+        for a, s in zip(actors, slots, strict=True):
+            park(ray, s, a)
+        actors = []
         return {"actors_s": t1 - t0, "rows_s": time.perf_counter() - t1}
     finally:
         bar.close()
-        try:
-            ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=5)
-        except Exception:  # noqa: BLE001 - a dead actor has nothing to clean
-            pass
-        for a in actors:
-            kill(ray, a)
+        if actors:  # the ETL failed: no fit will use these
+            try:
+                ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=5)
+            except Exception:  # noqa: BLE001 - a dead actor has nothing to clean
+                pass
+            for a in actors:
+                kill(ray, a)
 
 
 def _get(ray: Any, refs: list[Any]) -> list[Any]:

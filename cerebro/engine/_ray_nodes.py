@@ -24,8 +24,11 @@ __all__ = [
     "kill",
     "misc_files",
     "node_gone",
+    "park",
     "plan_slots",
+    "release_idle",
     "spawn",
+    "spec_payload",
 ]
 
 # --- connecting -------------------------------------------------------------------------------
@@ -63,9 +66,6 @@ def _start_local(ray: ModuleType, num_cpus: int) -> None:
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
-            # Like the local engine's workers: the actors see the driver's import path, so
-            # a spec defined in the user's own module imports there.
-            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
@@ -150,10 +150,35 @@ def node_gone(node_id: str, why: str) -> str:
     )
 
 
+# NOTE [ the ETL hands its actors to the fit ]
+# Starting an actor costs seconds (a Python process importing torch). ``ray_etl`` parks its
+# actors here, reset, instead of killing them, and the next ``spawn`` for the same node and
+# resources in the same Ray session takes one, so ETL then fit starts each slot's process
+# once. Only ETL actors are parked: a fit's actor has run the Minibatch spec's
+# ``initialize_worker``, which runs once per worker process, so it is never reused.
+_IDLE: list[tuple[tuple[Any, ...], Any]] = []
+
+
+def _key(ray: ModuleType, slot: Mapping[str, Any]) -> tuple[Any, ...]:
+    o = slot["options"]
+    return (
+        ray.get_runtime_context().get_job_id(),
+        slot["node_id"],
+        o["num_cpus"],
+        o["num_gpus"],
+        tuple(sorted(o["resources"].items())),
+    )
+
+
 def spawn(ray: ModuleType, slot: Mapping[str, Any]) -> Any:
-    """Start one actor on ``slot["node_id"]``, pinned there (never moved elsewhere)."""
+    """An actor on ``slot["node_id"]``, pinned there: a parked one, or a new one."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    key = _key(ray, slot)
+    for i, (k, actor) in enumerate(_IDLE):
+        if k == key:
+            del _IDLE[i]
+            return actor
     return (
         actor_class(ray)
         .options(
@@ -164,6 +189,26 @@ def spawn(ray: ModuleType, slot: Mapping[str, Any]) -> Any:
         )
         .remote()
     )
+
+
+def park(ray: ModuleType, slot: Mapping[str, Any], actor: Any) -> None:
+    """Keep a reset actor for the next :func:`spawn` of the same slot."""
+    _IDLE.append((_key(ray, slot), actor))
+
+
+def release_idle(ray: ModuleType | None = None) -> None:
+    """Kill the parked actors (``ray_etl`` leaves them for the next fit), freeing their CPUs."""
+    while _IDLE:
+        _, actor = _IDLE.pop()
+        if ray is not None:
+            kill(ray, actor)
+
+
+def spec_payload(spec: Any) -> tuple[bytes, list[str]]:
+    """A spec as cloudpickle bytes, and the driver's import path to unpickle it with."""
+    import cloudpickle
+
+    return cloudpickle.dumps(spec), [p for p in sys.path if p]
 
 
 def misc_files(misc_dir: str | Path) -> dict[str, bytes]:

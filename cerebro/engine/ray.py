@@ -49,13 +49,15 @@ from cerebro.engine._ray_nodes import (
     misc_files,
     node_gone,
     plan_slots,
+    release_idle,
     spawn,
+    spec_payload,
 )
 from cerebro.errors import ParamsError, UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
 from cerebro.worker import HopOutcome, HopTask, UserFailure
 
-__all__ = ["RayEngine", "connect", "ray_etl"]
+__all__ = ["RayEngine", "connect", "ray_etl", "release_idle"]
 
 
 class RayEngine:
@@ -111,9 +113,10 @@ class RayEngine:
         nodes, roots = _placement(ray, Path(data_dir), owned)
         self.slots = plan_slots(ray, nodes, resources_per_worker)
         misc = ray.put(misc_files(misc_dir))
+        blob, paths = spec_payload(spec)
         self._setup_args = [
-            (spec, roots[w], owned[w], misc, self.slots[w]["threads"], self.slots[w]["device"])
-            for w in range(self.workers)
+            (blob, paths, roots[w], owned[w], misc, s["threads"], s["device"])
+            for w, s in enumerate(self.slots)
         ]
         t1 = time.perf_counter()
         try:
@@ -123,7 +126,12 @@ class RayEngine:
                 for a, args in zip(self._actors, self._setup_args, strict=True)
             ]
             for w, ref in enumerate(refs):
-                self._finish_setup(w, self._get(ref, w))
+                try:
+                    result = self._get(ref, w)
+                except ray.exceptions.RayActorError as e:  # e.g. a parked ETL actor that died
+                    self._restart(w, _first_line(e))
+                    continue
+                self._finish_setup(w, result)
         except BaseException:
             self.shutdown()
             raise
@@ -181,7 +189,9 @@ class RayEngine:
         try:
             state = Path(task.in_ckpt).read_bytes() if task.in_ckpt is not None else None
         except OSError as e:
-            failure = UserFailure("reading the checkpoint", f"{task.in_ckpt}: {e}", "")
+            failure = UserFailure(
+                "reading the checkpoint", f"{task.in_ckpt}: {e}", "", system=True
+            )
             self._early.append(HopFailed(worker, task, failure))
             return
         ref = self._actors[worker].hop.remote(task, state)
@@ -210,7 +220,8 @@ class RayEngine:
             self._restart(w, _first_line(e))
             return WorkerLost(w, task, f"Ray actor died: {_first_line(e)}")
         except ray.exceptions.RayTaskError as e:  # outside the user's hooks: a bug, unpicklable
-            return HopFailed(w, task, UserFailure("cerebro worker", _first_line(e), str(e)))
+            failure = UserFailure("cerebro worker", _first_line(e), str(e), system=True)
+            return HopFailed(w, task, failure)
         except ray.exceptions.RayError as e:  # object lost with its node, and the like
             self._restart(w, _first_line(e))
             return WorkerLost(w, task, f"Ray error: {_first_line(e)}")
@@ -222,7 +233,9 @@ class RayEngine:
             try:
                 _write_atomic(task.out_ckpt, state)
             except OSError as e:
-                failure = UserFailure("saving the checkpoint", f"{task.out_ckpt}: {e}", "")
+                failure = UserFailure(
+                    "saving the checkpoint", f"{task.out_ckpt}: {e}", "", system=True
+                )
                 return HopFailed(w, task, failure)
             result.save_seconds += time.perf_counter() - s0
         return HopDone(w, task, result)
@@ -267,6 +280,8 @@ def _placement(
             for split, indices in parts.items()
             for p in indices
         }
+        if not homes:  # a slot with nothing to read (test/predict with empty partitions)
+            homes = {(e[w]["node_id"], e[w]["root"]) for e in where.values() if w < len(e)}
         if len(homes) != 1:
             raise ParamsError(
                 f"worker {w}'s partitions {parts} are on {len(homes)} nodes; the data was "
