@@ -36,7 +36,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL: dict[str, Any] = {"epochs": 3, "n_train": 4000, "n_val": 1000, "quick": False}
 QUICK: dict[str, Any] = {"epochs": 1, "n_train": 800, "n_val": 200, "quick": True}
-QUICK_GRID = {"channels": [64], "lr": [1e-3, 3e-3], "batch_size": [64]}
+QUICK_GRID: dict[str, list[Any]] = {"channels": [64], "lr": [1e-3, 3e-3], "batch_size": [64]}
 
 
 def run_one(engine: str, paths: dict[str, str], setup: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,7 @@ def run_one(engine: str, paths: dict[str, str], setup: dict[str, Any]) -> dict[s
 
         def timed_engine(self: Any, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
             t = time.perf_counter()
+            e: Any
             if engine == "ray":
                 from cerebro.engine.ray import RayEngine
 
