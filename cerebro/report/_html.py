@@ -399,9 +399,9 @@ max-height:320px;overflow:auto}
 
 # Click a header to sort by it (again to reverse); numbers as numbers, empty cells last.
 _JS = """
-document.querySelectorAll("table.sortable th").forEach(function (th, i) {
+document.querySelectorAll("table.sortable th").forEach(function (th) {
   th.addEventListener("click", function () {
-    var table = th.closest("table"), body = table.tBodies[0];
+    var table = th.closest("table"), body = table.tBodies[0], i = th.cellIndex;
     var asc = th.dataset.dir !== "asc";
     table.querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
     th.dataset.dir = asc ? "asc" : "desc";
