@@ -104,26 +104,6 @@ def ray_etl(
     old = load_manifest(data_dir)
     if old is not None and old.get("fingerprint") == fp and _reusable(ray, old, workers):
         return old
-    features = _call_driver_hook(spec, "set_features")
-    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
-        raise UserCodeError(
-            f"must return a list of column names, got {features!r}",
-            function=f"{type(spec).__name__}.set_features",
-            where="ETL",
-        )
-    plans = [
-        plan_split(
-            split,
-            params.mains[split],
-            list(features),
-            params.dirs.get(split),
-            partitions,
-            fraction,
-            seed,
-        )
-        for split in SPLITS
-        if split in params.mains
-    ]
     nodes = alive_nodes(ray)
     if not nodes:
         raise WorkerError("the Ray cluster has no alive node with CPUs.")
@@ -133,9 +113,33 @@ def ray_etl(
     for s in slots:
         template = node_data_dir or str(data_dir)
         s["root"] = template.format(node_id=s["node_id"], node_ip=s["ip"])
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)
-    seconds = _run(ray, spec, params, plans, slots, misc_dir, progress)
+    # The actors boot (a Python process importing torch: seconds) while the driver reads
+    # and checks the CSVs.
+    t0 = time.perf_counter()
+    actors = [spawn(ray, s) for s in slots]
+    try:
+        blob, paths = spec_payload(spec)
+        misc = ray.put(misc_files(misc_dir))
+        setups = [
+            a.etl_setup.remote(blob, paths, misc, s["threads"])
+            for a, s in zip(actors, slots, strict=True)
+        ]
+        plans = _plan(spec, params, partitions, fraction, seed)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / MANIFEST).unlink(missing_ok=True)
+        seconds = _run(ray, actors, setups, spec, params, plans, slots, progress)
+        seconds["actors_s"] = seconds.pop("setup_done") - t0
+    except BaseException:
+        _close(ray, actors)
+        raise
+    # Hand the actors, reset, to the fit that comes next (see NOTE in _ray_nodes).
+    try:
+        _get(ray, [a.reset.remote() for a in actors])
+    except BaseException:
+        _close(ray, actors)
+        raise
+    for a, s in zip(actors, slots, strict=True):
+        park(ray, s, a)
     manifest = {
         "fingerprint": fp,
         "partitions": partitions,
@@ -172,52 +176,69 @@ def _reusable(ray: Any, manifest: dict[str, Any], workers: int) -> bool:
     )
 
 
+def _plan(spec: ETLSpec, params: Params, partitions: int, fraction: float, seed: int) -> list[Any]:
+    """Read and check every split's CSV and deal its rows into partitions (on the driver)."""
+    features = _call_driver_hook(spec, "set_features")
+    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
+        raise UserCodeError(
+            f"must return a list of column names, got {features!r}",
+            function=f"{type(spec).__name__}.set_features",
+            where="ETL",
+        )
+    return [
+        plan_split(
+            split,
+            params.mains[split],
+            list(features),
+            params.dirs.get(split),
+            partitions,
+            fraction,
+            seed,
+        )
+        for split in SPLITS
+        if split in params.mains
+    ]
+
+
 def _run(
     ray: Any,
+    actors: list[Any],
+    setups: list[Any],
     spec: ETLSpec,
     params: Params,
     plans: list[Any],
     slots: list[dict[str, Any]],
-    misc_dir: Path,
     progress: bool,
 ) -> dict[str, float]:
-    """Start one actor per slot, stream the rows to them, close every partition."""
-    t0 = time.perf_counter()
-    actors = [spawn(ray, s) for s in slots]
+    """Finish the actors' set-up, stream the rows to them, close every partition."""
     workers = len(actors)
+    for w, failure in enumerate(_get(ray, setups)):
+        if failure is not None:
+            function, message, tb = failure
+            raise UserCodeError(
+                message,
+                function=function,
+                where=f"ETL worker {w} on node {slots[w]['node_id']}",
+                user_traceback=tb,
+            )
+    splits = [plan.split for plan in plans]
+    first: dict[tuple[str, str], int] = {}
+    for w, s in enumerate(slots):
+        first.setdefault((s["node_id"], s["root"]), w)
+    _get(ray, [actors[w].etl_clean.remote(slots[w]["root"], splits) for w in first.values()])
+    t1 = time.perf_counter()
+    in_flight: dict[Any, int] = {}  # ObjectRef -> rows
     bar = _progress(sum(len(p.rows) for p in plans), progress)
+
+    def drain(limit: int) -> None:
+        while len(in_flight) > limit:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                n = in_flight.pop(ref)
+                _check(_get(ray, [ref])[0])
+                bar.update(n)
+
     try:
-        misc = ray.put(misc_files(misc_dir))
-        blob, paths = spec_payload(spec)
-        setups = [
-            a.etl_setup.remote(blob, paths, misc, s["threads"])
-            for a, s in zip(actors, slots, strict=True)
-        ]
-        for w, failure in enumerate(_get(ray, setups)):
-            if failure is not None:
-                function, message, tb = failure
-                raise UserCodeError(
-                    message,
-                    function=function,
-                    where=f"ETL worker {w} on node {slots[w]['node_id']}",
-                    user_traceback=tb,
-                )
-        splits = [plan.split for plan in plans]
-        first: dict[tuple[str, str], int] = {}
-        for w, s in enumerate(slots):
-            first.setdefault((s["node_id"], s["root"]), w)
-        _get(ray, [actors[w].etl_clean.remote(slots[w]["root"], splits) for w in first.values()])
-        t1 = time.perf_counter()
-        in_flight: dict[Any, int] = {}  # ObjectRef -> rows
-
-        def drain(limit: int) -> None:
-            while len(in_flight) > limit:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    n = in_flight.pop(ref)
-                    _check(_get(ray, [ref])[0])
-                    bar.update(n)
-
         for plan in plans:
             object_dir = params.object_dir(plan.split)
             for p, size in enumerate(plan.sizes):
@@ -232,24 +253,22 @@ def _run(
                 in_flight[ref] = len(rows)
                 drain(_IN_FLIGHT_PER_ACTOR * workers)
         drain(0)
-        unfinished = _get(ray, [a.etl_finish.remote() for a in actors])
-        if any(unfinished):
-            raise CerebroError(f"ETL left partitions unfinished: {unfinished}; rerun run_etl.")
-        # Hand the actors, reset, to the fit that comes next (see NOTE in _ray_nodes).
-        _get(ray, [a.reset.remote() for a in actors])
-        for a, s in zip(actors, slots, strict=True):
-            park(ray, s, a)
-        actors = []
-        return {"actors_s": t1 - t0, "rows_s": time.perf_counter() - t1}
     finally:
         bar.close()
-        if actors:  # the ETL failed: no fit will use these
-            try:
-                ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=5)
-            except Exception:  # noqa: BLE001 - a dead actor has nothing to clean
-                pass
-            for a in actors:
-                kill(ray, a)
+    unfinished = _get(ray, [a.etl_finish.remote() for a in actors])
+    if any(unfinished):
+        raise CerebroError(f"ETL left partitions unfinished: {unfinished}; rerun run_etl.")
+    return {"setup_done": t1, "rows_s": time.perf_counter() - t1}
+
+
+def _close(ray: Any, actors: list[Any]) -> None:
+    """Clean up and kill the actors of a failed ETL (no fit will use them)."""
+    try:
+        ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=5)
+    except Exception:  # noqa: BLE001 - a dead actor has nothing to clean
+        pass
+    for a in actors:
+        kill(ray, a)
 
 
 def _get(ray: Any, refs: list[Any]) -> list[Any]:
