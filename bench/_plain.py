@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,8 +77,13 @@ def train_config(
     val: tuple[torch.Tensor, torch.Tensor],
     num_epochs: int,
     seed: int = 1,
+    on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> PlainResult:
-    """Train one config for ``num_epochs`` (validating after each) with ``example``'s code."""
+    """Train one config for ``num_epochs`` (validating after each) with ``example``'s code.
+
+    ``on_epoch(epoch, val_loss, val_acc)``, when given, is called after each epoch's
+    validation (where a tuner reports to its scheduler); its time counts as validation.
+    """
     torch.manual_seed(seed)
     components = example.minibatch_spec.create_model_components(dict(hyperparams))
     model, optimizer = components["model"], components["optimizer"]
@@ -87,7 +92,7 @@ def train_config(
     gen = torch.Generator().manual_seed(seed)
     train_s = val_s = 0.0
     tl = ta = vl = va = float("nan")
-    for _epoch in range(num_epochs):
+    for epoch in range(num_epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(yt), generator=gen)
         tot_l = tot_a = 0.0
@@ -104,6 +109,8 @@ def train_config(
             tot_l += loss * n
             tot_a += acc * n
         vl, va = tot_l / max(1, len(yv)), tot_a / max(1, len(yv))
+        if on_epoch is not None:
+            on_epoch(epoch, vl, va)
         t2 = time.perf_counter()
         train_s += t1 - t0
         val_s += t2 - t1

@@ -1,0 +1,123 @@
+"""Where a Cerebro fit's time went, read from the run's catalog (``hops`` table, plain SQL).
+
+A done hop's ``start``/``end`` are the worker's wall clock at the start and end of
+``run_hop``; ``user_seconds`` is the time inside the user's ``train``/``valtest``,
+``load_seconds`` building the model and loading its checkpoint, ``save_seconds`` writing
+the new one. So for each worker:
+
+* in-hop overhead = (end - start) - user_seconds: state load and save, minibatch slicing
+  (``Partition.batch``), metric conversion;
+* gap = next hop's start - this hop's end: the result's trip to the controller, the
+  catalog write, scheduling, the next task's trip back (and idling when no hop was
+  runnable, which the tail of a fit shows);
+* lead = first hop's start - the time ``run_fit`` was called: worker start, set-up and the
+  probe minibatch; tail = fit end - the worker's last hop end: waiting for the other
+  worker's last hop, and shutdown.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["hop_overhead", "hop_stats"]
+
+
+def _rows(catalog: Path) -> list[dict[str, Any]]:
+    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return [
+            dict(r)
+            for r in con.execute(
+                "SELECT kind, worker, start, end, user_seconds, load_seconds, save_seconds, "
+                "rows FROM hops WHERE status = 'done' ORDER BY start"
+            )
+        ]
+    finally:
+        con.close()
+
+
+def hop_stats(catalog: Path, fit_s: float, workers: int) -> dict[str, Any]:
+    """Totals per hop kind; ``busy`` = hop time / (fit wall x workers), ``user`` = time in
+    the user's functions / hop time. (The summary ``bench/mop_vs_plain.py`` prints.)"""
+    try:
+        rows = _rows(catalog)
+    except sqlite3.Error as e:
+        return {"error": f"could not read hops from {catalog}: {e}"}
+    kinds: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = kinds.setdefault(
+            r["kind"], {"hops": 0, "wall_s": 0.0, "user_s": 0.0, "load_s": 0.0, "save_s": 0.0}
+        )
+        k["hops"] += 1
+        k["wall_s"] += r["end"] - r["start"]
+        k["user_s"] += r["user_seconds"] or 0.0
+        k["load_s"] += r["load_seconds"] or 0.0
+        k["save_s"] += r["save_seconds"] or 0.0
+    wall = sum(v["wall_s"] for v in kinds.values())
+    user = sum(v["user_s"] for v in kinds.values())
+    return {
+        "by_kind": kinds,
+        "busy": wall / (fit_s * workers) if fit_s > 0 else None,
+        "user": user / wall if wall > 0 else None,
+    }
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return 1000 * values[0]
+    return 1000 * statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, Any]:
+    """The hop-overhead breakdown of one fit (times are ``time.time()`` seconds).
+
+    Returns:
+        Totals (seconds) and shares: ``in_hop_share`` = in-hop overhead / hop time,
+        ``between_share`` = gaps / (hop time + gaps), ``share`` = (in-hop overhead + gaps)
+        / (hop time + gaps): the fraction of a busy worker's time spent outside the user's
+        functions. Also ``first_hop_s`` (lead before the first hop) and per-hop quantiles.
+    """
+    rows = _rows(catalog)
+    if not rows:
+        return {"error": "no done hops in the catalog"}
+    hop_s = sum(r["end"] - r["start"] for r in rows)
+    user_s = sum(r["user_seconds"] or 0.0 for r in rows)
+    load_s = sum(r["load_seconds"] or 0.0 for r in rows)
+    save_s = sum(r["save_seconds"] or 0.0 for r in rows)
+    gaps: list[float] = []
+    leads: list[float] = []
+    tails: list[float] = []
+    for w in sorted({r["worker"] for r in rows}):
+        mine = [r for r in rows if r["worker"] == w]
+        leads.append(mine[0]["start"] - fit_start)
+        tails.append(fit_end - mine[-1]["end"])
+        gaps += [max(0.0, b["start"] - a["end"]) for a, b in zip(mine, mine[1:], strict=False)]
+    gap_s = sum(gaps)
+    in_hop = hop_s - user_s
+    per_hop = [r["end"] - r["start"] for r in rows]
+    per_over = [(r["end"] - r["start"]) - (r["user_seconds"] or 0.0) for r in rows]
+    return {
+        "hops": len(rows),
+        "hop_s": hop_s,
+        "user_s": user_s,
+        "load_s": load_s,
+        "save_s": save_s,
+        "other_in_hop_s": in_hop - load_s - save_s,
+        "gap_s": gap_s,
+        "in_hop_share": in_hop / hop_s if hop_s > 0 else None,
+        "between_share": gap_s / (hop_s + gap_s) if hop_s + gap_s > 0 else None,
+        "share": (in_hop + gap_s) / (hop_s + gap_s) if hop_s + gap_s > 0 else None,
+        "first_hop_s": min(r["start"] for r in rows) - fit_start,
+        "lead_s": leads,
+        "tail_s": tails,
+        "hop_ms_median": _ms(per_hop, 0.5),
+        "in_hop_overhead_ms_median": _ms(per_over, 0.5),
+        "gap_ms_median": _ms(gaps, 0.5),
+        "gap_ms_p90": _ms(gaps, 0.9),
+    }

@@ -1,0 +1,256 @@
+"""The peers: Ray Tune and Optuna, each training the grid as its users would.
+
+* Ray Tune: a function trainable, 1 CPU per trial, 2 trials at a time, the data handed over
+  with ``tune.with_parameters`` (put once in Ray's object store, fetched by every trial),
+  validation accuracy reported each epoch with ``tune.report``. Timed from before
+  ``ray.init`` to the end of ``Tuner.fit`` (``ray.shutdown`` is timed apart). Run with the
+  default ``reuse_actors=False`` (a fresh actor process per trial) and with ``True``.
+  ``RunConfig(verbose=0)`` only silences the progress table.
+* Optuna: a ``GridSampler`` over the same grid, one study shared by 2 processes through a
+  journal file (``JournalStorage``), each process running trials until the grid is used
+  up; the objective reports each epoch's validation accuracy with ``trial.report``. Timed
+  from creating the study until both processes have exited. Processes, not
+  ``n_jobs=2``: ``n_jobs`` runs trials in threads of one process, where the Python-level
+  work of every step (module calls, autograd bookkeeping, Adam's loop over parameters)
+  holds the GIL, so two small-model trials mostly take turns; ``optuna_threads`` measures
+  that variant for comparison.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from _plain import train_config  # noqa: E402
+from _runners import WORKERS, _mp, nbytes  # noqa: E402
+from _workloads import Workload, workloads  # noqa: E402
+
+__all__ = ["run_optuna", "run_optuna_threads", "run_ray", "run_ray_reuse"]
+
+
+def _config_index(wl: Workload, hp: dict[str, Any]) -> int:
+    configs = wl.configs()
+    want = {k: hp[k] for k in wl.grid}
+    return configs.index(want)
+
+
+# --- Ray Tune ---------------------------------------------------------------------------------
+
+
+def _ray_trial(
+    config: dict[str, Any], data: dict[str, Any], example: str, epochs: int, seed: int
+) -> None:
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(1)
+    hp = dict(config)
+
+    def report(epoch: int, val_loss: float, val_acc: float) -> None:
+        tune.report({"epoch": epoch, "val_loss": val_loss, "val_acc": val_acc})
+
+    train_config(
+        importlib.import_module(example),
+        hp,
+        data["train"],
+        data["val"],
+        epochs,
+        seed,
+        on_epoch=report,
+    )
+
+
+def _ray(wl: Workload, seed: int, reuse: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import ray
+    from ray import tune
+
+    # Trials run in Ray's worker processes: they must import _plain and cerebro.
+    path = [str(BENCH), *(p for p in sys.path if p)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(
+        num_cpus=WORKERS,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        configure_logging=True,
+    )
+    init_s = time.perf_counter() - t0
+    storage = Path(tempfile.mkdtemp(prefix="cerebro-suite-ray-"))
+    try:
+        data = wl.tensors()
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _ray_trial, data=data, example=wl.example, epochs=wl.epochs, seed=seed
+            ),
+            {"cpu": 1},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: tune.grid_search(v) for k, v in wl.grid.items()},
+            tune_config=tune.TuneConfig(
+                metric="val_acc", mode="max", max_concurrent_trials=WORKERS, reuse_actors=reuse
+            ),
+            run_config=tune.RunConfig(storage_path=str(storage), name="suite", verbose=0),
+        )
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+        acc: list[float | None] = [None] * len(wl.configs())
+        errors = []
+        for r in grid:
+            if r.error is not None:
+                errors.append(str(r.error)[:500])
+                continue
+            acc[_config_index(wl, r.config)] = float(r.metrics["val_acc"])
+        t = time.perf_counter()
+        ray.shutdown()
+        return {
+            "wall_s": wall,
+            "ray_init_s": init_s,
+            "shutdown_s": time.perf_counter() - t,
+            "val_acc": acc,
+            "errors": errors,
+            "workers": WORKERS,
+            "reuse_actors": reuse,
+            "data_bytes_per_worker": nbytes(data),
+        }
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def run_ray(wl: Workload, seed: int) -> dict[str, Any]:
+    return _ray(wl, seed, reuse=False)
+
+
+def run_ray_reuse(wl: Workload, seed: int) -> dict[str, Any]:
+    return _ray(wl, seed, reuse=True)
+
+
+# --- Optuna -----------------------------------------------------------------------------------
+
+
+def _objective(wl: Workload, data: dict[str, Any], seed: int) -> Any:
+    def objective(trial: Any) -> float:
+        hp = {k: trial.suggest_categorical(k, v) for k, v in wl.grid.items()}
+        r = train_config(
+            wl.module,
+            hp,
+            data["train"],
+            data["val"],
+            wl.epochs,
+            seed,
+            on_epoch=lambda epoch, _vl, va: trial.report(va, epoch),
+        )
+        trial.set_user_attr("seconds", r.wall_s)
+        return r.val_acc
+
+    return objective
+
+
+def _storage(journal: str) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(journal))
+
+
+def _optuna_worker(name: str, quick: bool, seed: int, journal: str) -> None:
+    import optuna
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    wl = workloads(quick)[name]
+    data = wl.tensors()  # a full copy per process
+    study = optuna.load_study(
+        study_name="suite",
+        storage=_storage(journal),
+        sampler=optuna.samplers.GridSampler(wl.grid, seed=seed),
+    )
+    study.optimize(_objective(wl, data, seed))  # GridSampler stops when the grid is done
+
+
+def _trials(wl: Workload, study: Any) -> dict[str, Any]:
+    """Per-config accuracy (first completed trial of each config) and duplicates."""
+    acc: list[float | None] = [None] * len(wl.configs())
+    dup, dup_s = 0, 0.0
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    for t in sorted(done, key=lambda t: t.number):
+        i = _config_index(wl, t.params)
+        if acc[i] is None:
+            acc[i] = float(t.value)
+        else:  # GridSampler re-ran a config another process was still running
+            dup += 1
+            dup_s += float(t.user_attrs.get("seconds", 0.0))
+    return {"val_acc": acc, "trials": len(study.trials), "duplicates": dup, "duplicate_s": dup_s}
+
+
+def run_optuna(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    tmp = Path(tempfile.mkdtemp(prefix="cerebro-suite-optuna-"))
+    try:
+        journal = str(tmp / "journal.log")
+        t0 = time.perf_counter()
+        study = optuna.create_study(
+            study_name="suite",
+            storage=_storage(journal),
+            sampler=optuna.samplers.GridSampler(wl.grid, seed=seed),
+            direction="maximize",
+        )
+        ctx = _mp()
+        procs = [
+            ctx.Process(target=_optuna_worker, args=(wl.name, quick, seed, journal))
+            for _ in range(WORKERS)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        wall = time.perf_counter() - t0
+        study = optuna.load_study(study_name="suite", storage=_storage(journal))
+        return {
+            "wall_s": wall,
+            **_trials(wl, study),
+            "workers": WORKERS,
+            "mode": "2 processes, JournalStorage",
+            "data_bytes_per_worker": nbytes(wl.tensors()),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_optuna_threads(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
+    import optuna
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)
+    data = wl.tensors()
+    t0 = time.perf_counter()
+    study = optuna.create_study(
+        sampler=optuna.samplers.GridSampler(wl.grid, seed=seed), direction="maximize"
+    )
+    study.optimize(_objective(wl, data, seed), n_jobs=WORKERS)
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        **_trials(wl, study),
+        "workers": 1,
+        "mode": "n_jobs=2 (threads), in-memory storage",
+        "data_bytes_per_worker": nbytes(data),
+    }

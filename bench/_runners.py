@@ -1,0 +1,275 @@
+"""The suite's runners on this machine: Cerebro MOP, the plain loop, the ideals, task
+parallelism. (Ray Tune and Optuna are in ``_peers.py``.)
+
+Each runner is a function ``run_X(workload, seed) -> dict`` with at least ``wall_s``,
+``val_acc`` (last-epoch validation accuracy per config, in grid order, ``None`` for a
+config that did not finish), ``workers`` and ``data_bytes_per_worker``. The suite calls
+each one in a fresh Python process (``python bench/_runners.py RUNNER WORKLOAD``), so no
+runner inherits another's imports, thread pools or Ray instance.
+
+What each wall time includes:
+
+* cerebro: the ``run_fit`` call (worker start, set-up, the probe minibatch, every hop,
+  shutdown); the ETL before it is timed apart (a one-off that later fits reuse).
+* plain: the training loop on tensors loaded before the clock starts (one untimed warm-up).
+* task: starting 2 processes, each loading the full data set, until the last config ends.
+* corun: no wall of its own; each config's single-thread time measured while a second,
+  identical process trains beside it (the co-run ideal).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from _plain import run_plain, train_config, warm_up  # noqa: E402
+from _workloads import Workload, workloads  # noqa: E402
+
+__all__ = ["RUNNERS", "child_main", "nbytes"]
+
+WORKERS = 2
+
+
+def nbytes(data: dict[str, Any]) -> int:
+    """Bytes of the tensors in ``{"train": (x, y), "val": (x, y)}``."""
+    return sum(t.numel() * t.element_size() for split in data.values() for t in split)
+
+
+def _mp() -> Any:
+    # "spawn": a fresh interpreter per process, as Cerebro's workers are; "fork" after torch
+    # started its thread pools can deadlock.
+    return mp.get_context("spawn")
+
+
+# --- Cerebro ----------------------------------------------------------------------------------
+
+
+def run_cerebro(wl: Workload, seed: int) -> dict[str, Any]:
+    from _hops import hop_overhead
+
+    from cerebro import Experiment
+    from cerebro.partitions import Partition, partition_path
+
+    ex = wl.module
+    run_dir = Path(tempfile.mkdtemp(prefix=f"cerebro-suite-{wl.name}-"))
+    try:
+        exp = Experiment(wl.params(str(run_dir)), workers=WORKERS, verbose=False)
+        t = time.perf_counter()
+        exp.run_etl(ex.etl_spec, fraction=1.0, seed=seed)
+        etl_s = time.perf_counter() - t
+        fit_start = time.time()
+        t0 = time.perf_counter()
+        result = exp.run_fit(
+            ex.minibatch_spec, param_grid=wl.grid, num_epochs=wl.epochs, seed=seed
+        )
+        wall = time.perf_counter() - t0
+        fit_end = time.time()
+        hist = result.history
+        last = hist[(hist["split"] == "val") & (hist["metric"] == "acc")]
+        last = last[last["epoch"] == wl.epochs - 1].set_index("model_id")["value"]
+        acc = [
+            float(last[f"m{i:03d}"]) if f"m{i:03d}" in last.index else None
+            for i in range(len(wl.configs()))
+        ]
+        held = [0] * WORKERS
+        data_dir = run_dir / "data"
+        for split in ("train", "val"):
+            p = 0
+            while partition_path(data_dir, split, p).is_dir():
+                held[p % WORKERS] += Partition(partition_path(data_dir, split, p)).nbytes()
+                p += 1
+        return {
+            "wall_s": wall,
+            "etl_s": etl_s,
+            "val_acc": acc,
+            "workers": WORKERS,
+            "data_bytes_per_worker": max(held),
+            "data_bytes_each": held,
+            "hops": hop_overhead(run_dir / "catalog.sqlite", fit_start, fit_end),
+        }
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --- the plain loop ---------------------------------------------------------------------------
+
+
+def _plain(wl: Workload, seed: int, threads: int) -> dict[str, Any]:
+    data = wl.tensors()
+    wall, results = run_plain(
+        wl.module, wl.configs(), data["train"], data["val"], wl.epochs, threads, seed
+    )
+    return {
+        "wall_s": wall,
+        "val_acc": [r.val_acc for r in results],
+        "config_s": [r.wall_s for r in results],
+        "workers": 1,
+        "threads": threads,
+        "data_bytes_per_worker": nbytes(data),
+    }
+
+
+def run_plain2(wl: Workload, seed: int) -> dict[str, Any]:
+    return _plain(wl, seed, WORKERS)
+
+
+def run_plain1(wl: Workload, seed: int) -> dict[str, Any]:
+    return _plain(wl, seed, 1)
+
+
+# --- the co-run ideal -------------------------------------------------------------------------
+
+
+def _corun_worker(name: str, quick: bool, seed: int, barrier: Any, out: Any, stop: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    wl = workloads(quick)[name]
+    data, configs = wl.tensors(), wl.configs()
+    warm_up(wl.module, configs[0], data["train"])
+    barrier.wait()
+    results = [
+        train_config(wl.module, hp, data["train"], data["val"], wl.epochs, seed) for hp in configs
+    ]
+    out.put((os.getpid(), [r.wall_s for r in results], [r.val_acc for r in results]))
+    i = 0
+    while not stop.is_set():  # keep the neighbour company until it has finished its pass
+        train_config(wl.module, configs[i % len(configs)], data["train"], data["val"], 1, seed)
+        i += 1
+
+
+def run_corun(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
+    ctx = _mp()
+    barrier, out, stop = ctx.Barrier(WORKERS), ctx.Queue(), ctx.Event()
+    procs = [
+        ctx.Process(target=_corun_worker, args=(wl.name, quick, seed, barrier, out, stop))
+        for _ in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        got = [out.get(timeout=3600) for _ in procs]
+    finally:
+        stop.set()
+        for p in procs:
+            p.terminate()  # mid-config is fine: nothing after the first pass is measured
+            p.join()
+    per_proc = [times for _, times, _ in got]
+    config_s = [sum(ts) / len(ts) for ts in zip(*per_proc, strict=True)]
+    return {
+        "wall_s": None,
+        "config_s": config_s,
+        "config_s_each": per_proc,
+        "val_acc": got[0][2],
+        "workers": WORKERS,
+    }
+
+
+# --- task parallelism -------------------------------------------------------------------------
+
+
+def _task_worker(name: str, quick: bool, seed: int, tasks: Any, out: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    wl = workloads(quick)[name]
+    data, configs = wl.tensors(), wl.configs()  # a full copy of the data in every process
+    out.put(("bytes", os.getpid(), nbytes(data)))
+    while (i := tasks.get()) is not None:
+        r = train_config(wl.module, configs[i], data["train"], data["val"], wl.epochs, seed)
+        out.put(("done", i, r.val_acc, r.wall_s, os.getpid()))
+
+
+def run_task(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
+    ctx = _mp()
+    n = len(wl.configs())
+    t0 = time.perf_counter()
+    tasks, out = ctx.Queue(), ctx.Queue()
+    for i in range(n):
+        tasks.put(i)
+    for _ in range(WORKERS):
+        tasks.put(None)
+    procs = [
+        ctx.Process(target=_task_worker, args=(wl.name, quick, seed, tasks, out))
+        for _ in range(WORKERS)
+    ]
+    for p in procs:
+        p.start()
+    acc: list[float | None] = [None] * n
+    config_s: list[float | None] = [None] * n
+    held: dict[int, int] = {}
+    done = 0
+    while done < n:
+        msg = out.get(timeout=3600)
+        if msg[0] == "bytes":
+            held[msg[1]] = msg[2]
+        else:
+            _, i, a, s, _pid = msg
+            acc[i], config_s[i] = a, s
+            done += 1
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "val_acc": acc,
+        "config_s": config_s,
+        "workers": WORKERS,
+        "data_bytes_per_worker": max(held.values()),
+        "data_bytes_each": sorted(held.values()),
+    }
+
+
+def _runners() -> dict[str, Any]:
+    from _peers import run_optuna, run_optuna_threads, run_ray, run_ray_reuse
+
+    return {
+        "cerebro": run_cerebro,
+        "plain2": run_plain2,
+        "plain1": run_plain1,
+        "corun": run_corun,
+        "task": run_task,
+        "ray": run_ray,
+        "ray_reuse": run_ray_reuse,
+        "optuna": run_optuna,
+        "optuna_threads": run_optuna_threads,
+    }
+
+
+RUNNERS = (
+    "cerebro",
+    "plain2",
+    "plain1",
+    "corun",
+    "task",
+    "ray",
+    "ray_reuse",
+    "optuna",
+    "optuna_threads",
+)
+
+
+def child_main(argv: list[str]) -> None:
+    """``RUNNER WORKLOAD QUICK(0|1) SEED OUT.json``: run one runner, write its result."""
+    runner, name, quick, seed, out = argv[0], argv[1], argv[2] == "1", int(argv[3]), argv[4]
+    wl = workloads(quick)[name]
+    wl.tensors_file()  # make the data (once) before any clock starts
+    fn = _runners()[runner]
+    kwargs = {"quick": quick} if runner in ("corun", "task", "optuna", "optuna_threads") else {}
+    result = fn(wl, seed, **kwargs)
+    Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
