@@ -252,7 +252,9 @@ def _cell(v: Any) -> str:
     return f"<td>{_e(text)}</td>"
 
 
-def _row(m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str]) -> str:
+def _row(
+    m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str], errors: bool
+) -> str:
     vals = {**m.metrics, **m.test}
     best = st.best is not None and st.best["model_id"] == m.model_id
     err = (m.error or "").strip()
@@ -265,17 +267,20 @@ def _row(m: ModelProgress, st: RunStatus, hp_names: list[str], names: list[str])
         *(_cell(m.hyperparams.get(k)) for k in hp_names),
         *(_cell(vals.get(k)) for k in names),
         _cell(round(m.hop_seconds, 2)),
-        f'<td class="err" title="{_e(err)}">{_e(short_error(err)[:160])}</td>',
     ]
+    if errors:
+        cells.append(f'<td class="err" title="{_e(err)}">{_e(short_error(err)[:160])}</td>')
     return f"<tr{' class=best' if best else ''}>{''.join(cells)}</tr>"
 
 
 def _table(run: RunData, st: RunStatus) -> str:
     hp_names = run.hyperparam_names()
     names = _metric_names(st)
-    head = ["model", "status", "epochs", "hops", *hp_names, *names, "hop time (s)", "error"]
+    errors = any(m.error for m in st.models)  # the error column only when there are errors
+    head = ["model", "status", "epochs", "hops", *hp_names, *names, "hop time (s)"]
+    head += ["error"] if errors else []
     ths = "".join(f'<th class="{"obj" if h == st.objective else ""}">{_e(h)}</th>' for h in head)
-    rows = "".join(_row(m, st, hp_names, names) for m in st.models)
+    rows = "".join(_row(m, st, hp_names, names, errors) for m in st.models)
     return (
         f"<section><h2>All models</h2><p class=hint>Metrics at each model's last epoch; click "
         f"a column header to sort.</p><div class=scroll><table class=sortable id=models>"
