@@ -289,6 +289,112 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.Mon
     assert time.perf_counter() - t0 < 120
 
 
+class BadETL(ToyETL):
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        if row["id"] == 1005:
+            raise ValueError("bad row")
+        return super().row_prep(row, mode, object_dir)
+
+
+class BadInitSpec(ToySpec):
+    def initialize_worker(self) -> None:
+        raise RuntimeError("no GPU driver")
+
+
+def test_errors_name_the_function_and_where(data: dict[str, Any]) -> None:
+    from cerebro import UserCodeError
+    from cerebro.engine import _ray_nodes
+    from cerebro.engine.ray import RayEngine, ray_etl
+
+    exp = Experiment(
+        dict(data["params"], output_dir=str(data["root"] / "bad")), workers=2, verbose=False
+    )
+    with pytest.raises(UserCodeError, match=r"BadETL.row_prep failed for split 'train', row id"):
+        ray_etl(
+            BadETL(),
+            exp.params,
+            exp.data_dir,
+            exp._misc_dir(),
+            partitions=2,
+            fraction=1.0,
+            seed=1,
+            node_data_dir=str(data["root"] / "bad-nodes" / "{node_id}"),
+            progress=False,
+        )
+    assert not (exp.data_dir / "manifest.json").exists()
+    assert not _ray_nodes._IDLE  # a failed ETL's actors are killed, not kept for a fit
+    owned = [{"train": [0]}, {"train": [1]}]
+    data_dir = str(data["root"] / "ray" / "data")
+    with pytest.raises(UserCodeError, match=r"BadInitSpec.initialize_worker failed for worker"):
+        RayEngine(BadInitSpec(), data_dir, owned, str(exp._misc_dir()))
+
+
+def test_lost_node_stops_the_fit_and_resume_completes(
+    cluster: Any, data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cerebro import WorkerError
+    from cerebro.engine.ray import ray_etl
+
+    extra = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    params = dict(data["params"], output_dir=str(data["root"] / "three"))
+    exp = Experiment(params, workers=3, verbose=False)
+
+    def etl() -> dict[str, Any]:
+        return ray_etl(
+            ToyETL(),
+            exp.params,
+            exp.data_dir,
+            exp._misc_dir(),
+            partitions=3,
+            fraction=1.0,
+            seed=1,
+            node_data_dir=str(data["root"] / "three-nodes" / "{node_id}"),
+            progress=False,
+        )
+
+    placement = etl()["ray"]["placement"]["train"]
+    assert extra.node_id in {e["node_id"] for e in placement}
+
+    class RemoveNode:
+        def __init__(self, engine: Any):
+            self.engine, self.workers, self.done = engine, engine.workers, 0
+
+        def submit(self, worker: int, task: Any) -> None:
+            self.engine.submit(worker, task)
+
+        def poll(self, timeout: float | None = None) -> list[Any]:
+            if self.done >= 5 and extra in cluster.worker_nodes:
+                cluster.remove_node(extra)
+            events = self.engine.poll(timeout)
+            self.done += len(events)
+            return events
+
+        def shutdown(self) -> None:
+            self.engine.shutdown()
+
+    with monkeypatch.context() as m:
+        _on_ray(m, [], RemoveNode)
+        with pytest.raises(WorkerError, match="left the cluster|not an alive node"):
+            exp.run_fit(ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    before = [r for r in _hops(exp.catalog_path) if r["status"] == "done"]
+    assert before
+    # the way out the error names: preprocess again on the nodes left, then resume
+    assert etl()["ray"]["placement"]["train"] != placement
+    with monkeypatch.context() as m:
+        _on_ray(m, [])
+        result = exp.run_fit(ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    rows = _hops(exp.catalog_path)
+    done = Counter(
+        (r["model_id"], r["kind"], r["partition"], r["epoch"])
+        for r in rows
+        if r["status"] == "done"
+    )
+    assert len(done) == 4 * 2 * 3 * EPOCHS and set(done.values()) == {1}
+    assert {r["hop_id"] for r in before} <= {r["hop_id"] for r in rows if r["status"] == "done"}
+    assert set(result.table["status"]) == {"done"}
+
+
 def _busy(engine: Any) -> list[tuple[int, Any]]:
     return list(engine._running.values())
 
