@@ -14,6 +14,8 @@ import pytest
 
 from cerebro.catalog import Catalog
 from cerebro.report import NoFitError, RunStatus, read_status, status_text, write_report
+from cerebro.report._data import load_run
+from cerebro.report._summary import driver_restarts
 from toy import ToyETL, write_toy_csvs
 
 TESTS = Path(__file__).resolve().parent
@@ -141,9 +143,18 @@ def test_status_after_resume_is_complete(live: dict[str, Any]) -> None:
     assert f"best: {st.best['model_id']} val_loss=" in text
 
 
-def test_report_after_resume_shows_lost_hops(live: dict[str, Any]) -> None:
+def test_report_after_resume_cuts_out_the_downtime(live: dict[str, Any]) -> None:
+    run = load_run(live["run_dir"])
+    restarts = driver_restarts(run)
+    assert len(restarts) == 1  # one resumed driver, found from its workers' new pids
+    first_session_end = max(h["end"] for h in run.hops if h["end"] and h["end"] < restarts[0])
+    st = live["final"]
+    wall = max(h["end"] for h in run.hops if h["end"]) - min(h["start"] for h in run.hops)
+    downtime = restarts[0] - first_session_end
+    assert downtime > 1.0  # the resumed driver's start-up
+    assert st.active_seconds < wall - 0.9 * downtime
     page = write_report(live["run_dir"]).read_text()
-    assert "fit is still running" not in page
+    assert "fit is still running" not in page and "interrupted" not in page
     assert (live["run_dir"] / "plots" / "timeline.png").is_file()
 
 
