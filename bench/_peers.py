@@ -80,6 +80,7 @@ def _ray(wl: Workload, seed: int, reuse: bool) -> dict[str, Any]:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(
+        address="local",  # a new instance of our own, never someone else's running cluster
         num_cpus=WORKERS,
         include_dashboard=False,
         log_to_driver=False,

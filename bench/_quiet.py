@@ -55,21 +55,22 @@ def wait_quiet(
     max_busy: float = 0.15,
     max_wait: float = 1200.0,
     use_loadavg: bool = True,
+    sample: float = 3.0,
     log: Any = print,
 ) -> dict[str, Any]:
     """Wait until the machine is quiet, at most ``max_wait`` seconds.
 
     Quiet: the 1-minute load average is at most ``max_load`` (when ``use_loadavg``: before
     the first runner; after one of our runners the load average still holds our own load
-    for minutes, so between runners only the busy-core sample counts) and a 3-second
-    sample shows at most ``max_busy`` cores busy.
+    for minutes, so between runners only the busy-core sample counts) and a
+    sample (``sample`` seconds) shows at most ``max_busy`` cores busy.
 
     Returns:
         ``{"waited_s", "quiet", "loadavg", "busy"}`` at the moment we stopped waiting.
     """
     t0 = time.monotonic()
     while True:
-        busy = busy_cores(3.0)
+        busy = busy_cores(sample)
         load = loadavg()
         ok = (busy is None or busy["busy"] <= max_busy) and (
             not use_loadavg or load[0] <= max_load
@@ -102,6 +103,19 @@ def _proc_table() -> dict[int, tuple[int, int]]:
     return out
 
 
+def _comm(pid: int) -> str:
+    """The process's command line, shortened (its name when the line is unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            line = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        if line:
+            return line[:80]
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 class ForeignCpu:
     """CPU seconds used by processes outside our process tree while a runner runs.
 
@@ -113,6 +127,7 @@ class ForeignCpu:
         self.interval = interval
         self.ticks = 0
         self.top: dict[int, int] = {}
+        self.comm: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ok = os.path.isdir("/proc")
@@ -143,6 +158,8 @@ class ForeignCpu:
                 if d > 0:
                     self.ticks += d
                     self.top[pid] = self.top.get(pid, 0) + d
+                    if pid not in self.comm:
+                        self.comm[pid] = _comm(pid)
             prev = cur
 
     def __enter__(self) -> ForeignCpu:
@@ -164,10 +181,5 @@ class ForeignCpu:
         """The ``n`` foreign processes that used the most CPU: ``"pid comm: seconds"``."""
         out = []
         for pid, ticks in sorted(self.top.items(), key=lambda kv: -kv[1])[:n]:
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = "?"
-            out.append(f"{pid} {comm}: {ticks / _TICK:.1f} s")
+            out.append(f"{pid} {self.comm.get(pid, '?')}: {ticks / _TICK:.1f} s")
         return out

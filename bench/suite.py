@@ -1,0 +1,395 @@
+"""Benchmark suite: Cerebro MOP against its peers on this machine, one command.
+
+Two seeded workloads (``_workloads.py``): W1, the digits MLP grid (16 configs x 10 epochs,
+tiny hops) and W2, the MNIST CNN grid (8 configs x 3 epochs). Runners, each in a fresh
+Python process, one after another on a quiet machine (``_runners.py``, ``_peers.py``):
+
+  cerebro     Cerebro MOP, local engine, 2 workers (the ``run_fit`` call; ETL apart)
+  plain2      plain PyTorch loop, configs one after another, 2 torch threads
+  plain1      the same on 1 thread; its per-config times give the ideal
+  corun       each config on 1 thread while an identical process runs beside it
+  task        task parallelism: 2 processes, each a full copy of the data, a config queue
+  ray         Ray Tune, 2 trials x 1 CPU, data by tune.with_parameters, ray.init counted
+  ray_reuse   the same with reuse_actors=True
+  optuna      Optuna GridSampler, 2 processes sharing a journal-file study
+  optuna_threads  (not run by default) Optuna with n_jobs=2 threads in one process
+
+Figures: wall time, Cerebro's wall / each peer's, efficiency = ideal / wall where ideal =
+sum of each config's single-thread time / 2, the same against the co-run ideal (two
+single-thread processes side by side each run slower on this VM), Cerebro's steady-state
+efficiency (wall minus the time until its first hop starts), validation accuracy (checked:
+every runner must come within the workload's tolerance of the plain loop, or the suite
+exits with status 1), data bytes held per worker, and Cerebro's hop overhead.
+
+Usage::
+
+    python bench/suite.py                     # everything (about 15 minutes on 2 cores)
+    python bench/suite.py --quick             # smoke run: tiny grids, 1 epoch (< 2 min)
+    python bench/suite.py --only W2 --runners cerebro,plain1,plain2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from _quiet import ForeignCpu, busy_cores, loadavg, wait_quiet  # noqa: E402
+from _runners import RUNNERS  # noqa: E402
+from _workloads import Workload, workloads  # noqa: E402
+
+RESULTS = BENCH / "results"
+DEFAULT_RUNNERS = ("plain1", "corun", "cerebro", "plain2", "task", "ray", "ray_reuse", "optuna")
+LABELS = {
+    "cerebro": "Cerebro MOP (2 workers)",
+    "plain2": "plain loop, 2 threads",
+    "plain1": "plain loop, 1 thread",
+    "corun": "co-run (2 x 1 thread)",
+    "task": "task parallel (2 procs)",
+    "ray": "Ray Tune (default)",
+    "ray_reuse": "Ray Tune (reuse_actors)",
+    "optuna": "Optuna grid (2 procs)",
+    "optuna_threads": "Optuna grid (n_jobs=2)",
+}
+# A runner is re-run when other processes used more than this share of the machine's CPU
+# (cores x its wall time) while it ran.
+FOREIGN_LIMIT = 0.03
+W2_TARGETS = {"plain2": 0.9, "ray": 0.5, "ray_reuse": 0.8}
+W1_TARGETS = {"plain2": 1.0}
+
+
+def run_child(runner: str, wl: Workload, quick: bool, seed: int, log_dir: Path) -> dict[str, Any]:
+    """One runner in a fresh interpreter; its result dict plus load and foreign-CPU figures."""
+    out = log_dir / f"{wl.name}-{runner}.json"
+    log = log_dir / f"{wl.name}-{runner}.log"
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import _runners; "
+        "_runners.child_main(sys.argv[1:])"
+    )
+    cmd = [sys.executable, "-c", code, runner, wl.name, "1" if quick else "0", str(seed), str(out)]
+    load0 = loadavg()
+    t0 = time.perf_counter()
+    with ForeignCpu() as foreign, open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+    process_s = time.perf_counter() - t0
+    if proc.returncode != 0 or not out.is_file():
+        tail = log.read_text()[-4000:]
+        raise SystemExit(f"runner {runner} on {wl.name} failed (exit {proc.returncode}):\n{tail}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    result.update(
+        process_s=process_s,
+        loadavg_start=load0,
+        loadavg_end=loadavg(),
+        foreign_cpu_s=foreign.seconds,
+        foreign_top=foreign.top_processes(),
+    )
+    return result
+
+
+def measure(runner: str, wl: Workload, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Wait for a quiet machine, run, and re-run (``--retries``) if others used the CPU."""
+    cores = os.cpu_count() or 1
+    discarded: list[dict[str, Any]] = []
+    for attempt in range(args.retries + 1):
+        quiet = (
+            {"skipped": True}
+            if args.no_wait
+            else wait_quiet(
+                use_loadavg=False, sample=1.0 if args.quick else 3.0, max_wait=args.max_wait
+            )
+        )
+        r = run_child(runner, wl, args.quick, args.seed, log_dir)
+        r["quiet_before"] = quiet
+        busy_share = (r["foreign_cpu_s"] or 0.0) / (cores * r["process_s"])
+        r["foreign_share"] = busy_share
+        if busy_share <= FOREIGN_LIMIT or attempt == args.retries:
+            r["discarded_attempts"] = discarded
+            return r
+        print(
+            f"    other processes used {busy_share:.0%} of the CPU ({', '.join(r['foreign_top'])})"
+            "; running it again",
+            flush=True,
+        )
+        discarded.append({k: r.get(k) for k in ("wall_s", "foreign_cpu_s", "foreign_top")})
+    raise AssertionError("unreachable")
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def _acc_stats(acc: list[float | None]) -> dict[str, Any]:
+    got = [a for a in acc if a is not None]
+    return {
+        "val_acc_mean": statistics.fmean(got) if got else None,
+        "val_acc_best": max(got) if got else None,
+        "configs_done": len(got),
+    }
+
+
+def figures(wl: Workload, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ideals, ratios, efficiencies, accuracy check and targets of one workload."""
+    n = len(wl.configs())
+    fig: dict[str, Any] = {"configs": n, "epochs": wl.epochs, "runners": {}}
+    ideal = corun = None
+    if "plain1" in res:
+        fig["single_thread_sum_s"] = sum(res["plain1"]["config_s"])
+        ideal = fig["ideal_s"] = fig["single_thread_sum_s"] / 2
+    if "corun" in res:
+        fig["corun_sum_s"] = sum(res["corun"]["config_s"])
+        corun = fig["corun_ideal_s"] = fig["corun_sum_s"] / 2
+        if ideal:
+            fig["corun_slowdown"] = fig["corun_sum_s"] / fig["single_thread_sum_s"]
+    cer = res.get("cerebro")
+    ref_name = next((r for r in ("plain1", "plain2") if r in res), None)
+    ref = _acc_stats(res[ref_name]["val_acc"]) if ref_name else None
+    failures: list[str] = []
+    for name, r in res.items():
+        row: dict[str, Any] = _acc_stats(r["val_acc"])
+        wall = r.get("wall_s")
+        row["wall_s"] = wall
+        if wall:
+            row["efficiency"] = ideal / wall if ideal else None
+            row["efficiency_corun"] = corun / wall if corun else None
+            row["cerebro_over"] = cer["wall_s"] / wall if cer else None
+        row["data_bytes_per_worker"] = r.get("data_bytes_per_worker")
+        if row["configs_done"] != n:
+            failures.append(f"{name}: {row['configs_done']} of {n} configs finished")
+        elif ref is not None:
+            for key in ("val_acc_mean", "val_acc_best"):
+                if abs(row[key] - ref[key]) > wl.acc_tolerance:
+                    failures.append(
+                        f"{name}: {key} {row[key]:.4f} vs {ref[key]:.4f} ({ref_name}), more "
+                        f"than {wl.acc_tolerance} apart"
+                    )
+        fig["runners"][name] = row
+    fig["accuracy_reference"] = ref_name
+    fig["accuracy_tolerance"] = wl.acc_tolerance
+    fig["accuracy_failures"] = failures
+    if cer:
+        hops = cer["hops"]
+        steady = cer["wall_s"] - hops["first_hop_s"]
+        fig["cerebro"] = {
+            "etl_s": cer["etl_s"],
+            "first_hop_s": hops["first_hop_s"],
+            "steady_s": steady,
+            "steady_efficiency": ideal / steady if ideal else None,
+            "steady_efficiency_corun": corun / steady if corun else None,
+            "hop_overhead_share": hops["share"],
+            "hop_overhead_in_hop_share": hops["in_hop_share"],
+            "hop_overhead_between_share": hops["between_share"],
+        }
+        if "task" in res:
+            fig["cerebro"]["data_vs_task"] = (
+                cer["data_bytes_per_worker"] / res["task"]["data_bytes_per_worker"]
+            )
+    fig["targets"] = targets(wl.name, fig)
+    return fig
+
+
+def targets(name: str, fig: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue with the measured figure and whether it is met."""
+    out: list[dict[str, Any]] = []
+    rows, cer = fig["runners"], fig.get("cerebro")
+    if "cerebro" not in rows:
+        return out
+    for peer, limit in (W2_TARGETS if name == "W2" else W1_TARGETS).items():
+        if peer in rows and rows[peer].get("cerebro_over") is not None:
+            v = rows[peer]["cerebro_over"]
+            out.append(
+                {"target": f"wall <= {limit}x {LABELS[peer]}", "value": v, "met": v <= limit}
+            )
+    if name == "W2" and cer:
+        for key, label in (
+            ("steady_efficiency", "steady-state efficiency >= 0.92 (vs ideal)"),
+            ("steady_efficiency_corun", "steady-state efficiency >= 0.92 (vs co-run ideal)"),
+        ):
+            if cer.get(key) is not None:
+                out.append({"target": label, "value": cer[key], "met": cer[key] >= 0.92})
+        if cer.get("data_vs_task") is not None:
+            v = cer["data_vs_task"]
+            out.append(
+                {
+                    "target": "data per worker <= 1/2 of task parallel's",
+                    "value": v,
+                    "met": v <= 0.5 + 1e-3,
+                }
+            )
+        v = cer["hop_overhead_share"]
+        out.append({"target": "hop overhead <= 2%", "value": v, "met": v <= 0.02})
+    return out
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+
+def _f(v: Any, fmt: str, width: int) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
+
+
+def print_workload(wl: Workload, res: dict[str, dict[str, Any]], fig: dict[str, Any]) -> None:
+    print(f"\n=== {wl.name}: {wl.title} ===")
+    if "ideal_s" in fig:
+        line = (
+            f"ideal {fig['ideal_s']:.2f} s (sum of single-thread config times "
+            f"{fig['single_thread_sum_s']:.2f} s / 2)"
+        )
+        if "corun_ideal_s" in fig:
+            line += (
+                f"; co-run ideal {fig['corun_ideal_s']:.2f} s (co-run slowdown "
+                f"{fig.get('corun_slowdown', float('nan')):.2f}x)"
+            )
+        print(line)
+    head = (
+        f"{'runner':<25} {'wall s':>8} {'cer/x':>6} {'eff':>5} {'effCR':>5} {'acc mean':>8} "
+        f"{'best':>6} {'MB/wkr':>7} {'load 1m':>11} {'foreign':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for name, r in res.items():
+        row = fig["runners"][name]
+        load = f"{r['loadavg_start'][0]:.2f}>{r['loadavg_end'][0]:.2f}"
+        mb = row["data_bytes_per_worker"]
+        print(
+            f"{LABELS.get(name, name):<25} {_f(row.get('wall_s'), '.2f', 8)} "
+            f"{_f(row.get('cerebro_over'), '.2f', 6)} {_f(row.get('efficiency'), '.2f', 5)} "
+            f"{_f(row.get('efficiency_corun'), '.2f', 5)} {_f(row['val_acc_mean'], '.4f', 8)} "
+            f"{_f(row['val_acc_best'], '.4f', 6)} {_f(mb and mb / 1e6, '.2f', 7)} "
+            f"{load:>11} {_f(r.get('foreign_cpu_s'), '.1f', 7)}"
+        )
+    cer = fig.get("cerebro")
+    if cer:
+        hops = res["cerebro"]["hops"]
+        print(
+            f"Cerebro: ETL {cer['etl_s']:.2f} s (apart); first hop {cer['first_hop_s']:.2f} s "
+            f"after run_fit; steady-state efficiency {_f(cer['steady_efficiency'], '.2f', 0)} "
+            f"(co-run ideal: {_f(cer['steady_efficiency_corun'], '.2f', 0)})"
+        )
+        print(
+            f"  hop overhead {hops['share']:.1%} of busy worker time: in hops "
+            f"{hops['in_hop_share']:.1%} (load {hops['load_s']:.2f} s, save "
+            f"{hops['save_s']:.2f} s, other {hops['other_in_hop_s']:.2f} s of "
+            f"{hops['hop_s']:.2f} s), between hops {hops['between_share']:.1%} "
+            f"({hops['gap_s']:.2f} s, median gap {hops['gap_ms_median']:.1f} ms); "
+            f"{hops['hops']} hops, median {hops['hop_ms_median']:.1f} ms; tail "
+            f"{max(hops['tail_s']):.2f} s"
+        )
+    if fig["targets"]:
+        print("targets:")
+        for t in fig["targets"]:
+            print(f"  [{'met' if t['met'] else 'MISSED':>6}] {t['target']}: {t['value']:.3f}")
+    for msg in fig["accuracy_failures"]:
+        print(f"ACCURACY CHECK FAILED: {msg}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: small grids, 1 epoch")
+    p.add_argument("--only", choices=("W1", "W2"), help="one workload")
+    p.add_argument("--runners", help=f"comma-separated, from: {','.join(RUNNERS)}")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--retries",
+        type=int,
+        help="re-runs of a runner disturbed by other processes (default 1; 0 with --quick)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=1200.0,
+        help="longest wait for a quiet machine, seconds (default 1200)",
+    )
+    p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    p.add_argument(
+        "--out",
+        help="JSON results (default bench/results/suite.json, suite-quick.json with --quick)",
+    )
+    args = p.parse_args(argv)
+    if args.retries is None:
+        args.retries = 0 if args.quick else 1
+    runners = args.runners.split(",") if args.runners else list(DEFAULT_RUNNERS)
+    unknown = [r for r in runners if r not in RUNNERS]
+    if unknown:
+        p.error(f"unknown runner(s) {unknown}; choose from {', '.join(RUNNERS)}")
+    wls = workloads(args.quick)
+    names = [args.only] if args.only else list(wls)
+    out = Path(args.out or RESULTS / ("suite-quick.json" if args.quick else "suite.json"))
+
+    import torch
+
+    for name in names:  # write the data and tensor caches before any clock starts
+        wls[name].tensors_file()
+    cores = os.cpu_count() or 1
+    print(
+        f"cerebro bench suite{' (quick)' if args.quick else ''}: {', '.join(names)}; runners "
+        f"{', '.join(runners)}; {cores} cores, torch {torch.__version__}, Python "
+        f"{platform.python_version()}"
+    )
+    start_quiet = {"skipped": True} if args.no_wait else wait_quiet(max_wait=args.max_wait)
+    print(f"load average at start {loadavg()}; quiet check: {start_quiet}", flush=True)
+    report: dict[str, Any] = {
+        "benchmark": "suite",
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(["python", "bench/suite.py", *(argv or sys.argv[1:])]),
+        "machine": {
+            "cores": cores,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "loadavg_start": loadavg(),
+            "quiet_start": start_quiet,
+        },
+        "workloads": {},
+    }
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="cerebro-suite-logs-") as logs:
+        for name in names:
+            wl = wls[name]
+            res: dict[str, dict[str, Any]] = {}
+            print(f"\n{name}: {wl.title}", flush=True)
+            for runner in runners:
+                print(f"  {LABELS.get(runner, runner)} ...", end=" ", flush=True)
+                res[runner] = r = measure(runner, wl, args, Path(logs))
+                wall = r.get("wall_s")
+                print(
+                    f"{'' if wall is None else f'{wall:.2f} s, '}process {r['process_s']:.1f} s, "
+                    f"load {r['loadavg_start'][0]:.2f}>{r['loadavg_end'][0]:.2f}",
+                    flush=True,
+                )
+            fig = figures(wl, res)
+            failed |= bool(fig["accuracy_failures"])
+            report["workloads"][name] = {
+                "title": wl.title,
+                "grid": wl.grid,
+                "epochs": wl.epochs,
+                "data": {k: list(v) if isinstance(v, tuple) else v for k, v in wl.data.items()},
+                "results": res,
+                "figures": fig,
+            }
+            print_workload(wl, res, fig)
+    report["machine"]["loadavg_end"] = loadavg()
+    report["machine"]["busy_end"] = busy_cores(1.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"\nwrote {out}")
+    if failed:
+        print("ACCURACY CHECK FAILED: some runner did not reach comparable accuracy (see above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
