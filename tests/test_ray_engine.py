@@ -409,7 +409,11 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 LOCAL = """
 import json, sys
-from cerebro.engine.ray import connect
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from cerebro import Experiment
+from cerebro.engine.ray import RayEngine, connect, ray_etl
+from toy import ToyETL, ToySpec, write_toy_csvs
 
 def listening():
     out = set()
@@ -428,8 +432,20 @@ before = listening()
 ray = connect(None, num_cpus=2)
 nodes = [n["NodeManagerAddress"] for n in ray.nodes()]
 new = sorted(listening() - before)
+exp = Experiment(dict(write_toy_csvs(Path("csv")), output_dir="run"), workers=2, verbose=False)
+m = ray_etl(ToyETL(), exp.params, exp.data_dir, exp._misc_dir(), partitions=2, fraction=1.0,
+            seed=1, progress=False)
 ray.shutdown()
-print(json.dumps({"nodes": nodes, "new": new}))
+# a new Ray instance (a later process, a resume) gives the node a new id: the engine finds
+# the data by the node's address
+ray = connect(None, num_cpus=2)
+owned = [{{"train": [0]}}, {{"train": [1]}}]
+engine = RayEngine(ToySpec(), str(exp.data_dir), owned, str(exp._misc_dir()))
+etl_nodes = [e["node_id"] for e in m["ray"]["placement"]["train"]]
+moved = [i["node_id"] for i in engine.info] != etl_nodes
+engine.shutdown()
+ray.shutdown()
+print(json.dumps({{"nodes": nodes, "new": new, "new_node_id": moved}}))
 """
 
 
@@ -443,10 +459,11 @@ def _loopback(hex_addr: str) -> bool:
 
 
 def test_local_instance_listens_on_loopback_only(tmp_path: Path) -> None:
-    """``address=None``: a local Ray whose every server listens on 127.0.0.1 (own process)."""
+    """``address=None``: a local Ray whose every server listens on 127.0.0.1 (own process);
+    its ETL output serves a later Ray instance, whose node has another id."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     out = subprocess.run(
-        [sys.executable, "-c", LOCAL],
+        [sys.executable, "-c", LOCAL.format(tests=str(Path(__file__).resolve().parent))],
         capture_output=True,
         text=True,
         timeout=120,
@@ -458,3 +475,4 @@ def test_local_instance_listens_on_loopback_only(tmp_path: Path) -> None:
     assert report["nodes"] == ["127.0.0.1"]
     assert report["new"], "Ray opened no listening socket?"
     assert all(_loopback(a) for a in report["new"]), report["new"]
+    assert report["new_node_id"]

@@ -20,10 +20,12 @@ from typing import Any
 from cerebro.engine._ray_nodes import (
     alive_nodes,
     connect,
+    find_node,
     kill,
     misc_files,
     park,
     plan_slots,
+    release_idle,
     spawn,
     spec_payload,
 )
@@ -116,6 +118,7 @@ def ray_etl(
     # The actors boot (a Python process importing torch: seconds) while the driver reads
     # and checks the CSVs.
     t0 = time.perf_counter()
+    release_idle(ray)  # actors an earlier ETL left for a fit that never came
     actors = [spawn(ray, s) for s in slots]
     try:
         blob, paths = spec_payload(spec)
@@ -172,7 +175,9 @@ def _reusable(ray: Any, manifest: dict[str, Any], workers: int) -> bool:
             for n in alive.values()
         )
     return info.get("workers") == workers and all(
-        e["node_id"] in alive for entries in info["placement"].values() for e in entries
+        find_node(ray, e["node_id"], e["ip"]) is not None
+        for entries in info["placement"].values()
+        for e in entries
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "actor_class",
     "alive_nodes",
     "connect",
+    "find_node",
     "kill",
     "misc_files",
     "node_gone",
@@ -99,6 +100,20 @@ def alive_nodes(ray: ModuleType) -> list[dict[str, Any]]:
             n["NodeID"],
         ),
     )
+
+
+def find_node(ray: ModuleType, node_id: str, ip: str) -> str | None:
+    """The alive node holding data an ETL recorded on node ``node_id`` at address ``ip``.
+
+    That very node if it is alive; else, since Ray gives a node a new id each time it
+    starts (a new ``ray.init``, ``ray start`` again), the only alive node at ``ip``; else
+    None.
+    """
+    alive = alive_nodes(ray)
+    if any(n["NodeID"] == node_id for n in alive):
+        return node_id
+    same = [n["NodeID"] for n in alive if n["NodeManagerAddress"] == ip]
+    return same[0] if len(same) == 1 else None
 
 
 def plan_slots(

@@ -45,6 +45,7 @@ from cerebro.engine._ray_etl import ray_etl
 from cerebro.engine._ray_nodes import (
     alive_nodes,
     connect,
+    find_node,
     kill,
     misc_files,
     node_gone,
@@ -121,6 +122,7 @@ class RayEngine:
         t1 = time.perf_counter()
         try:
             self._actors = [spawn(ray, s) for s in self.slots]
+            release_idle(ray)  # parked ETL actors this fit could not use hold CPUs
             refs = [
                 a.setup.remote(*args)
                 for a, args in zip(self._actors, self._setup_args, strict=True)
@@ -288,10 +290,20 @@ def _placement(
                 f"preprocessed for {manifest['ray']['workers']} workers. Run the fit with that "
                 "many workers, or rerun run_etl for this many."
             )
-        node, root = homes.pop()
+        node_id, root = homes.pop()
+        ip = _ip_of(where, node_id)
+        node = find_node(ray, node_id, ip)
+        if node is None:
+            raise WorkerError(
+                node_gone(node_id, f"no alive node has that id or, alone, its address {ip}")
+            )
         ids.append(node)
         roots.append(root)
     return ids, roots
+
+
+def _ip_of(where: dict[str, list[dict[str, Any]]], node_id: str) -> str:
+    return next(e["ip"] for es in where.values() for e in es if e["node_id"] == node_id)
 
 
 def _write_atomic(path: str, data: bytes) -> None:
