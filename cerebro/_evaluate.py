@@ -148,11 +148,13 @@ def write_predictions(path: Path, outcomes: list[HopOutcome]) -> Path:
 
 
 def record_test(catalog: Catalog, ref: ModelRef, metrics: dict[str, float]) -> None:
+    fit = catalog.latest_fit()
     with catalog.transaction() as db:
         db.executemany(
-            "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO evaluations VALUES (?,?,?,?,?,?,?,?)",
             [
                 (
+                    fit["fit_id"] if fit is not None else None,
                     ref.model_id,
                     ref.tag,
                     "test",

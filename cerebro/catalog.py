@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS metrics(
     split TEXT NOT NULL, name TEXT NOT NULL, value REAL,
     PRIMARY KEY(fit_id, model_id, epoch, split, name));
 CREATE TABLE IF NOT EXISTS evaluations(
-    model_id TEXT NOT NULL, tag TEXT NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL,
+    fit_id INTEGER, model_id TEXT NOT NULL, tag TEXT NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL,
     value REAL, checkpoint TEXT, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints(
     fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
@@ -115,7 +115,7 @@ class Catalog:
 
     def delete_fit(self, fit_id: int) -> None:
         with self.transaction() as db:
-            for table in ("fits", "models", "hops", "metrics", "checkpoints"):
+            for table in ("fits", "models", "hops", "metrics", "checkpoints", "evaluations"):
                 db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
 
     def set_fit_status(self, fit_id: int, status: str) -> None:
@@ -192,8 +192,8 @@ class Catalog:
     def abandon_running(self, fit_id: int) -> int:
         """Mark hops left 'running' by a dead driver as lost; returns how many."""
         cur = self.db.execute(
-            "UPDATE hops SET status='lost', error='driver stopped during the hop' "
-            "WHERE fit_id=? AND status='running'",
+            "UPDATE hops SET status='lost', error='driver stopped during the hop', "
+            "end=COALESCE(end, start) WHERE fit_id=? AND status='running'",
             (fit_id,),
         )
         return cur.rowcount
