@@ -40,8 +40,8 @@ CREATE TABLE IF NOT EXISTS metrics(
     split TEXT NOT NULL, name TEXT NOT NULL, value REAL,
     PRIMARY KEY(fit_id, model_id, epoch, split, name));
 CREATE TABLE IF NOT EXISTS evaluations(
-    fit_id INTEGER, model_id TEXT NOT NULL, tag TEXT NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL,
-    value REAL, checkpoint TEXT, created REAL NOT NULL);
+    fit_id INTEGER, model_id TEXT NOT NULL, tag TEXT NOT NULL, split TEXT NOT NULL,
+    name TEXT NOT NULL, value REAL, checkpoint TEXT, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints(
     fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
     path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(fit_id, model_id, epoch));
