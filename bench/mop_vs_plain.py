@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _hops import hop_stats  # noqa: E402
 from _plain import load_split, run_plain, single_thread_times  # noqa: E402
 
 from cerebro.examples import mnist  # noqa: E402
@@ -88,46 +89,6 @@ def run_cerebro(
         "table": json.loads(
             table.drop(columns=["error"], errors="ignore").to_json(orient="records")
         ),
-    }
-
-
-def hop_stats(catalog: Path, fit_s: float, workers: int) -> dict[str, Any]:
-    """Where a fit's time went, from the catalog's ``hops`` table (read-only, plain SQL).
-
-    ``busy`` = sum of hop wall times / (fit wall x workers): below 1 means idle workers
-    (scheduling, start-up). ``user`` = time in the user's train/valtest / hop wall time:
-    below 1 means per-hop overhead (state load/save, batching, IPC).
-    """
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
-        try:
-            rows = con.execute(
-                "SELECT kind, COUNT(*), SUM(end - start), SUM(user_seconds), "
-                "SUM(load_seconds), SUM(save_seconds) FROM hops WHERE status = 'done' "
-                "GROUP BY kind"
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        return {"error": f"could not read hops from {catalog}: {e}"}
-    kinds = {
-        k: {
-            "hops": n,
-            "wall_s": w or 0.0,
-            "user_s": u or 0.0,
-            "load_s": ld or 0.0,
-            "save_s": sv or 0.0,
-        }
-        for k, n, w, u, ld, sv in rows
-    }
-    wall = sum(v["wall_s"] for v in kinds.values())
-    user = sum(v["user_s"] for v in kinds.values())
-    return {
-        "by_kind": kinds,
-        "busy": wall / (fit_s * workers) if fit_s > 0 else None,
-        "user": user / wall if wall > 0 else None,
     }
 
 
