@@ -53,7 +53,9 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
         params["output_dir"] = args.output
     workers = args.workers or getattr(module, "workers", None)
     seed = getattr(module, "seed", 1)
-    exp = Experiment(params, workers=workers, verbose=not args.quiet)
+    exp = Experiment(
+        params, workers=workers, engine=args.engine, address=args.address, verbose=not args.quiet
+    )
     exp.run_etl(module.etl_spec, fraction=getattr(module, "fraction", 1.0), seed=seed)
     result = exp.run_fit(
         module.minibatch_spec,
@@ -109,6 +111,17 @@ def _parser() -> argparse.ArgumentParser:
             help="hop scheduling policy (default: fixed, bit-identical runs)",
         )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        sp.add_argument(
+            "--engine",
+            default="local",
+            choices=("local", "ray"),
+            help="where hops run: worker processes here (default) or Ray actors",
+        )
+        sp.add_argument(
+            "--address",
+            help="Ray cluster to join (HOST:6379); with --engine ray "
+            "and no address, a local Ray instance is started",
+        )
 
     run = sub.add_parser("run", help="run an experiment file: ETL, then the MOP fit")
     run.add_argument(

@@ -30,6 +30,7 @@ from cerebro.worker import HopTask
 __all__ = ["Experiment"]
 
 _ON_ERROR = ("continue", "stop")
+_ENGINES = ("local", "ray")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -69,12 +70,29 @@ class Experiment:
     """
 
     def __init__(
-        self, params: Mapping[str, Any], workers: int | None = None, *, verbose: bool = True
+        self,
+        params: Mapping[str, Any],
+        workers: int | None = None,
+        *,
+        engine: str = "local",
+        address: str | None = None,
+        resources_per_worker: Mapping[str, float] | None = None,
+        verbose: bool = True,
     ):
         self.params: Params = validate_params(params)
         self.workers = _positive_int(
             "workers", workers if workers is not None else (os.cpu_count() or 1)
         )
+        if engine not in _ENGINES:
+            raise ParamsError(f"engine must be one of {_ENGINES}, got {engine!r}.")
+        if engine == "local" and (address is not None or resources_per_worker):
+            raise ParamsError(
+                "address and resources_per_worker are for engine='ray'; "
+                "pass engine='ray' to run on a Ray cluster."
+            )
+        self.engine = engine
+        self.address = address
+        self.resources_per_worker = dict(resources_per_worker or {})
         self.verbose = verbose
         self.output_dir = self.params.output_dir
         try:
@@ -98,7 +116,8 @@ class Experiment:
                 f"{run_dir} holds no Cerebro experiment (no experiment.json); start one with "
                 "`cerebro run FILE` or Experiment(...).run_fit."
             )
-        return cls(session["params"], workers=session["workers"], verbose=verbose)
+        ray = session.get("engine", {"engine": "local"})
+        return cls(session["params"], workers=session["workers"], verbose=verbose, **ray)
 
     def saved_spec(self, section: str) -> Any:
         """The spec an earlier ``run_etl`` (``"etl"``) or ``run_fit`` (``"fit"``) used."""
@@ -143,6 +162,17 @@ class Experiment:
     def _engine(self, spec: MinibatchSpec, owned: list[dict[str, list[int]]]) -> Engine:
         """Start the workers, each holding the partitions ``owned`` lists for it."""
         w = len(owned)
+        if self.engine == "ray":
+            from cerebro.engine.ray import RayEngine
+
+            return RayEngine(
+                spec,
+                str(self.data_dir),
+                owned,
+                str(self._misc_dir()),
+                address=self.address,
+                resources_per_worker=self.resources_per_worker or None,
+            )
         return LocalEngine(
             spec,
             str(self.data_dir),
@@ -205,6 +235,22 @@ class Experiment:
             self._remember(
                 "etl", {"fraction": fraction, "seed": seed, "partitions": parts}, etl_spec
             )
+            if self.engine == "ray":
+                from cerebro.engine.ray import ray_etl
+
+                return ray_etl(
+                    etl_spec,
+                    self.params,
+                    self.data_dir,
+                    self._misc_dir(),
+                    partitions=parts,
+                    fraction=float(fraction),
+                    seed=int(seed),
+                    workers=self.workers,
+                    address=self.address,
+                    resources_per_worker=self.resources_per_worker or None,
+                    progress=self.verbose,
+                )
             return etl.run_etl(
                 etl_spec,
                 self.params,
@@ -220,7 +266,16 @@ class Experiment:
     def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
         save_experiment(
             self.output_dir,
-            {"params": self.params.as_dict(), "workers": self.workers, section: settings},
+            {
+                "params": self.params.as_dict(),
+                "workers": self.workers,
+                section: settings,
+                "engine": {
+                    "engine": self.engine,
+                    "address": self.address,
+                    "resources_per_worker": self.resources_per_worker,
+                },
+            },
             section,
             spec,
         )

@@ -237,6 +237,18 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         TypeError,  # type: ignore[arg-type]
         r"workers must be an int, got str \('2'\)",
     ),
+    (
+        "unknown engine",
+        lambda c: Experiment(c.params, engine="spark"),
+        ParamsError,
+        r"engine must be one of \('local', 'ray'\), got 'spark'",
+    ),
+    (
+        "address without the ray engine",
+        lambda c: Experiment(c.params, address="h:6379"),
+        ParamsError,
+        "address and resources_per_worker are for engine='ray'",
+    ),
     # param_grid
     ("empty grid", lambda c: expand_grid({}), ParamsError, "param_grid is empty"),
     (
