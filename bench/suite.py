@@ -24,7 +24,8 @@ exits with status 1), data bytes held per worker, and Cerebro's hop overhead.
 Usage::
 
     python bench/suite.py                     # everything (about 15 minutes on 2 cores)
-    python bench/suite.py --quick             # smoke run: tiny grids, 1 epoch (< 2 min)
+    python bench/suite.py --quick             # smoke run: tiny grids, 1 epoch, no ray_reuse,
+                                              # no waiting between runners (< 2 min)
     python bench/suite.py --only W2 --runners cerebro,plain1,plain2
 """
 
@@ -51,6 +52,9 @@ from _workloads import Workload, workloads  # noqa: E402
 
 RESULTS = BENCH / "results"
 DEFAULT_RUNNERS = ("plain1", "corun", "cerebro", "plain2", "task", "ray", "ray_reuse", "optuna")
+# The smoke run leaves out ray_reuse (the same code as ray but one flag, and ~15 s of Ray
+# start-up per workload) to stay under 2 minutes; --runners brings it back.
+QUICK_RUNNERS = tuple(r for r in DEFAULT_RUNNERS if r != "ray_reuse")
 LABELS = {
     "cerebro": "Cerebro MOP (2 workers)",
     "plain2": "plain loop, 2 threads",
@@ -102,12 +106,11 @@ def measure(runner: str, wl: Workload, args: argparse.Namespace, log_dir: Path) 
     cores = os.cpu_count() or 1
     discarded: list[dict[str, Any]] = []
     for attempt in range(args.retries + 1):
+        # Between runners (and not in a smoke run): nothing else may be busy.
         quiet = (
             {"skipped": True}
-            if args.no_wait
-            else wait_quiet(
-                use_loadavg=False, sample=1.0 if args.quick else 3.0, max_wait=args.max_wait
-            )
+            if args.no_wait or args.quick
+            else wait_quiet(use_loadavg=False, max_wait=args.max_wait)
         )
         r = run_child(runner, wl, args.quick, args.seed, log_dir)
         r["quiet_before"] = quiet
@@ -220,9 +223,9 @@ def targets(name: str, fig: dict[str, Any]) -> list[dict[str, Any]]:
             v = cer["data_vs_task"]
             out.append(
                 {
-                    "target": "data per worker <= 1/2 of task parallel's",
+                    "target": "data per worker <= 1/2 of task parallel's (+1% for row ids)",
                     "value": v,
-                    "met": v <= 0.5 + 1e-3,
+                    "met": v <= 0.505,
                 }
             )
         v = cer["hop_overhead_share"]
@@ -317,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.retries is None:
         args.retries = 0 if args.quick else 1
-    runners = args.runners.split(",") if args.runners else list(DEFAULT_RUNNERS)
+    runners = (
+        args.runners.split(",")
+        if args.runners
+        else list(QUICK_RUNNERS if args.quick else DEFAULT_RUNNERS)
+    )
     unknown = [r for r in runners if r not in RUNNERS]
     if unknown:
         p.error(f"unknown runner(s) {unknown}; choose from {', '.join(RUNNERS)}")
@@ -335,7 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(runners)}; {cores} cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}"
     )
-    start_quiet = {"skipped": True} if args.no_wait else wait_quiet(max_wait=args.max_wait)
+    # A smoke run (--quick) only checks that nothing else is busy right now.
+    start_quiet = (
+        {"skipped": True}
+        if args.no_wait
+        else wait_quiet(
+            use_loadavg=not args.quick, sample=1.0 if args.quick else 3.0, max_wait=args.max_wait
+        )
+    )
     print(f"load average at start {loadavg()}; quiet check: {start_quiet}", flush=True)
     report: dict[str, Any] = {
         "benchmark": "suite",
