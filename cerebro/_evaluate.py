@@ -75,14 +75,19 @@ def resolve_model(catalog: Catalog, tag: str, best: Any) -> ModelRef:
     )
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ParamsError(f"batch_size must be a positive int, got {batch_size!r}.")
+
+
 def evaluate(
     engine: Engine, ref: ModelRef, kind: str, partitions: list[int], batch_size: int | None
 ) -> list[HopOutcome]:
     """Run a ``test`` or ``predict`` hop on every partition; outcomes in partition order."""
     hp = dict(ref.hyperparams)
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ParamsError(f"batch_size must be a positive int, got {batch_size!r}.")
         hp["batch_size"] = batch_size
     pending = list(partitions)
     idle = list(range(engine.workers))

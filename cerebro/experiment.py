@@ -15,7 +15,14 @@ import cloudpickle
 
 from cerebro import etl
 from cerebro._controller import FitState, replay, run_loop
-from cerebro._evaluate import aggregate, evaluate, record_test, resolve_model, write_predictions
+from cerebro._evaluate import (
+    aggregate,
+    check_batch_size,
+    evaluate,
+    record_test,
+    resolve_model,
+    write_predictions,
+)
 from cerebro._rundir import RunLock, load_experiment, load_spec, save_experiment
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
@@ -390,6 +397,7 @@ class Experiment:
     def _eval(
         self, spec: MinibatchSpec, model_tag: str, kind: str, batch_size: int | None
     ) -> tuple[Any, list[Any]]:
+        check_batch_size(batch_size)
         check_spec(spec, MinibatchSpec)
         _picklable(spec)
         manifest = etl.load_manifest(self.data_dir)

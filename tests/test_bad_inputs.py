@@ -41,6 +41,7 @@ class Ctx:
     tmp: Path
     params: dict[str, Any]  # fresh toy CSVs, output under tmp/run
     data: dict[str, Any]  # params of a run whose ETL is done (etl_dir), output under tmp/fit
+    prep: Experiment  # a run with a finished fit, shared by the module
 
     def exp(self, **changes: Any) -> Experiment:
         return Experiment(dict(self.params, **changes), workers=2, verbose=False)
@@ -65,7 +66,7 @@ def ctx(tmp_path: Path, prepared: dict[str, Any]) -> Ctx:
     params = write_toy_csvs(tmp_path / "csv")
     params["output_dir"] = str(tmp_path / "run")
     data = dict(prepared["params"], etl_dir=prepared["data_dir"], output_dir=str(tmp_path / "fit"))
-    return Ctx(tmp_path, params, data)
+    return Ctx(tmp_path, params, data, prepared["prep"])
 
 
 def _csv(ctx: Ctx, split: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
@@ -534,16 +535,13 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
     ),
     (
         "batch_size override 0",
-        lambda c: (_run_fit(ToySpec())(c), c.fitted().run_test(ToySpec(), batch_size=0)),
+        lambda c: c.prep.run_test(ToySpec(), batch_size=0),
         ParamsError,
         "batch_size must be a positive int, got 0",
     ),
     (
         "predict of the wrong length",
-        lambda c: (
-            _run_fit(ToySpec())(c),
-            c.fitted().run_predict(_Spec(predict=lambda o: (o[0][:-1], o[1]))),
-        ),
+        lambda c: c.prep.run_predict(_Spec(predict=lambda o: (o[0][:-1], o[1]))),
         UserCodeError,
         r"returned \d+ classes and \d+ confidences for a minibatch of \d+ rows",
     ),
