@@ -54,7 +54,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Modul
 
 
 def _start_local(ray: ModuleType, num_cpus: int) -> None:
-    from ray._private import ray_constants  # the one private name we touch: see NOTE above
+    # The one private name we touch; see NOTE [ a local Ray stays on loopback ] in ray.py.
+    from ray._private import ray_constants
 
     env_key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
     saved_env, saved_flag = os.environ.get(env_key), ray_constants.ENABLE_RAY_CLUSTER

@@ -84,6 +84,14 @@ class RayEngine:
     Raises:
         WorkerError: a slot's node is not in the cluster, or an actor did not start.
         UserCodeError: the spec's ``initialize_worker`` or ``read_misc`` raised.
+
+    Example:
+        >>> manifest = ray_etl(etl_spec, params, data_dir, misc_dir, partitions=2,
+        ...                    fraction=1.0, seed=1, address="10.0.0.1:6379")  # doctest: +SKIP
+        >>> engine = RayEngine(spec, str(data_dir), [{"train": [0]}, {"train": [1]}],
+        ...                    str(misc_dir), address="10.0.0.1:6379")     # doctest: +SKIP
+        >>> engine.submit(0, task); engine.poll(timeout=1.0)               # doctest: +SKIP
+        >>> engine.shutdown()                                              # doctest: +SKIP
     """
 
     def __init__(
