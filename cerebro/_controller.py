@@ -52,7 +52,7 @@ class FitState:
     objective: str | None = None
     mode: str = "min"
     best: float | None = None  # best objective value so far, for the progress bar
-    deaths: dict[str, int] = field(default_factory=dict)  # worker deaths during a model's hops
+    deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
@@ -150,7 +150,7 @@ def _fail_model(
     state.failures.append(message)
 
 
-# A model whose hops killed this many worker processes is failed, not retried forever.
+# A model whose hop killed its worker process this many times is failed, not retried forever.
 MAX_MODEL_DEATHS = 2
 
 
@@ -178,8 +178,10 @@ def run_loop(
             hop_id = hop_ids.pop(hop)
             if isinstance(event, WorkerLost):
                 catalog.hop_ended(hop_id, "lost", event.reason)
-                state.deaths[hop.model_id] = state.deaths.get(hop.model_id, 0) + 1
-                if state.deaths[hop.model_id] >= MAX_MODEL_DEATHS:
+                # Blame the model only when the same hop kills its worker again: a kill from
+                # outside (OOM killer, an operator) rarely hits one hop twice.
+                state.deaths[hop] = state.deaths.get(hop, 0) + 1
+                if state.deaths[hop] >= MAX_MODEL_DEATHS:
                     sched.requeue(hop)
                     _fail_model(
                         catalog,
@@ -187,7 +189,7 @@ def run_loop(
                         sched,
                         hop.model_id,
                         "failed",
-                        f"{_where(state, hop.model_id)}: its hops killed the worker "
+                        f"{_where(state, hop.model_id)}: its hop killed the worker "
                         f"process {MAX_MODEL_DEATHS} times ({event.reason}); the "
                         "model's code likely crashes natively or runs out of memory",
                     )

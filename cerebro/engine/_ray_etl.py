@@ -30,17 +30,16 @@ from cerebro.engine._ray_nodes import (
     spec_payload,
 )
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
-from cerebro.etl._read import plan_split
 from cerebro.etl._run import (
     _CHUNK_ROWS,
     MANIFEST,
-    _call_driver_hook,
     _fingerprint,
     _progress,
     _RowFailure,
     load_manifest,
+    plan_splits,
 )
-from cerebro.params import SPLITS, Params
+from cerebro.params import Params
 from cerebro.spec import ETLSpec, check_spec
 
 __all__ = ["ray_etl"]
@@ -183,26 +182,7 @@ def _reusable(ray: Any, manifest: dict[str, Any], workers: int) -> bool:
 
 def _plan(spec: ETLSpec, params: Params, partitions: int, fraction: float, seed: int) -> list[Any]:
     """Read and check every split's CSV and deal its rows into partitions (on the driver)."""
-    features = _call_driver_hook(spec, "set_features")
-    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
-        raise UserCodeError(
-            f"must return a list of column names, got {features!r}",
-            function=f"{type(spec).__name__}.set_features",
-            where="ETL",
-        )
-    return [
-        plan_split(
-            split,
-            params.mains[split],
-            list(features),
-            params.dirs.get(split),
-            partitions,
-            fraction,
-            seed,
-        )
-        for split in SPLITS
-        if split in params.mains
-    ]
+    return plan_splits(spec, params, partitions, fraction, seed)
 
 
 def _run(

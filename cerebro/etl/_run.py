@@ -14,7 +14,7 @@ from typing import Any
 
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
 from cerebro.errors import CerebroError, UserCodeError, WorkerError
-from cerebro.etl._read import plan_split
+from cerebro.etl._read import SplitPlan, plan_split
 from cerebro.params import SPLITS, Params
 from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
 from cerebro.spec import ETLSpec, check_spec
@@ -193,26 +193,7 @@ def run_etl(
     old = load_manifest(data_dir)
     if old is not None and old.get("fingerprint") == fp:
         return old
-    features = _call_driver_hook(spec, "set_features")
-    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
-        raise UserCodeError(
-            f"must return a list of column names, got {features!r}",
-            function=f"{type(spec).__name__}.set_features",
-            where="ETL",
-        )
-    plans = [
-        plan_split(
-            split,
-            params.mains[split],
-            list(features),
-            params.dirs.get(split),
-            partitions,
-            fraction,
-            seed,
-        )
-        for split in SPLITS
-        if split in params.mains
-    ]
+    plans = plan_splits(spec, params, partitions, fraction, seed)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)
     for split_dir in data_dir.iterdir():
@@ -307,6 +288,35 @@ def run_etl(
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, data_dir / MANIFEST)
     return manifest
+
+
+def plan_splits(
+    spec: ETLSpec, params: Params, partitions: int, fraction: float, seed: int
+) -> list[SplitPlan]:
+    """Read and check every split's CSV and deal its rows into partitions (on the driver).
+
+    Shared by the local and the Ray ETL, so both put the same rows in the same partitions.
+    """
+    features = _call_driver_hook(spec, "set_features")
+    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
+        raise UserCodeError(
+            f"must return a list of column names, got {features!r}",
+            function=f"{type(spec).__name__}.set_features",
+            where="ETL",
+        )
+    return [
+        plan_split(
+            split,
+            params.mains[split],
+            list(features),
+            params.dirs.get(split),
+            partitions,
+            fraction,
+            seed,
+        )
+        for split in SPLITS
+        if split in params.mains
+    ]
 
 
 def _hook_name(spec: ETLSpec, err: RemoteError) -> str:
