@@ -66,7 +66,12 @@ class Experiment:
         params: file locations (see DESIGN.md §2): ``train_main`` ... ``predict_main``,
             ``*_dir``, ``misc``, ``etl_dir``, ``models_dir``, ``output_dir``.
         workers: worker processes; each holds one share of the data. Default: the cores.
-        verbose: show progress bars.
+        engine: ``"local"`` (worker processes on this machine) or ``"ray"`` (Ray actors
+            pinned to the nodes that hold their data).
+        address: the Ray cluster to join (``"HOST:6379"``, ``"auto"``); None starts a local
+            Ray instance. Only with ``engine="ray"``.
+        resources_per_worker: Ray resources per actor, e.g. ``{"GPU": 1}``.
+        verbose: show progress bars; False prints nothing but errors.
 
     Example:
         >>> exp = Experiment(params, workers=2)                     # doctest: +SKIP
