@@ -12,7 +12,9 @@ the new one. So for each worker:
   runnable, which the tail of a fit shows);
 * lead = first hop's start - the time ``run_fit`` was called: worker start, set-up and the
   probe minibatch; tail = fit end - the worker's last hop end: waiting for the other
-  worker's last hop, and shutdown.
+  worker's last hop, and shutdown (``last_hop_to_return_s``: from the end of the fit's last
+  hop to the return of ``run_fit``); ``stalls_over_10ms_s``: the gaps over 10 ms, where a
+  worker had no runnable hop (MOP's rule: a model is on one worker at a time).
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, A
         "between_share": gap_s / (hop_s + gap_s) if hop_s + gap_s > 0 else None,
         "share": (in_hop + gap_s) / (hop_s + gap_s) if hop_s + gap_s > 0 else None,
         "first_hop_s": min(r["start"] for r in rows) - fit_start,
+        "last_hop_to_return_s": fit_end - max(r["end"] for r in rows),
+        "stalls_over_10ms_s": sum(g for g in gaps if g > 0.01),
         "lead_s": leads,
         "tail_s": tails,
         "hop_ms_median": _ms(per_hop, 0.5),
