@@ -9,6 +9,7 @@ started again runs each remaining hop once and no completed hop twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from cerebro.worker import HopTask, UserFailure
 __all__ = ["FitState", "derive_seed", "replay", "run_loop"]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # called for every hop with a few distinct inputs
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed that depends only on ``parts``: same inputs, same seed, any machine."""
     digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
@@ -53,6 +55,10 @@ class FitState:
     mode: str = "min"
     best: float | None = None  # best objective value so far, for the progress bar
     deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
+    index: dict[str, int] = field(init=False)  # model id -> rank among the ids (seeds)
+
+    def __post_init__(self) -> None:
+        self.index = {m: i for i, m in enumerate(sorted(self.configs))}
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
@@ -83,7 +89,7 @@ def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
 
 def _task(state: FitState, hop: Hop) -> HopTask:
     cfg = state.configs[hop.model_id]
-    index = sorted(state.configs).index(hop.model_id)
+    index = state.index[hop.model_id]
     out = None
     if hop.kind == "train":
         step = state.train_hops[hop.model_id] + 1
@@ -157,55 +163,137 @@ MAX_MODEL_DEATHS = 2
 def run_loop(
     catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine, progress: Any
 ) -> None:
-    """Run hops until the scheduler is done. Raises only when ``on_error="stop"``."""
+    """Run hops until the scheduler is done. Raises only when ``on_error="stop"``.
+
+    NOTE [ submit before recording ]
+    A worker waits from the moment its hop ends until its next task arrives, so each round
+    first frees the models of plainly finished hops in the scheduler (no I/O), starts the
+    next hops, and only then writes the finished hops to the catalog and deletes the
+    checkpoints they superseded. Crash-safe: a hop counts as done only once the catalog has
+    it, so a driver killed in between re-runs it on resume; the file it wrote is then
+    simply written again. A hop that ends its model's epoch, fails or diverges is recorded
+    before anything else starts, since ``metrics_agg`` reads the epoch from the catalog and
+    may fail the model.
+    """
     hop_ids: dict[Hop, int] = {}
-    while not sched.done:
-        for a in sched.assign():
-            task = _task(state, a.hop)
+    events: list[Any] = []
+    while True:
+        finished = []
+        for event in events:
+            if _plainly_done(event, sched):
+                finished.append(_free(state, sched, event))
+            else:
+                _record_event(catalog, state, sched, hop_ids, event, progress)
+        if sched.done:
+            _record_done(catalog, state, sched, hop_ids, finished, progress)
+            break
+        assigned = sched.assign()
+        try:
+            for a in assigned:
+                engine.submit(a.worker, _task(state, a.hop))
+        finally:
+            _record_done(catalog, state, sched, hop_ids, finished, progress)
+        for a in assigned:
             hop_ids[a.hop] = catalog.hop_started(
                 state.fit_id, a.hop.model_id, a.hop.epoch, a.hop.kind, a.hop.partition, a.worker
             )
-            engine.submit(a.worker, task)
         if not sched.running:
             break  # nothing runs and nothing can start: every model left was dropped
-        for event in engine.poll(timeout=1.0):
-            hop = Hop(
-                event.task.model_id,
-                event.task.epoch,
-                event.task.kind,  # type: ignore[arg-type]
-                event.task.partition,
+        events = engine.poll(timeout=1.0)
+
+
+def _hop(event: Any) -> Hop:
+    t = event.task
+    return Hop(t.model_id, t.epoch, t.kind, t.partition)
+
+
+def _plainly_done(event: Any, sched: Scheduler) -> bool:
+    """A finished, finite hop that does not end its model's epoch (most hops)."""
+    return (
+        isinstance(event, HopDone)
+        and event.outcome.nonfinite is None
+        and not sched.ends_epoch(_hop(event))
+    )
+
+
+def _free(state: FitState, sched: Scheduler, event: HopDone) -> tuple[HopDone, str | None]:
+    """Advance the scheduler and the model's checkpoint in memory; returns what to record."""
+    hop = _hop(event)
+    old = None
+    new = event.task.out_ckpt
+    if new is not None:
+        old = state.checkpoint[hop.model_id]
+        state.checkpoint[hop.model_id] = new
+        state.train_hops[hop.model_id] += 1
+    ends = sched.complete(hop)
+    assert not ends
+    return event, old
+
+
+def _record_done(
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    hop_ids: dict[Hop, int],
+    finished: list[tuple[HopDone, str | None]],
+    progress: Any,
+) -> None:
+    for event, old in finished:
+        catalog.hop_done(hop_ids.pop(_hop(event)), event.outcome, event.task.out_ckpt)
+        if old is not None and old not in state.keep:
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
+        _progress(state, sched, progress)
+
+
+def _progress(state: FitState, sched: Scheduler, progress: Any) -> None:
+    """One more hop on the bar, with the slowest live model's epoch and the best so far."""
+    if getattr(progress, "disable", False):
+        return  # verbose=False: skip even computing the postfix
+    live = [m for m in state.configs if sched.remaining_hops(m) > 0]
+    epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
+    info = {"epoch": f"{epoch + 1}/{state.num_epochs}"}
+    if state.best is not None:
+        info["best"] = f"{state.best:.4g}"
+    progress.set_postfix(info, refresh=False)
+    progress.update(1)
+
+
+def _record_event(
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    hop_ids: dict[Hop, int],
+    event: Any,
+    progress: Any,
+) -> None:
+    """Record a hop that failed, was lost, diverged or ended its model's epoch."""
+    hop = _hop(event)
+    hop_id = hop_ids.pop(hop)
+    if isinstance(event, WorkerLost):
+        catalog.hop_ended(hop_id, "lost", event.reason)
+        # Blame the model only when the same hop kills its worker again: a kill from
+        # outside (OOM killer, an operator) rarely hits one hop twice.
+        state.deaths[hop] = state.deaths.get(hop, 0) + 1
+        sched.requeue(hop)
+        if state.deaths[hop] >= MAX_MODEL_DEATHS:
+            _fail_model(
+                catalog,
+                state,
+                sched,
+                hop.model_id,
+                "failed",
+                f"{_where(state, hop.model_id)}: its hop killed the worker "
+                f"process {MAX_MODEL_DEATHS} times ({event.reason}); the "
+                "model's code likely crashes natively or runs out of memory",
             )
-            hop_id = hop_ids.pop(hop)
-            if isinstance(event, WorkerLost):
-                catalog.hop_ended(hop_id, "lost", event.reason)
-                # Blame the model only when the same hop kills its worker again: a kill from
-                # outside (OOM killer, an operator) rarely hits one hop twice.
-                state.deaths[hop] = state.deaths.get(hop, 0) + 1
-                if state.deaths[hop] >= MAX_MODEL_DEATHS:
-                    sched.requeue(hop)
-                    _fail_model(
-                        catalog,
-                        state,
-                        sched,
-                        hop.model_id,
-                        "failed",
-                        f"{_where(state, hop.model_id)}: its hop killed the worker "
-                        f"process {MAX_MODEL_DEATHS} times ({event.reason}); the "
-                        "model's code likely crashes natively or runs out of memory",
-                    )
-                else:
-                    sched.requeue(hop)
-            elif isinstance(event, HopFailed):
-                _on_failure(catalog, state, sched, hop, hop_id, event.failure)
-            elif isinstance(event, HopDone):
-                _on_done(catalog, state, sched, hop, hop_id, event)
-                live = [m for m in state.configs if sched.remaining_hops(m) > 0]
-                epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
-                info = {"epoch": f"{epoch + 1}/{state.num_epochs}"}
-                if state.best is not None:
-                    info["best"] = f"{state.best:.4g}"
-                progress.set_postfix(info, refresh=False)
-                progress.update(1)
+    elif isinstance(event, HopFailed):
+        _on_failure(catalog, state, sched, hop, hop_id, event.failure)
+    elif isinstance(event, HopDone):
+        _on_done(catalog, state, sched, hop, hop_id, event)
+        _progress(state, sched, progress)
 
 
 def _on_failure(

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any
 import cloudpickle
 
 from cerebro import etl
-from cerebro._controller import FitState, replay, run_loop
 from cerebro._evaluate import (
     aggregate,
     check_batch_size,
@@ -23,16 +23,17 @@ from cerebro._evaluate import (
     resolve_model,
     write_predictions,
 )
+from cerebro._fit import run_fit_loop
 from cerebro._rundir import RunLock, load_experiment, load_spec, save_experiment
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
+from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
-from cerebro.errors import CerebroError, ParamsError, SpecError, UserCodeError
+from cerebro.errors import CerebroError, ParamsError, SpecError
 from cerebro.params import Params, expand_grid, validate_params
 from cerebro.result import FitResult
-from cerebro.scheduler import POLICIES, Scheduler
+from cerebro.scheduler import POLICIES
 from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
-from cerebro.worker import HopTask
 
 __all__ = ["Experiment"]
 
@@ -72,6 +73,11 @@ class Experiment:
             Ray instance. Only with ``engine="ray"``.
         resources_per_worker: Ray resources per actor, e.g. ``{"GPU": 1}``.
         verbose: show progress bars; False prints nothing but errors.
+
+    With the local engine the worker processes start with the first ``run_etl``,
+    ``run_fit``, ``run_test``, ``run_predict`` or :meth:`start`, and serve every later call
+    warm (starting one costs seconds: the interpreter and ``import torch``) until
+    :meth:`close`, the end of a ``with Experiment(...) as exp:`` block, or the program.
 
     Example:
         >>> exp = Experiment(params, workers=2)                     # doctest: +SKIP
@@ -114,6 +120,40 @@ class Experiment:
         if not os.access(self.output_dir, os.W_OK):
             raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
         self._lock = RunLock(self.output_dir)
+        self._pool: WorkerPool | None = None
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _worker_pool(self) -> WorkerPool | None:
+        """The local engine's worker processes (None with Ray), launched on first use."""
+        if self.engine != "local":
+            return None
+        if self._pool is None:
+            self._pool = WorkerPool(threads_per_worker(self.workers))
+            # Stops the processes when this object is collected or the program ends.
+            weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def start(self) -> None:
+        """Start the worker processes now and wait until they are ready.
+
+        Optional: the first call that needs workers starts them. Use it to pay the start-up
+        (process start, ``import torch``: seconds) before something you time, or while the
+        machine is otherwise idle. Does nothing with ``engine="ray"``.
+        """
+        pool = self._worker_pool()
+        if pool is not None:
+            pool.start(self.workers)
+            pool.wait_ready()
+
+    def close(self) -> None:
+        """Stop the worker processes; a later call on this experiment raises."""
+        if self._pool is not None:
+            self._pool.close()
 
     @classmethod
     def from_dir(cls, run_dir: str | Path, *, verbose: bool = True) -> Experiment:
@@ -161,6 +201,11 @@ class Experiment:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the run directory, and turn catalog write failures into a clear error."""
+        if self._pool is not None and self._pool.closed:
+            raise CerebroError(
+                "this Experiment was closed (close() or the end of its with-block); create "
+                f"a new one: Experiment.from_dir({str(self.output_dir)!r}) picks up its run."
+            )
         with self._lock:
             try:
                 yield
@@ -192,6 +237,7 @@ class Experiment:
             str(self._misc_dir()),
             threads=threads_per_worker(w),
             devices=default_devices(w),
+            pool=self._worker_pool(),
         )
 
     @property
@@ -263,6 +309,9 @@ class Experiment:
                     resources_per_worker=self.resources_per_worker or None,
                     progress=self.verbose,
                 )
+            pool = self._worker_pool()
+            assert pool is not None
+            pool.start(self.workers)  # returns at once: they warm up while the CSVs are read
             return etl.run_etl(
                 etl_spec,
                 self.params,
@@ -273,6 +322,7 @@ class Experiment:
                 seed=int(seed),
                 processes=os.cpu_count() or 1,
                 progress=self.verbose,
+                pool=pool,
             )
 
     def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
@@ -357,35 +407,32 @@ class Experiment:
             },
             sort_keys=True,
         )
+        settings = {
+            "num_epochs": num_epochs,
+            "seed": seed,
+            "policy": policy,
+            "on_error": on_error,
+            "objective": objective,
+            "mode": mode,
+        }
         with self._locked():
-            self._remember(
-                "fit",
-                {
-                    "param_grid": {k: list(v) for k, v in param_grid.items()},
-                    "num_epochs": num_epochs,
-                    "seed": seed,
-                    "policy": policy,
-                    "on_error": on_error,
-                    "objective": objective,
-                    "mode": mode,
-                },
-                spec,
-            )
+            grid = {k: list(v) for k, v in param_grid.items()}
+            self._remember("fit", {"param_grid": grid, **settings}, spec)
             catalog = Catalog(self.catalog_path)
             try:
                 fit_id = self._fit_id(catalog, signature, configs, overwrite)
-                self._fit(
+                run_fit_loop(
                     catalog,
                     fit_id,
                     spec,
                     configs,
                     manifest,
-                    num_epochs,
-                    seed,
-                    policy,
-                    on_error,
-                    objective,
-                    mode,
+                    settings,
+                    workers=self.workers,
+                    models_dir=self.output_dir / "models",
+                    start_dir=self.params.models_dir,
+                    make_engine=lambda owned: self._engine(spec, owned),
+                    verbose=self.verbose,
                 )
             finally:
                 catalog.close()
@@ -483,120 +530,3 @@ class Experiment:
         return catalog.create_fit(
             signature, config, [(c.model_id, c.hyperparams) for c in configs]
         )
-
-    def _fit(
-        self,
-        catalog: Catalog,
-        fit_id: int,
-        spec: MinibatchSpec,
-        configs: list[Any],
-        manifest: dict[str, Any],
-        num_epochs: int,
-        seed: int,
-        policy: str,
-        on_error: str,
-        objective: str | None,
-        mode: str,
-    ) -> None:
-        w = self.workers
-        splits = manifest["splits"]
-        train_owner = {p: p % w for p, n in enumerate(splits["train"]["sizes"])}
-        val_owner = (
-            {p: p % w for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
-            if "val" in splits
-            else {}
-        )
-        sched = Scheduler(
-            [c.model_id for c in configs],
-            num_epochs=num_epochs,
-            train_owner=train_owner,
-            val_owner=val_owner,
-            policy=policy,
-            seed=seed,
-        )
-        state = FitState(
-            fit_id,
-            spec,
-            {c.model_id: c for c in configs},
-            self.output_dir / "models",
-            seed,
-            num_epochs,
-            on_error,
-            objective=objective,
-            mode=mode,
-        )
-        replay(catalog, state, sched)
-        if self.params.models_dir is not None:
-            # Pre-trained starting points, as the original's models_dir: <model_id>.pt
-            for model_id, ckpt in state.checkpoint.items():
-                start = self.params.models_dir / f"{model_id}.pt"
-                if ckpt is None and start.is_file():
-                    state.checkpoint[model_id] = str(start)
-                    state.keep.add(str(start))  # never cleaned up as a superseded step
-        if sched.done:
-            catalog.set_fit_status(fit_id, "done")
-            return
-        owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
-        for split, owner in (("train", train_owner), ("val", val_owner)):
-            for p, worker in owner.items():
-                owned[worker].setdefault(split, []).append(p)
-        engine = self._engine(spec, owned)
-        progress = _bar(
-            sched.total_hops(), sched.total_hops() - sched.remaining_hops(), self.verbose
-        )
-        try:
-            _probe(engine, spec, configs[0], train_owner, val_owner, objective)
-            run_loop(catalog, state, sched, engine, progress)
-        except BaseException:
-            catalog.set_fit_status(fit_id, "stopped")
-            raise
-        finally:
-            progress.close()
-            engine.shutdown()
-        catalog.set_fit_status(fit_id, "done")
-
-
-def _probe(
-    engine: Engine,
-    spec: MinibatchSpec,
-    config: Any,
-    train_owner: dict[int, int],
-    val_owner: dict[int, int],
-    objective: str | None,
-) -> None:
-    """Before training: run the first config on one minibatch, and check the objective.
-
-    A broken spec (no optimizer, ``train`` returning a list...) fails here in a second,
-    naming the function, instead of once per model after the workers have spent time.
-    """
-    p = next(p for p, w in sorted(train_owner.items()) if w == 0)
-    engine.submit(0, HopTask(config.model_id, config.hyperparams, "probe", p, 0, None, None, 0, 0))
-    events: list[Any] = []
-    while not events:
-        events = engine.poll(timeout=1.0)
-    event = events[0]
-    failure = getattr(event, "failure", None)
-    if failure is not None:
-        raise UserCodeError(
-            f"{failure.message} (checked on one minibatch before training)",
-            function=failure.function,
-            where=f"model {config.model_id} {json.dumps(config.hyperparams)}",
-            user_traceback=failure.traceback,
-        )
-    outcome = getattr(event, "outcome", None)
-    if outcome is None:
-        return  # the worker died: the fit itself will retry and report it
-    names = set(outcome.metrics)
-    if 0 not in val_owner.values():  # worker 0 holds no val partition: names unknown
-        names |= {"val_" + n.removeprefix("train_") for n in list(names)}
-    if objective is not None and objective not in names:
-        raise ParamsError(
-            f"objective {objective!r} is not a metric this spec returns; choose one of "
-            f"{', '.join(sorted(names))} (split prefix + the key your train/valtest return)."
-        )
-
-
-def _bar(total: int, done: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="MOP hops", unit="hop", disable=not enabled)

@@ -226,6 +226,11 @@ class Scheduler:
         per_epoch = len(self._train_owner) + len(self._val_owner)
         return len(self._models) * self._num_epochs * per_epoch
 
+    def ends_epoch(self, hop: Hop) -> bool:
+        """Whether completing the running ``hop`` would end its model's epoch."""
+        m = self._by_id.get(hop.model_id)
+        return m is not None and m.hop == hop and len(m.train_todo) + len(m.val_todo) == 1
+
     def epoch_of(self, model_id: str) -> int:
         """The model's current 0-based epoch; ``num_epochs`` once it has finished."""
         return self._model(model_id, "epoch_of").epoch

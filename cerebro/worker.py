@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cerebro.model_cache import ModelCache, default_budget
 from cerebro.partitions import Partition, partition_path
 from cerebro.spec import MinibatchSpec
 
@@ -90,6 +91,8 @@ def setup_worker(
 ) -> dict[str, Any] | UserFailure:
     """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
     torch.set_num_threads(threads)
+    state.clear()  # a pooled process may have served an earlier step
+    state["models"] = ModelCache(default_budget())
     # Building the first optimizer of a process imports torch's compiler stack (about a
     # second). Pay it here, in parallel on every worker, rather than in the first hops.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -148,8 +151,16 @@ def _metrics_of(result: Any, fn: str, hook: str) -> dict[str, float] | str:
     return out
 
 
-def _build(spec: MinibatchSpec, task: HopTask, device: torch.device) -> dict[str, Any]:
-    """Create the model's components and load its state (or seed a fresh model)."""
+def _build(
+    spec: MinibatchSpec, task: HopTask, device: torch.device, cache: ModelCache
+) -> dict[str, Any]:
+    """The model's components with its state: kept from an earlier hop, loaded, or fresh."""
+    kept = cache.take(task.model_id, task.in_ckpt) if task.kind != "probe" else None
+    if kept is not None:  # NOTE [ model cache ]: restore the RNG exactly as a load would
+        components, rng = kept
+        torch.manual_seed(task.init_seed)
+        torch.set_rng_state(rng)
+        return components
     state = None
     if task.in_ckpt is not None:
         state = torch.load(task.in_ckpt, map_location="cpu", weights_only=False)
@@ -180,7 +191,9 @@ class _Unusable(Exception):
     """A user function returned something Cerebro cannot use."""
 
 
-def _save(components: dict[str, Any], out: str, task: HopTask) -> None:
+def _save(components: dict[str, Any], out: str, task: HopTask) -> torch.Tensor:
+    """Write the model's checkpoint atomically; returns the RNG state it holds."""
+    rng = torch.get_rng_state()
     state = {
         "model_id": task.model_id,
         "hyperparams": dict(task.hyperparams),
@@ -190,7 +203,7 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> None:
             for k, v in components.items()
             if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")
         },
-        "rng": torch.get_rng_state(),
+        "rng": rng,
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
@@ -202,6 +215,7 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> None:
         raise OSError(
             f"could not write it ({e}); the disk may be full or a file-size limit reached"
         ) from e
+    return rng
 
 
 def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
@@ -306,9 +320,11 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     device: torch.device = state["device"]
     name = type(spec).__name__
     start = time.time()
+    cache: ModelCache = state["models"]
     t0 = time.perf_counter()
     try:
-        components = _build(spec, task, device)
+        components = _build(spec, task, device, cache)
+        rng = torch.get_rng_state()  # what this hop starts from, for the cache
     except _Unusable as e:
         return UserFailure(f"{name}.create_model_components", str(e), "")
     except Exception as e:  # noqa: BLE001
@@ -358,7 +374,9 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     s0 = time.perf_counter()
     if task.kind == "train" and task.out_ckpt is not None and run.nonfinite is None:
         try:
-            _save(components, task.out_ckpt, task)
+            cache.put(
+                task.model_id, task.out_ckpt, components, _save(components, task.out_ckpt, task)
+            )
         except OSError as e:
             return UserFailure(
                 "saving the checkpoint",
@@ -366,6 +384,8 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
                 traceback.format_exc(),
                 system=True,
             )
+    elif task.kind != "probe" and task.in_ckpt is not None and run.nonfinite is None:
+        cache.put(task.model_id, task.in_ckpt, components, rng)  # unchanged by evaluation
     save_seconds = time.perf_counter() - s0
     return HopOutcome(
         run.metrics,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cerebro import CerebroError, Experiment, WorkerError
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToyETL, ToySpec, worker_pids, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
 
@@ -29,23 +29,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     e = Experiment(params, workers=2, verbose=False)
     e.run_etl(ToyETL(), seed=1)
     return dict(params, etl_dir=str(e.data_dir))
-
-
-def _workers() -> list[int]:
-    """PIDs of this process's worker children."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == os.getpid() and b"cerebro.engine._child" in cmd:
-            out.append(int(d.name))
-    return out
 
 
 def _done(db: Path) -> int:
@@ -77,7 +60,7 @@ def test_killed_worker_is_replaced_and_no_hop_is_lost(
         deadline = time.time() + 60
         while time.time() < deadline and len(kills) < 2:
             if _done(exp.catalog_path) >= 8 + 12 * len(kills):
-                pids = _workers()
+                pids = worker_pids()
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
                     kills.append((pids[0], time.time()))
@@ -144,7 +127,7 @@ def test_worker_that_keeps_dying_stops_the_run(data: dict[str, str], tmp_path: P
     status = con.execute("SELECT status FROM fits").fetchone()[0]
     con.close()
     assert status == "stopped"
-    assert not _workers()  # nothing left running
+    assert not worker_pids()  # nothing left running
 
 
 HOLDER = """

@@ -263,6 +263,17 @@ def test_one_model_trains_everywhere_then_validates_then_next_epoch(policy: str)
     assert s.epoch_of("m0") == 2 and s.remaining_hops() == 0
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_ends_epoch_predicts_what_complete_returns(policy: str) -> None:
+    s = make(3, 2, num_epochs=2, policy=policy)
+    while not s.done:
+        for a in s.assign():
+            other = Hop(a.hop.model_id, a.hop.epoch + 1, a.hop.kind, a.hop.partition)
+            assert not s.ends_epoch(other)  # not running: never
+            predicted = s.ends_epoch(a.hop)
+            assert predicted == bool(s.complete(a.hop))
+
+
 def test_without_validation_the_last_train_hop_ends_the_epoch() -> None:
     s = make(1, 2, val_per_worker=0, num_epochs=1, policy="lrf")
     (a,) = s.assign()

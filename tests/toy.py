@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,21 @@ class ToySpec(MinibatchSpec):
         p = torch.softmax(model_object["model"](x), 1)
         conf, cls = p.max(1)
         return cls.tolist(), conf.tolist()
+
+
+def worker_pids() -> list[int]:
+    """PIDs of this process's live worker children (``cerebro.engine._child``)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == os.getpid() and state != "Z" and b"cerebro.engine._child" in cmd:
+            out.append(int(d.name))
+    return out

@@ -1,7 +1,10 @@
-"""Entry point of a child process: ``python -m cerebro.engine._child FD``.
+"""Entry point of a child process: ``python -m cerebro.engine._child FD [--warm]``.
 
-Reads ``(fn, args)`` calls from the socket FD, runs ``fn(state, *args)``, and answers
-``("ok", value)`` or ``("error", RemoteError)``. Exits when the parent closes the socket.
+With ``--warm`` it first imports torch and builds an optimizer (whose first construction
+imports torch's compiler stack, about a second), so a pooled worker is ready when its
+first call comes. Then it reads ``(fn, args)`` calls from the socket FD, runs
+``fn(state, *args)``, and answers ``("ok", value)`` or ``("error", RemoteError)``. Exits
+when the parent closes the socket.
 """
 
 from __future__ import annotations
@@ -26,8 +29,19 @@ def _error(exc: BaseException) -> Any:
     return err
 
 
-def main(fd: int) -> None:
+def _warm_up() -> None:
+    try:
+        import torch
+
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    except Exception:  # noqa: BLE001 - the first real call reports a broken torch properly
+        pass
+
+
+def main(fd: int, warm: bool = False) -> None:
     conn = Connection(fd)
+    if warm:
+        _warm_up()
     state: dict[str, Any] = {}
     while True:
         try:
@@ -50,4 +64,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), warm="--warm" in sys.argv[2:])

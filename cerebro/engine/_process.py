@@ -59,17 +59,20 @@ class Child:
     Args:
         name: how errors name this process, e.g. ``"worker 1"``.
         env: extra environment variables for the child (thread counts, CUDA devices).
+        warm: have the child import torch and build an optimizer before its first call,
+            so that this start-up cost overlaps with the caller's work.
     """
 
-    def __init__(self, name: str, env: dict[str, str] | None = None):
+    def __init__(self, name: str, env: dict[str, str] | None = None, *, warm: bool = False):
         self.name = name
         ours, theirs = socket.socketpair()
         full_env = dict(os.environ)
         full_env.update(env or {})
         # The child must import the same cerebro and see the user's modules.
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        argv = [sys.executable, "-m", "cerebro.engine._child", str(theirs.fileno())]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cerebro.engine._child", str(theirs.fileno())],
+            argv + (["--warm"] if warm else []),
             pass_fds=[theirs.fileno()],
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -130,12 +133,16 @@ class Child:
         self.proc.wait()
         self.conn.close()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Ask the child to exit (closing its socket), then kill it if it lingers."""
+    def close_start(self) -> None:
+        """Ask the child to exit (closing its socket) without waiting for it."""
         try:
             self.conn.close()
         except OSError:
             pass
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the child to exit (closing its socket), then kill it if it lingers."""
+        self.close_start()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -1,7 +1,9 @@
 """The local engine: persistent worker processes on this machine.
 
-Each worker is started once per fit, loads its partitions once (memory-mapped), runs the
-spec's set-up hooks once, then runs hop after hop. Workers × threads never exceeds the
+Each worker process comes from the experiment's :class:`WorkerPool` (started once, warm,
+kept between steps) or is started for this engine alone; per engine it loads its
+partitions once (memory-mapped), runs the spec's set-up hooks once, then runs hop after
+hop. Workers × threads never exceeds the
 cores; with GPUs, worker ``i`` gets GPU ``i mod n``.
 """
 
@@ -12,6 +14,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, RemoteError
 from cerebro.errors import UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
@@ -45,6 +48,8 @@ class LocalEngine:
         threads: torch threads per worker.
         devices: torch device per worker.
         max_restarts: how many times one slot may be restarted before the run stops.
+        pool: take the processes from here and give them back at :meth:`shutdown`;
+            None starts processes for this engine and stops them at shutdown.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class LocalEngine:
         threads: int,
         devices: list[str],
         max_restarts: int = 3,
+        pool: WorkerPool | None = None,
     ):
         self.workers = len(owned)
         self._spec = spec
@@ -69,12 +75,24 @@ class LocalEngine:
         self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
         self._tasks: dict[int, HopTask] = {}
         self._children: list[Child] = []
+        self._pool = pool
         try:
-            self._children = [Child(f"worker {w}", self._env) for w in range(self.workers)]
+            if pool is not None:
+                self._children = pool.take(self.workers, "worker")
+            else:
+                self._children = [Child(f"worker {w}", self._env) for w in range(self.workers)]
+            started = []
             for w, child in enumerate(self._children):
-                child.submit(setup_worker, *self._setup_args[w])
-            for w, child in enumerate(self._children):
-                self.info[w] = self._finish_setup(w, child.result())
+                try:
+                    child.submit(setup_worker, *self._setup_args[w])
+                    started.append(w)
+                except ChildDied as e:  # a pooled process that died while idle
+                    self._restart(w, f"died while idle: {e}")
+            for w in started:
+                try:
+                    self.info[w] = self._finish_setup(w, self._children[w].result())
+                except ChildDied as e:
+                    self._restart(w, f"died while setting up: {e}")
         except BaseException:
             self.shutdown()
             raise
@@ -164,10 +182,17 @@ class LocalEngine:
         return events
 
     def shutdown(self) -> None:
-        """Stop every worker; a hop in flight is abandoned."""
-        for child in self._children:
+        """Stop every worker (or give it back to the pool); a hop in flight is abandoned."""
+        children, self._children = self._children, []
+        self._tasks.clear()
+        if self._pool is not None:
+            self._pool.give_back(children)
+            return
+        for child in children:
             if child.busy:
                 child.kill()
             else:
+                child.close_start()
+        for child in children:
+            if not child.busy:
                 child.close(timeout=5)
-        self._tasks.clear()

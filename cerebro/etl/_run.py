@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
 from cerebro.errors import CerebroError, UserCodeError, WorkerError
 from cerebro.etl._read import SplitPlan, plan_split
@@ -41,6 +42,7 @@ def _setup(state: dict[str, Any], spec: ETLSpec, misc_dir: str, threads: int) ->
     import torch
 
     torch.set_num_threads(threads)
+    state.clear()  # a pooled process may have served an earlier step
     state["spec"] = spec
     spec.initialize_worker()
     spec.read_misc(misc_dir)
@@ -173,8 +175,12 @@ def run_etl(
     seed: int,
     processes: int,
     progress: bool = True,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """Preprocess every split of ``params`` into ``partitions`` partitions under ``data_dir``.
+
+    ``row_prep`` runs in ``processes`` child processes, taken from ``pool`` (and given back)
+    when one is passed.
 
     Skips the work when ``data_dir`` already holds the output of the same inputs, spec,
     fraction, seed and partition count. Returns the manifest.
@@ -208,7 +214,10 @@ def run_etl(
                 PartitionWriter(partition_path(data_dir, plan.split, p), 0).close()
     total_rows = sum(len(r) for _, _, r in items)
     n_proc = max(1, min(processes, len(items)))
-    children = [Child(f"ETL process {i}", env={"OMP_NUM_THREADS": "1"}) for i in range(n_proc)]
+    if pool is not None:
+        children = pool.take(n_proc, "ETL process")
+    else:
+        children = [Child(f"ETL process {i}", env={"OMP_NUM_THREADS": "1"}) for i in range(n_proc)]
     writers: dict[tuple[str, int], PartitionWriter] = {}
     sizes = {(plan.split, p): s for plan in plans for p, s in enumerate(plan.sizes)}
     bar = _progress(total_rows, progress)
@@ -274,8 +283,11 @@ def run_etl(
         ) from e
     finally:
         bar.close()
-        for child in children:
-            child.kill()
+        if pool is not None:
+            pool.give_back(children)  # a child still busy (the map stopped early) is killed
+        else:
+            for child in children:
+                child.kill()
         for w in writers.values():
             if w.tmp.exists():
                 shutil.rmtree(w.tmp, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""Running one fit: a scheduler and an engine, started from what the catalog has.
+
+``Experiment.run_fit`` checks the arguments and finds or creates the fit in the catalog;
+:func:`run_fit_loop` then replays the catalog (resume), runs the probe minibatch, and hops
+until every model is done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cerebro._controller import FitState, replay, run_loop
+from cerebro.catalog import Catalog
+from cerebro.engine import Engine
+from cerebro.errors import ParamsError, UserCodeError
+from cerebro.params import ModelConfig
+from cerebro.scheduler import Scheduler
+from cerebro.spec import MinibatchSpec
+from cerebro.worker import HopTask
+
+__all__ = ["run_fit_loop"]
+
+
+def run_fit_loop(
+    catalog: Catalog,
+    fit_id: int,
+    spec: MinibatchSpec,
+    configs: list[ModelConfig],
+    manifest: dict[str, Any],
+    settings: dict[str, Any],
+    *,
+    workers: int,
+    models_dir: Path,
+    start_dir: Path | None,
+    make_engine: Callable[[list[dict[str, list[int]]]], Engine],
+    verbose: bool,
+) -> None:
+    """Run (or resume) fit ``fit_id`` to its end: replay the catalog, probe, run every hop.
+
+    ``settings`` holds ``run_fit``'s ``num_epochs, seed, policy, on_error, objective,
+    mode``; ``start_dir`` is params' ``models_dir`` (pre-trained starting points).
+    """
+    num_epochs, seed, policy = settings["num_epochs"], settings["seed"], settings["policy"]
+    w = workers
+    splits = manifest["splits"]
+    train_owner = {p: p % w for p, n in enumerate(splits["train"]["sizes"])}
+    val_owner = (
+        {p: p % w for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
+        if "val" in splits
+        else {}
+    )
+    sched = Scheduler(
+        [c.model_id for c in configs],
+        num_epochs=num_epochs,
+        train_owner=train_owner,
+        val_owner=val_owner,
+        policy=policy,
+        seed=seed,
+    )
+    state = FitState(
+        fit_id,
+        spec,
+        {c.model_id: c for c in configs},
+        models_dir,
+        seed,
+        num_epochs,
+        settings["on_error"],
+        objective=settings["objective"],
+        mode=settings["mode"],
+    )
+    replay(catalog, state, sched)
+    if start_dir is not None:
+        # Pre-trained starting points, as the original's models_dir: <model_id>.pt
+        for model_id, ckpt in state.checkpoint.items():
+            start = start_dir / f"{model_id}.pt"
+            if ckpt is None and start.is_file():
+                state.checkpoint[model_id] = str(start)
+                state.keep.add(str(start))  # never cleaned up as a superseded step
+    if sched.done:
+        catalog.set_fit_status(fit_id, "done")
+        return
+    owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
+    for split, owner in (("train", train_owner), ("val", val_owner)):
+        for p, worker in owner.items():
+            owned[worker].setdefault(split, []).append(p)
+    engine = make_engine(owned)
+    progress = _bar(sched.total_hops(), sched.total_hops() - sched.remaining_hops(), verbose)
+    try:
+        _probe(engine, configs[0], train_owner, val_owner, settings["objective"])
+        run_loop(catalog, state, sched, engine, progress)
+    except BaseException:
+        catalog.set_fit_status(fit_id, "stopped")
+        raise
+    finally:
+        progress.close()
+        engine.shutdown()
+    catalog.set_fit_status(fit_id, "done")
+
+
+def _probe(
+    engine: Engine,
+    config: ModelConfig,
+    train_owner: dict[int, int],
+    val_owner: dict[int, int],
+    objective: str | None,
+) -> None:
+    """Before training: run the first config on one minibatch, and check the objective.
+
+    A broken spec (no optimizer, ``train`` returning a list...) fails here in a second,
+    naming the function, instead of once per model after the workers have spent time.
+    """
+    p = next(p for p, w in sorted(train_owner.items()) if w == 0)
+    engine.submit(0, HopTask(config.model_id, config.hyperparams, "probe", p, 0, None, None, 0, 0))
+    events: list[Any] = []
+    while not events:
+        events = engine.poll(timeout=1.0)
+    event = events[0]
+    failure = getattr(event, "failure", None)
+    if failure is not None:
+        raise UserCodeError(
+            f"{failure.message} (checked on one minibatch before training)",
+            function=failure.function,
+            where=f"model {config.model_id} {json.dumps(config.hyperparams)}",
+            user_traceback=failure.traceback,
+        )
+    outcome = getattr(event, "outcome", None)
+    if outcome is None:
+        return  # the worker died: the fit itself will retry and report it
+    names = set(outcome.metrics)
+    if 0 not in val_owner.values():  # worker 0 holds no val partition: names unknown
+        names |= {"val_" + n.removeprefix("train_") for n in list(names)}
+    if objective is not None and objective not in names:
+        raise ParamsError(
+            f"objective {objective!r} is not a metric this spec returns; choose one of "
+            f"{', '.join(sorted(names))} (split prefix + the key your train/valtest return)."
+        )
+
+
+def _bar(total: int, done: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="MOP hops", unit="hop", disable=not enabled)

@@ -1,0 +1,120 @@
+"""Models a worker keeps alive between hops, so a model that comes back skips its load.
+
+NOTE [ model cache ]
+A hop rebuilds its model from the checkpoint file (``torch.load``, the user's
+``create_model_components``, ``load_state_dict``): 2-3 ms for a small MLP, more than the
+whole validation hop it serves. So after a hop the worker keeps the model's live
+components, keyed by the checkpoint file they are equal to (its path and the file's inode,
+size and modification time). When the model's next hop on this worker names that same file
+as its input, the components are reused; any other file (the model trained elsewhere
+since, the file was rewritten) is a miss and loads from disk as before.
+
+A hit restores exactly what a load gives: the torch RNG is seeded with the model's seed and
+set to the state a load would leave, so a run is bit-identical whichever hops hit. An entry
+is taken out before its hop runs and put back only after the hop succeeded, so the half-
+trained components of a failed or diverged hop are never reused. The cache is bounded by
+the bytes of the tensors it holds (``CEREBRO_MODEL_CACHE_MB``, default 1024 per worker;
+``0`` turns it off), least recently used out first. It lives in the worker process: a
+restarted worker starts empty, and each fit's set-up empties it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["ModelCache", "default_budget"]
+
+
+def default_budget() -> int:
+    """The cache's size in bytes: ``CEREBRO_MODEL_CACHE_MB`` (default 1024)."""
+    raw = os.environ.get("CEREBRO_MODEL_CACHE_MB", "1024")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"CEREBRO_MODEL_CACHE_MB must be a number of megabytes, got {raw!r}"
+        ) from None
+    return max(0, int(mb * 2**20))
+
+
+def _file_key(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def state_bytes(components: dict[str, Any]) -> int:
+    """Bytes of the tensors in the components' state dicts (weights, optimizer state)."""
+    return sum(
+        _tensor_bytes(c.state_dict()) for c in components.values() if hasattr(c, "state_dict")
+    )
+
+
+@dataclass
+class _Entry:
+    key: tuple[int, int, int, int]
+    path: str
+    components: dict[str, Any]
+    rng: torch.Tensor
+    nbytes: int
+
+
+class ModelCache:
+    """Live model components per model id, each equal to one checkpoint file."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, model_id: str, ckpt: str | None) -> tuple[dict[str, Any], torch.Tensor] | None:
+        """Remove the model's entry; return ``(components, rng)`` if it equals ``ckpt``."""
+        entry = self._entries.pop(model_id, None)
+        if entry is not None:
+            self.bytes -= entry.nbytes
+        if ckpt is None:
+            return None
+        if entry is None or entry.path != ckpt or entry.key != _file_key(ckpt):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry.components, entry.rng
+
+    def put(self, model_id: str, ckpt: str, components: dict[str, Any], rng: torch.Tensor) -> None:
+        """Keep ``components`` (equal to the file ``ckpt``) and the RNG state a load gives."""
+        if self.budget <= 0:
+            return
+        key = _file_key(ckpt)
+        if key is None:
+            return
+        nbytes = state_bytes(components)
+        if nbytes > self.budget:
+            return
+        self.take(model_id, None)
+        self._entries[model_id] = _Entry(key, ckpt, components, rng, nbytes)
+        self.bytes += nbytes
+        while self.bytes > self.budget:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= old.nbytes

@@ -1,0 +1,221 @@
+"""Warm workers: processes kept between an experiment's steps, and models kept in a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cerebro import CerebroError, Experiment
+from cerebro.model_cache import ModelCache, default_budget
+from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+from toy import ToyETL, ToySpec, worker_pids, write_toy_csvs
+
+GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
+HP = {"lr": 0.05, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("warm")
+    params = write_toy_csvs(root / "csv")
+    params["output_dir"] = str(root / "etl")
+    with Experiment(params, workers=2, verbose=False) as e:
+        e.run_etl(ToyETL(), seed=1)
+    return dict(params, etl_dir=str(e.data_dir))
+
+
+def _hop_pids(exp: Experiment) -> set[int]:
+    con = sqlite3.connect(exp.catalog_path)
+    try:
+        return {r[0] for r in con.execute("SELECT pid FROM hops WHERE status='done'")}
+    finally:
+        con.close()
+
+
+# --- the pool: one set of processes serves every step ---------------------------------------
+
+
+def test_etl_and_every_fit_run_on_the_same_worker_processes(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    params = dict(data, output_dir=str(tmp_path / "run"))
+    del params["etl_dir"]
+    before = set(worker_pids())
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    pool = set(worker_pids()) - before
+    assert len(pool) == 2  # started by run_etl and kept
+    first = exp.run_fit(ToySpec(), GRID, num_epochs=2)
+    assert _hop_pids(exp) == pool
+    second = exp.run_fit(ToySpec(), {"lr": [0.1], "batch_size": [8]}, 1, overwrite=True)
+    assert _hop_pids(exp) == pool
+    assert set(exp.run_test(ToySpec(), "best")) == {"test_loss", "test_acc"}
+    assert set(worker_pids()) - before == pool  # no process was started after the ETL
+    assert set(first.table["status"]) == set(second.table["status"]) == {"done"}
+    exp.close()
+    assert not set(worker_pids()) & pool
+    with pytest.raises(CerebroError, match="closed"):
+        exp.run_fit(ToySpec(), GRID, num_epochs=2)
+
+
+def test_with_block_and_start_leave_no_process_behind(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    before = set(worker_pids())
+    with Experiment(dict(data, output_dir=str(tmp_path / "run")), workers=2, verbose=False) as e:
+        e.start()
+        warm = set(worker_pids()) - before
+        assert len(warm) == 2
+        e.run_fit(ToySpec(), GRID, num_epochs=1)
+        assert _hop_pids(e) == warm
+    assert not set(worker_pids()) & warm
+
+
+def test_pooled_worker_killed_while_idle_is_replaced(data: dict[str, str], tmp_path: Path) -> None:
+    """A worker that dies between two steps (OOM killer, an operator) costs nothing."""
+    before = set(worker_pids())
+    with Experiment(dict(data, output_dir=str(tmp_path / "run")), workers=2, verbose=False) as e:
+        e.start()
+        victim = min(set(worker_pids()) - before)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.2)
+        result = e.run_fit(ToySpec(), GRID, num_epochs=2)
+        assert set(result.table["status"]) == {"done"}
+        pids = _hop_pids(e)
+        assert victim not in pids and len(pids) == 2
+
+
+# --- the model cache: a model that comes back to a worker is not reloaded -------------------
+
+
+def _worker_state(data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    misc = tmp_path / "misc"
+    misc.mkdir(exist_ok=True)
+    info = setup_worker(
+        state,
+        ToySpec(),
+        str(Path(data["etl_dir"])),
+        {"train": [0], "val": [0]},
+        str(misc),
+        1,
+        "cpu",
+    )
+    assert not isinstance(info, UserFailure)
+    return state
+
+
+def _hops(state: dict[str, Any], ckpt_dir: Path) -> list[HopOutcome]:
+    """Train, validate, train again, validate: one model's hops on one worker."""
+    out: list[HopOutcome] = []
+    prev = None
+    for epoch in range(2):
+        ckpt = str(ckpt_dir / f"e{epoch}.pt")
+        for task in (
+            HopTask("m000", HP, "train", 0, epoch, prev, ckpt, 7, 100 + epoch),
+            HopTask("m000", HP, "val", 0, epoch, ckpt, None, 7, 0),
+        ):
+            r = run_hop(state, task)
+            assert isinstance(r, HopOutcome), r
+            out.append(r)
+        prev = ckpt
+    return out
+
+
+def test_cached_model_gives_bit_identical_results(
+    data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = _worker_state(data, tmp_path)
+    with_cache = _hops(warm, tmp_path / "a")
+    assert warm["models"].hits == 3 and warm["models"].misses == 0  # val, train, val
+    monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "0")
+    cold = _worker_state(data, tmp_path)
+    without = _hops(cold, tmp_path / "b")
+    assert cold["models"].hits == 0 and len(cold["models"]) == 0
+    assert [h.metrics for h in with_cache] == [h.metrics for h in without]  # dropout included
+    a = torch.load(tmp_path / "a" / "e1.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "e1.pt", weights_only=False)
+    for name, sd in a["components"]["model"].items():
+        assert torch.equal(sd, b["components"]["model"][name])
+    assert torch.equal(a["rng"], b["rng"])
+
+
+def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path: Path) -> None:
+    """The model trained on another worker since: its file is newer than what is kept."""
+    state = _worker_state(data, tmp_path)
+    ckpt = str(tmp_path / "e0.pt")
+    assert isinstance(
+        run_hop(state, HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1)), HopOutcome
+    )
+    other = _worker_state(data, tmp_path)  # a second worker rewrites the same file
+    assert isinstance(
+        run_hop(other, HopTask("m000", HP, "train", 0, 0, None, ckpt, 8, 2)), HopOutcome
+    )
+    r = run_hop(state, HopTask("m000", HP, "val", 0, 0, ckpt, None, 7, 0))
+    assert isinstance(r, HopOutcome)
+    assert state["models"].misses == 1 and state["models"].hits == 0
+    again = run_hop(other, HopTask("m000", HP, "val", 0, 0, ckpt, None, 8, 0))
+    assert isinstance(again, HopOutcome) and r.metrics == again.metrics  # both read the file
+
+
+class FailsWhenArmed(ToySpec):
+    """Once armed, fails on its third minibatch: after two steps changed the model."""
+
+    armed = False
+    calls = 0
+
+    def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        if self.armed:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("boom")
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+def test_failed_hop_leaves_nothing_in_the_cache(data: dict[str, str], tmp_path: Path) -> None:
+    state = _worker_state(data, tmp_path)
+    state["spec"] = spec = FailsWhenArmed()
+    ckpt = str(tmp_path / "e0.pt")
+    assert isinstance(
+        run_hop(state, HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1)), HopOutcome
+    )
+    assert len(state["models"]) == 1
+    spec.armed = True
+    failed = run_hop(
+        state, HopTask("m000", HP, "train", 0, 1, ckpt, str(tmp_path / "e1.pt"), 7, 2)
+    )
+    assert isinstance(failed, UserFailure) and "boom" in failed.message
+    assert len(state["models"]) == 0  # the half-trained components are gone
+
+
+def test_cache_keeps_within_its_byte_budget(tmp_path: Path) -> None:
+    model = torch.nn.Linear(100, 10)  # 1,010 floats = 4,040 bytes
+    files = []
+    for i in range(3):
+        f = tmp_path / f"m{i}.pt"
+        f.write_bytes(b"x")
+        files.append(str(f))
+    cache = ModelCache(budget_bytes=9000)
+    for i, f in enumerate(files):
+        cache.put(f"m{i}", f, {"model": model}, torch.get_rng_state())
+    assert len(cache) == 2 and cache.bytes == 8080  # the oldest went out
+    assert cache.take("m0", files[0]) is None
+    assert cache.take("m2", files[2]) is not None
+    small = ModelCache(budget_bytes=1000)  # a model bigger than the whole budget is not kept
+    small.put("m0", files[0], {"model": model}, torch.get_rng_state())
+    assert len(small) == 0 and small.bytes == 0
+
+
+def test_cache_size_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "2")
+    assert default_budget() == 2 * 2**20
+    monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="CEREBRO_MODEL_CACHE_MB must be a number"):
+        default_budget()
