@@ -178,21 +178,22 @@ def run_loop(
     hop_ids: dict[Hop, int] = {}
     events: list[Any] = []
     while True:
-        finished = []
+        finished, other = [], []
         for event in events:
             if _plainly_done(event, sched):
                 finished.append(_free(state, sched, event))
             else:
-                _record_event(catalog, state, sched, hop_ids, event, progress)
-        if sched.done:
-            _record_done(catalog, state, sched, hop_ids, finished, progress)
-            break
-        assigned = sched.assign()
+                other.append(event)
         try:
+            for event in other:
+                _record_event(catalog, state, sched, hop_ids, event, progress)
+            assigned = [] if sched.done else sched.assign()
             for a in assigned:
                 engine.submit(a.worker, _task(state, a.hop))
-        finally:
+        finally:  # even when a failure stops the fit: a finished hop is never lost
             _record_done(catalog, state, sched, hop_ids, finished, progress)
+        if sched.done:
+            break
         for a in assigned:
             hop_ids[a.hop] = catalog.hop_started(
                 state.fit_id, a.hop.model_id, a.hop.epoch, a.hop.kind, a.hop.partition, a.worker
