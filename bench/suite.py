@@ -178,7 +178,7 @@ def figures(wl: Workload, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if wall:
             row["efficiency"] = ideal / wall if ideal else None
             row["efficiency_corun"] = corun / wall if corun else None
-            row["cerebro_over"] = cer["wall_s"] / wall if cer else None
+            row["cerebro_over"] = _cerebro_wall(cer, name) / wall if cer else None
         row["data_bytes_per_worker"] = r.get("data_bytes_per_worker")
         if row["configs_done"] != n:
             failures.append(f"{name}: {row['configs_done']} of {n} configs finished")
@@ -205,6 +205,9 @@ def figures(wl: Workload, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "hop_overhead_share": hops["share"],
             "hop_overhead_in_hop_share": hops["in_hop_share"],
             "hop_overhead_between_share": hops["between_share"],
+            "hop_mechanism_share": hops.get("mechanism_share"),
+            "start_s": cer.get("start_s"),
+            "cold_wall_s": cer.get("cold_wall_s"),
         }
         if "task" in res:
             fig["cerebro"]["data_vs_task"] = (
@@ -212,6 +215,18 @@ def figures(wl: Workload, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
             )
     fig["targets"] = targets(wl.name, fig)
     return fig
+
+
+# Runners whose clock includes starting their processes and importing torch; Cerebro is
+# compared with them from a cold start (worker start + fit). The plain loop's clock
+# excludes imports and data loading, so it is compared with the fit on started workers.
+COLD_PEERS = ("task", "ray", "ray_reuse", "optuna", "optuna_threads")
+
+
+def _cerebro_wall(cer: dict[str, Any], peer: str) -> float:
+    if peer in COLD_PEERS and cer.get("cold_wall_s") is not None:
+        return float(cer["cold_wall_s"])
+    return float(cer["wall_s"])
 
 
 def targets(name: str, fig: dict[str, Any]) -> list[dict[str, Any]]:
@@ -244,6 +259,11 @@ def targets(name: str, fig: dict[str, Any]) -> list[dict[str, Any]]:
             )
         v = cer["hop_overhead_share"]
         out.append({"target": "hop overhead <= 2%", "value": v, "met": v <= 0.02})
+        v = cer["hop_mechanism_share"]
+        if v is not None:
+            out.append(
+                {"target": "hop overhead <= 2% (without stalls)", "value": v, "met": v <= 0.02}
+            )
     return out
 
 
@@ -288,9 +308,12 @@ def print_workload(wl: Workload, res: dict[str, dict[str, Any]], fig: dict[str, 
     if cer:
         hops = res["cerebro"]["hops"]
         print(
-            f"Cerebro: ETL {cer['etl_s']:.2f} s (apart); first hop {cer['first_hop_s']:.2f} s "
-            f"after run_fit; steady-state efficiency {_f(cer['steady_efficiency'], '.2f', 0)} "
-            f"(co-run ideal: {_f(cer['steady_efficiency_corun'], '.2f', 0)})"
+            f"Cerebro: worker start {_f(cer['start_s'], '.2f', 0)} s and ETL "
+            f"{cer['etl_s']:.2f} s (apart); cold = start + fit {_f(cer['cold_wall_s'], '.2f', 0)}"
+            f" s (what cer/x uses against {', '.join(p for p in COLD_PEERS if p in res)}); "
+            f"first hop {cer['first_hop_s']:.2f} s after run_fit; steady-state efficiency "
+            f"{_f(cer['steady_efficiency'], '.2f', 0)} (co-run ideal: "
+            f"{_f(cer['steady_efficiency_corun'], '.2f', 0)})"
         )
         print(
             f"  hop overhead {hops['share']:.1%} of busy worker time: in hops "
@@ -298,7 +321,8 @@ def print_workload(wl: Workload, res: dict[str, dict[str, Any]], fig: dict[str, 
             f"{hops['save_s']:.2f} s, other {hops['other_in_hop_s']:.2f} s of "
             f"{hops['hop_s']:.2f} s), between hops {hops['between_share']:.1%} "
             f"({hops['gap_s']:.2f} s, median gap {hops['gap_ms_median']:.1f} ms); "
-            f"{hops['hops']} hops, median {hops['hop_ms_median']:.1f} ms"
+            f"{hops['hops']} hops, median {hops['hop_ms_median']:.1f} ms; without the stalls "
+            f"{_f(hops.get('mechanism_share'), '.1%', 0)}"
         )
         print(
             f"  lost to: worker start {hops['first_hop_s']:.2f} s, stalls (gaps > 10 ms, no "
