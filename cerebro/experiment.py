@@ -121,6 +121,7 @@ class Experiment:
             raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
         self._lock = RunLock(self.output_dir)
         self._pool: WorkerPool | None = None
+        self._closed = False
 
     def __enter__(self) -> Experiment:
         return self
@@ -130,6 +131,7 @@ class Experiment:
 
     def _worker_pool(self) -> WorkerPool | None:
         """The local engine's worker processes (None with Ray), launched on first use."""
+        self._check_open()
         if self.engine != "local":
             return None
         if self._pool is None:
@@ -152,8 +154,16 @@ class Experiment:
 
     def close(self) -> None:
         """Stop the worker processes; a later call on this experiment raises."""
+        self._closed = True
         if self._pool is not None:
             self._pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CerebroError(
+                "this Experiment was closed (close() or the end of its with-block); create "
+                f"a new one: Experiment.from_dir({str(self.output_dir)!r}) picks up its run."
+            )
 
     @classmethod
     def from_dir(cls, run_dir: str | Path, *, verbose: bool = True) -> Experiment:
@@ -201,11 +211,7 @@ class Experiment:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the run directory, and turn catalog write failures into a clear error."""
-        if self._pool is not None and self._pool.closed:
-            raise CerebroError(
-                "this Experiment was closed (close() or the end of its with-block); create "
-                f"a new one: Experiment.from_dir({str(self.output_dir)!r}) picks up its run."
-            )
+        self._check_open()
         with self._lock:
             try:
                 yield

@@ -76,6 +76,19 @@ def test_with_block_and_start_leave_no_process_behind(
         e.run_fit(ToySpec(), GRID, num_epochs=1)
         assert _hop_pids(e) == warm
     assert not set(worker_pids()) & warm
+    with pytest.raises(CerebroError, match="was closed"):
+        e.start()
+
+
+def test_closed_experiment_refuses_work_even_if_it_never_started_workers(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    e = Experiment(dict(data, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
+    e.close()
+    before = set(worker_pids())
+    with pytest.raises(CerebroError, match=r"from_dir\("):
+        e.run_fit(ToySpec(), GRID, num_epochs=1)
+    assert set(worker_pids()) == before
 
 
 def test_pooled_worker_killed_while_idle_is_replaced(data: dict[str, str], tmp_path: Path) -> None:

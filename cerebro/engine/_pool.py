@@ -35,11 +35,9 @@ class WorkerPool:
         self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self._idle: list[Child] = []
         self._lock = threading.Lock()
-        self.started = 0  # processes launched over the pool's life (for tests and benches)
         self.closed = False
 
     def _launch(self) -> Child:
-        self.started += 1
         return Child("pooled process", self._env, warm=True)
 
     def start(self, n: int) -> None:
@@ -75,10 +73,6 @@ class WorkerPool:
                 keep.append(child)
         with self._lock:
             self._idle.extend(keep)
-
-    def idle(self) -> int:
-        with self._lock:
-            return sum(c.alive() for c in self._idle)
 
     def wait_ready(self) -> None:
         """Block until every idle process has finished starting (answers a call)."""

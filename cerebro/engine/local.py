@@ -3,8 +3,8 @@
 Each worker process comes from the experiment's :class:`WorkerPool` (started once, warm,
 kept between steps) or is started for this engine alone; per engine it loads its
 partitions once (memory-mapped), runs the spec's set-up hooks once, then runs hop after
-hop. Workers × threads never exceeds the
-cores; with GPUs, worker ``i`` gets GPU ``i mod n``.
+hop. Workers × threads never exceeds the cores; with GPUs, worker ``i`` gets GPU
+``i mod n``.
 """
 
 from __future__ import annotations
