@@ -10,7 +10,10 @@ as its input, the components are reused; any other file (the model trained elsew
 since, the file was rewritten) is a miss and loads from disk as before.
 
 A hit restores exactly what a load gives: the torch RNG is seeded with the model's seed and
-set to the state a load would leave, so a run is bit-identical whichever hops hit. An entry
+set to the state a load would leave, and the hooks get a fresh copy of the dict that
+``create_model_components`` returned (keys a hook added are gone), so a run is
+bit-identical whichever hops hit. (Plain Python attributes a hook sets on a module do
+survive a hit; keep state in ``state_dict``s, which checkpoints carry anyway.) An entry
 is taken out before its hop runs and put back only after the hop succeeded, so the half-
 trained components of a failed or diverged hop are never reused. The cache is bounded by
 the bytes of the tensors it holds (``CEREBRO_MODEL_CACHE_MB``, default 1024 per worker;

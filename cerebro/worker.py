@@ -323,8 +323,11 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     cache: ModelCache = state["models"]
     t0 = time.perf_counter()
     try:
-        components = _build(spec, task, device, cache)
+        built = _build(spec, task, device, cache)
         rng = torch.get_rng_state()  # what this hop starts from, for the cache
+        # The user's hooks get a copy: keys they add during the hop are not kept, so a hop
+        # sees the dict create_model_components returned, cached or not.
+        components = dict(built)
     except _Unusable as e:
         return UserFailure(f"{name}.create_model_components", str(e), "")
     except Exception as e:  # noqa: BLE001
@@ -374,9 +377,7 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     s0 = time.perf_counter()
     if task.kind == "train" and task.out_ckpt is not None and run.nonfinite is None:
         try:
-            cache.put(
-                task.model_id, task.out_ckpt, components, _save(components, task.out_ckpt, task)
-            )
+            cache.put(task.model_id, task.out_ckpt, built, _save(components, task.out_ckpt, task))
         except OSError as e:
             return UserFailure(
                 "saving the checkpoint",
@@ -385,7 +386,7 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
                 system=True,
             )
     elif task.kind != "probe" and task.in_ckpt is not None and run.nonfinite is None:
-        cache.put(task.model_id, task.in_ckpt, components, rng)  # unchanged by evaluation
+        cache.put(task.model_id, task.in_ckpt, built, rng)  # unchanged by evaluation
     save_seconds = time.perf_counter() - s0
     return HopOutcome(
         run.metrics,

@@ -160,6 +160,29 @@ def test_cached_model_gives_bit_identical_results(
     assert torch.equal(a["rng"], b["rng"])
 
 
+class CountsInTheDict(ToySpec):
+    """Keeps a counter in the components dict: each hop must start without it."""
+
+    def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        model_object["calls"] = model_object.get("calls", 0) + 1
+        out = super().train(model_object, minibatch, hyperparams, device)
+        return dict(out, calls=model_object["calls"])
+
+
+def test_keys_added_by_the_users_hooks_do_not_survive_the_hop(
+    data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = []
+    for budget in ("1024", "0"):
+        monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", budget)
+        state = _worker_state(data, tmp_path)
+        state["spec"] = CountsInTheDict()
+        runs.append(_hops(state, tmp_path / budget))
+    cached, uncached = runs
+    assert [h.metrics for h in cached] == [h.metrics for h in uncached]
+    assert cached[2].metrics["calls"][0] == 1.0  # a fresh dict, although the model was kept
+
+
 def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path: Path) -> None:
     """The model trained on another worker since: its file is newer than what is kept."""
     state = _worker_state(data, tmp_path)
