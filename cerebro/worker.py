@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cerebro.allocator import keep_freed_memory
 from cerebro.model_cache import ModelCache, default_budget
 from cerebro.partitions import Partition, partition_path
 from cerebro.spec import MinibatchSpec
@@ -91,6 +92,7 @@ def setup_worker(
 ) -> dict[str, Any] | UserFailure:
     """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
     torch.set_num_threads(threads)
+    tuned = keep_freed_memory()  # before the first minibatch allocates anything
     state.clear()  # a pooled process may have served an earlier step
     state["models"] = ModelCache(default_budget())
     # Building the first optimizer of a process imports torch's compiler stack (about a
@@ -117,6 +119,7 @@ def setup_worker(
         "load_seconds": time.perf_counter() - t0,
         "bytes": sum(p.nbytes() for p in parts.values()),
         "threads": threads,
+        "allocator_tuned": tuned,
     }
 
 
