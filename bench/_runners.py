@@ -39,9 +39,26 @@ if str(BENCH) not in sys.path:
 from _plain import run_plain, train_config, warm_up  # noqa: E402
 from _workloads import Workload, workloads  # noqa: E402
 
-__all__ = ["RUNNERS", "child_main", "nbytes"]
+__all__ = ["RUNNERS", "child_main", "nbytes", "runner_env"]
 
 WORKERS = 2
+
+# Cerebro's workers raise glibc's mmap and trim thresholds (cerebro/allocator.py), which
+# takes the page faults out of every minibatch's allocations. A "_tuned" peer runs with the
+# same thresholds (glibc reads these variables at start-up), so the allocator's share of
+# Cerebro's lead can be told apart from MOP's; "cerebro_untuned" turns the tuning off.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+VARIANTS = {
+    "plain1_tuned": ("plain1", MALLOC_ENV),
+    "plain2_tuned": ("plain2", MALLOC_ENV),
+    "corun_tuned": ("corun", MALLOC_ENV),
+    "cerebro_untuned": ("cerebro", {"CEREBRO_KEEP_FREED_MB": "0"}),
+}
+
+
+def runner_env(runner: str) -> tuple[str, dict[str, str]]:
+    """The runner function's name and the environment variables its process starts with."""
+    return VARIANTS.get(runner, (runner, {}))
 
 
 def nbytes(data: dict[str, Any]) -> int:
@@ -58,7 +75,13 @@ def _mp() -> Any:
 # --- Cerebro ----------------------------------------------------------------------------------
 
 
-def run_cerebro(wl: Workload, seed: int) -> dict[str, Any]:
+def run_cerebro_lrf(wl: Workload, seed: int) -> dict[str, Any]:
+    """Cerebro with ``policy="lrf"``: any train order per epoch, so fewer stalls, but runs
+    are no longer bit-identical (the order of partitions a model sees follows timing)."""
+    return run_cerebro(wl, seed, policy="lrf")
+
+
+def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any]:
     from _hops import hop_overhead
 
     from cerebro import Experiment
@@ -77,7 +100,7 @@ def run_cerebro(wl: Workload, seed: int) -> dict[str, Any]:
         fit_start = time.time()
         t0 = time.perf_counter()
         result = exp.run_fit(
-            ex.minibatch_spec, param_grid=wl.grid, num_epochs=wl.epochs, seed=seed
+            ex.minibatch_spec, param_grid=wl.grid, num_epochs=wl.epochs, seed=seed, policy=policy
         )
         wall = time.perf_counter() - t0
         fit_end = time.time()
@@ -248,6 +271,7 @@ def _runners() -> dict[str, Any]:
 
     return {
         "cerebro": run_cerebro,
+        "cerebro_lrf": run_cerebro_lrf,
         "plain2": run_plain2,
         "plain1": run_plain1,
         "corun": run_corun,
@@ -261,6 +285,7 @@ def _runners() -> dict[str, Any]:
 
 RUNNERS = (
     "cerebro",
+    "cerebro_lrf",
     "plain2",
     "plain1",
     "corun",
@@ -269,6 +294,7 @@ RUNNERS = (
     "ray_reuse",
     "optuna",
     "optuna_threads",
+    *VARIANTS,
 )
 
 
@@ -277,8 +303,9 @@ def child_main(argv: list[str]) -> None:
     runner, name, quick, seed, out = argv[0], argv[1], argv[2] == "1", int(argv[3]), argv[4]
     wl = workloads(quick)[name]
     wl.tensors_file()  # make the data (once) before any clock starts
-    fn = _runners()[runner]
-    kwargs = {"quick": quick} if runner in ("corun", "task", "optuna", "optuna_threads") else {}
+    base = runner_env(runner)[0]
+    fn = _runners()[base]
+    kwargs = {"quick": quick} if base in ("corun", "task", "optuna", "optuna_threads") else {}
     result = fn(wl, seed, **kwargs)
     Path(out).write_text(json.dumps(result))
 

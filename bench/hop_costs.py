@@ -182,7 +182,8 @@ def _print(name: str, r: dict[str, Any]) -> None:
     )
     print(
         f"predicted in-hop overhead: train hops {r['predicted_in_hop_share_train']:.1%}, "
-        f"val hops {r['predicted_in_hop_share_val']:.1%}"
+        f"val hops {r['predicted_in_hop_share_val']:.1%} (every hop loading its model; a "
+        "hop that finds it in the worker's model cache skips the load)"
     )
 
 
