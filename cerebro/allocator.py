@@ -16,6 +16,7 @@ glibc's defaults. Other C libraries are left alone.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import platform
 
@@ -35,7 +36,7 @@ def keep_freed_bytes() -> int:
             f"CEREBRO_KEEP_FREED_MB must be a number of megabytes (0 turns the allocator "
             f"tuning off), got {raw!r}"
         ) from None
-    if mb < 0:
+    if not math.isfinite(mb) or mb < 0:
         raise ValueError(f"CEREBRO_KEEP_FREED_MB must be 0 or more, got {raw!r}")
     return int(mb * 2**20)
 

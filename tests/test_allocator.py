@@ -67,7 +67,11 @@ def test_setting_is_read_in_megabytes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert keep_freed_bytes() == 1024 * 2**20
     monkeypatch.setenv("CEREBRO_KEEP_FREED_MB", "0.5")
     assert keep_freed_bytes() == 2**19
-    for bad, why in (("lots", "must be a number of megabytes"), ("-1", "must be 0 or more")):
+    for bad, why in (
+        ("lots", "must be a number of megabytes"),
+        ("-1", "must be 0 or more"),
+        ("nan", "must be 0 or more"),
+    ):
         monkeypatch.setenv("CEREBRO_KEEP_FREED_MB", bad)
         with pytest.raises(ValueError, match=f"CEREBRO_KEEP_FREED_MB {why}"):
             keep_freed_bytes()

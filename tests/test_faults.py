@@ -80,8 +80,11 @@ def test_killed_worker_is_replaced_and_no_hop_is_lost(
     assert set(done.values()) == {1} and len(done) == 4 * 2 * 2 * 3  # every hop once
     lost = [r for r in rows if r[4] == "lost"]
     assert 1 <= len(lost) <= 2  # a kill between two hops loses nothing at all
-    for r in lost:  # each loss was noticed within seconds of a kill, not by a long timeout
-        assert min(abs(r[6] - when) for _, when in kills) < 5
+    # Each loss was noticed from the process's exit, not by a long timeout. The loss is
+    # recorded once the replacement worker has started (~3 s, more on a loaded 2-core
+    # machine: 5.05 s was seen), hence the margin.
+    for r in lost:
+        assert min(abs(r[6] - when) for _, when in kills) < 10
     assert len({r[5] for r in rows if r[5]}) >= 3  # replacement processes ran hops
     assert set(result.table["status"]) == {"done"}
 
