@@ -16,9 +16,9 @@ glibc's defaults. Other C libraries are left alone.
 from __future__ import annotations
 
 import ctypes
-import math
-import os
 import platform
+
+from cerebro._env import megabytes
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -28,17 +28,7 @@ _MMAP_THRESHOLD_MAX = 32 * 2**20 if ctypes.sizeof(ctypes.c_void_p) == 8 else 512
 
 def keep_freed_bytes() -> int:
     """The trim threshold in bytes from ``CEREBRO_KEEP_FREED_MB`` (default 1024; 0 = off)."""
-    raw = os.environ.get("CEREBRO_KEEP_FREED_MB", "1024")
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(
-            f"CEREBRO_KEEP_FREED_MB must be a number of megabytes (0 turns the allocator "
-            f"tuning off), got {raw!r}"
-        ) from None
-    if not math.isfinite(mb) or mb < 0:
-        raise ValueError(f"CEREBRO_KEEP_FREED_MB must be 0 or more, got {raw!r}")
-    return int(mb * 2**20)
+    return megabytes("CEREBRO_KEEP_FREED_MB", 1024)
 
 
 def keep_freed_memory() -> bool:

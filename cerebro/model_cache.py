@@ -30,19 +30,14 @@ from typing import Any
 
 import torch
 
+from cerebro._env import megabytes
+
 __all__ = ["ModelCache", "default_budget"]
 
 
 def default_budget() -> int:
     """The cache's size in bytes: ``CEREBRO_MODEL_CACHE_MB`` (default 1024)."""
-    raw = os.environ.get("CEREBRO_MODEL_CACHE_MB", "1024")
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(
-            f"CEREBRO_MODEL_CACHE_MB must be a number of megabytes, got {raw!r}"
-        ) from None
-    return max(0, int(mb * 2**20))
+    return megabytes("CEREBRO_MODEL_CACHE_MB", 1024)
 
 
 def _file_key(path: str) -> tuple[int, int, int, int] | None:

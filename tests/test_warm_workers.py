@@ -255,3 +255,6 @@ def test_cache_size_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="CEREBRO_MODEL_CACHE_MB must be a number"):
         default_budget()
+    monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "-5")
+    with pytest.raises(ValueError, match="CEREBRO_MODEL_CACHE_MB must be 0 or more"):
+        default_budget()
