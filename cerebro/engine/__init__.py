@@ -3,7 +3,7 @@
 NOTE [ engine contract ]
 ``submit(worker, task)`` starts one hop on an idle worker slot; ``poll(timeout)`` returns
 the events that happened (a hop finished, a user function failed, a worker was lost and
-has been replaced); ``shutdown()`` stops every worker. A lost worker's hop is reported once
+is being replaced); ``shutdown()`` stops every worker. A lost worker's hop is reported once
 as :class:`WorkerLost` and never also as done, so the controller can re-run it.
 """
 
@@ -35,7 +35,11 @@ class HopFailed:
 
 @dataclass(frozen=True)
 class WorkerLost:
-    """The worker died while running ``task``; a fresh worker already holds its data."""
+    """The worker died while running ``task``; a fresh worker is replacing it.
+
+    The slot may be given a task at once: it runs as soon as the replacement holds the
+    slot's data (the local engine reports the loss without waiting for that start-up).
+    """
 
     worker: int
     task: HopTask

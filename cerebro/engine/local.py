@@ -73,7 +73,8 @@ class LocalEngine:
         self._max_restarts = max_restarts
         self.restarts = [0] * self.workers
         self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
-        self._tasks: dict[int, HopTask] = {}
+        self._tasks: dict[int, HopTask] = {}  # slot -> its hop (queued while setting up)
+        self._setting_up: set[int] = set()  # slots whose replacement process is starting
         self._children: list[Child] = []
         self._pool = pool
         try:
@@ -81,18 +82,15 @@ class LocalEngine:
                 self._children = pool.take(self.workers, "worker")
             else:
                 self._children = [Child(f"worker {w}", self._env) for w in range(self.workers)]
-            started = []
             for w, child in enumerate(self._children):
                 try:
                     child.submit(setup_worker, *self._setup_args[w])
-                    started.append(w)
+                    self._setting_up.add(w)
                 except ChildDied as e:  # a pooled process that died while idle
                     self._restart(w, f"died while idle: {e}")
-            for w in started:
-                try:
-                    self.info[w] = self._finish_setup(w, self._children[w].result())
-                except ChildDied as e:
-                    self._restart(w, f"died while setting up: {e}")
+            while self._setting_up:  # every slot set up before the first hop
+                for w in sorted(self._setting_up):
+                    self._setup_answered(w)
         except BaseException:
             self.shutdown()
             raise
@@ -113,7 +111,12 @@ class LocalEngine:
         return dict(result)
 
     def _restart(self, w: int, reason: str) -> None:
-        """Replace worker ``w`` with a fresh process that reloads its partitions."""
+        """Replace worker ``w`` with a fresh process and start its set-up.
+
+        Returns at once: the set-up (process start, ``import torch``, the spec's hooks,
+        mapping the partitions: seconds) runs while the other workers' hops go on, and
+        :meth:`poll` collects it. A hop submitted to the slot meanwhile waits for it.
+        """
         while True:
             self.restarts[w] += 1
             if self.restarts[w] > self._max_restarts:
@@ -126,34 +129,63 @@ class LocalEngine:
             child = Child(f"worker {w}", self._env)
             self._children[w] = child
             try:
-                result = child.call(setup_worker, *self._setup_args[w])
+                child.submit(setup_worker, *self._setup_args[w])
             except ChildDied as e:
                 reason = f"died while starting: {e}"
                 continue
-            self.info[w] = self._finish_setup(w, result)
+            self._setting_up.add(w)
             return
+
+    def _setup_answered(self, w: int) -> None:
+        """Collect slot ``w``'s set-up (blocking until it answers), then send its queued hop.
+
+        Raises:
+            UserCodeError: the spec's set-up hook failed.
+            WorkerError: the process failed to start, or the slot died too often.
+        """
+        self._setting_up.discard(w)
+        try:
+            result = self._children[w].result()
+        except ChildDied as e:
+            self._restart(w, f"died while starting: {e}")
+            return
+        self.info[w] = self._finish_setup(w, result)
+        task = self._tasks.get(w)
+        if task is not None:
+            self._send(w, task)
+
+    def _send(self, w: int, task: HopTask) -> None:
+        try:
+            self._children[w].submit(run_hop, task)
+        except ChildDied:
+            # Died while idle: replace it; the hop goes to the new process once it is set up.
+            self._restart(w, "died while idle")
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
 
     def submit(self, worker: int, task: HopTask) -> None:
-        """Start ``task`` on ``worker``, which must be idle."""
+        """Start ``task`` on ``worker``, which must be idle (or run it once its replacement
+        process is set up, if the slot is restarting)."""
         self._tasks[worker] = task
-        try:
-            self._children[worker].submit(run_hop, task)
-        except ChildDied:
-            # Died while idle: replace it and send the hop to the new process.
-            self._restart(worker, "died while idle")
-            self._children[worker].submit(run_hop, task)
+        if worker not in self._setting_up:
+            self._send(worker, task)
 
     def poll(self, timeout: float | None = None) -> list[EngineEvent]:
-        """Wait up to ``timeout`` seconds for hops to end; return what happened."""
-        busy = {self._children[w].conn: w for w in self._tasks}
+        """Wait up to ``timeout`` seconds for hops to end; return what happened.
+
+        A replaced worker finishing its set-up also ends the wait (with no event): the hop
+        queued for it has just been sent.
+        """
+        busy = {self._children[w].conn: w for w in set(self._tasks) | self._setting_up}
         if not busy:
             return []
         events: list[EngineEvent] = []
         for conn in wait(list(busy), timeout):
             w = busy[conn]  # type: ignore[index]
+            if w in self._setting_up:
+                self._setup_answered(w)  # no event: a replacement is ready (or retried)
+                continue
             task = self._tasks.pop(w)
             try:
                 result = self._children[w].result()
