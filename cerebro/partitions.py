@@ -14,10 +14,11 @@ which the next ETL removes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,7 @@ class Partition:
             raise ValueError(f"{self.path}: partition format {meta.get('format')} unknown")
         self.rows: int = meta["rows"]
         self.structure = meta["structure"]
+        self._pack = _packer(self.structure)
         self.ids = np.load(self.path / "ids.npy")
         self.leaves: list[torch.Tensor | list[torch.Tensor]] = []
         for leaf in meta["leaves"]:
@@ -265,8 +267,12 @@ class Partition:
                 total += sum(t.numel() * t.element_size() for t in leaf)
         return total
 
-    def batch(self, index: np.ndarray | slice) -> Any:
-        """Rows ``index`` as ``(input, label)``, each leaf stacked along a new first dim."""
+    def batch(self, index: torch.Tensor | np.ndarray | slice) -> Any:
+        """Rows ``index`` as ``(input, label)``, each leaf stacked along a new first dim.
+
+        ``index`` is a slice or row positions (an int64 tensor is used as is: a hop cuts
+        its minibatches' indices from one shuffled tensor rather than converting each).
+        """
         out: list[Any] = []
         if isinstance(index, slice):
             for leaf in self.leaves:
@@ -275,16 +281,31 @@ class Partition:
                 else:
                     out.append(_stack(leaf[index]))
         else:
-            idx = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+            idx = (
+                index
+                if isinstance(index, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+            )
             for leaf in self.leaves:
                 if isinstance(leaf, torch.Tensor):
                     out.append(leaf.index_select(0, idx))
                 else:
-                    out.append(_stack([leaf[i] for i in index]))
-        return unflatten(self.structure, out)
+                    out.append(_stack([leaf[i] for i in idx.tolist()]))
+        return self._pack(out)
 
-    def row_ids(self, index: np.ndarray | slice) -> torch.Tensor:
+    def row_ids(self, index: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
         return torch.from_numpy(np.ascontiguousarray(self.ids[index]))
+
+
+def _packer(structure: Any) -> Callable[[list[Any]], Any]:
+    """``unflatten`` for one structure, with the common ``(input, label)`` tuple made cheap
+    (it runs once per minibatch)."""
+    children = structure.get("c", [])
+    if structure["t"] == "tuple" and [c.get("i") for c in children] == list(range(len(children))):
+        return tuple
+    return functools.partial(unflatten, structure)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

@@ -226,8 +226,8 @@ def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
     n = len(part)
     if shuffle_seed is None:
         return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
-    order = np.random.default_rng(shuffle_seed).permutation(n)
-    return [order[i : i + bs] for i in range(0, n, bs)]
+    order = torch.from_numpy(np.random.default_rng(shuffle_seed).permutation(n))
+    return list(torch.split(order, bs))  # views of one tensor: no conversion per minibatch
 
 
 def _size(index: Any) -> int:

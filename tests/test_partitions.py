@@ -36,7 +36,18 @@ def test_fixed_shape_round_trip_is_memory_mapped(tmp_path: Path) -> None:
     assert y.tolist() == [0, 0]
     (x, _), y = p.batch(slice(1, 3))
     assert x[:, 0].tolist() == [1.0, 2.0] and y.tolist() == [1, 0]
+    (x, d), y = p.batch(torch.tensor([6, 0]))  # a hop's shuffled indices come as a tensor
+    assert x[:, 0].tolist() == [6.0, 0.0] and d["m"].tolist() == [[6, 6], [0, 0]]
+    assert p.row_ids(torch.tensor([6, 0])).tolist() == [16, 10]
     assert p.nbytes() > 0
+
+
+def test_minibatch_of_an_input_label_pair_is_a_tuple(tmp_path: Path) -> None:
+    rows = [(i, (torch.full((2,), float(i)), torch.tensor(i))) for i in range(5)]
+    write_partition(tmp_path / "p", rows, 5)
+    batch = Partition(tmp_path / "p").batch(torch.tensor([4, 1]))
+    assert isinstance(batch, tuple) and len(batch) == 2
+    assert batch[0].tolist() == [[4.0, 4.0], [1.0, 1.0]] and batch[1].tolist() == [4, 1]
 
 
 def test_ragged_leaf_falls_back_to_list(tmp_path: Path) -> None:
@@ -48,6 +59,8 @@ def test_ragged_leaf_falls_back_to_list(tmp_path: Path) -> None:
     assert [t.tolist() for t in x] == [[0, 1, 2, 3], [0, 1]]
     x, _ = p.batch(np.array([2]))
     assert x.shape == (1, 3)  # same shapes in one minibatch stack
+    x, _ = p.batch(torch.tensor([0, 3]))
+    assert [t.tolist() for t in x] == [[0], [0, 1, 2, 3]]
 
 
 def test_predict_rows_have_no_label(tmp_path: Path) -> None:
