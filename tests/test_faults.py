@@ -19,7 +19,7 @@ from cerebro import CerebroError, Experiment, MinibatchSpec, UserCodeError, Work
 from cerebro.engine import HopDone, WorkerLost
 from cerebro.engine.local import LocalEngine
 from cerebro.worker import HopTask
-from toy import ToyETL, ToySpec, worker_pids, write_toy_csvs
+from toy import GatedSpec, ToyETL, ToySpec, worker_pids, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
 
@@ -89,31 +89,6 @@ def test_killed_worker_is_replaced_and_no_hop_is_lost(
         assert min(abs(r[6] - when) for _, when in kills) < 3
     assert len({r[5] for r in rows if r[5]}) >= 3  # replacement processes ran hops
     assert set(result.table["status"]) == {"done"}
-
-
-class GatedSpec(ToySpec):
-    """Worker set-up waits while the file ``gate`` exists; a model with ``hold`` in its
-    hyperparameters waits in ``train`` while ``hold`` exists (after touching ``inside``).
-    Files, not timing, decide the order of events in the test below."""
-
-    def __init__(self, folder: Path) -> None:
-        self.gate, self.hold, self.inside = (str(folder / n) for n in ("gate", "hold", "inside"))
-        self.fail = str(folder / "fail")
-
-    def initialize_worker(self) -> None:
-        if os.path.exists(self.fail):
-            raise RuntimeError("no licence server")
-        while os.path.exists(self.gate):
-            time.sleep(0.01)
-
-    def train(
-        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
-    ) -> dict[str, float]:
-        if hyperparams.get("hold"):
-            Path(self.inside).touch()
-            while os.path.exists(self.hold):
-                time.sleep(0.01)
-        return super().train(model_object, minibatch, hyperparams, device)
 
 
 def _engine(data: dict[str, str], spec: MinibatchSpec) -> LocalEngine:

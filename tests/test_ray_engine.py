@@ -29,7 +29,7 @@ import pytest
 
 from cerebro import Experiment
 from cerebro.partitions import partition_path
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import GatedSpec, ToyETL, ToySpec, write_toy_csvs
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -289,6 +289,55 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.Mon
     assert time.perf_counter() - t0 < 120
 
 
+@pytest.mark.timeout(180)  # the old, blocking restart hangs on the gate
+def test_lost_actor_is_reported_at_once_and_replaced_in_the_background(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    from cerebro.engine import HopDone, WorkerLost
+    from cerebro.engine.ray import RayEngine
+    from cerebro.worker import HopTask
+
+    exp = Experiment(dict(data["params"], output_dir=str(tmp_path / "x")), workers=2)
+    owned = [{"train": [0]}, {"train": [1]}]
+    data_dir = str(data["root"] / "ray" / "data")
+    engine = RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
+
+    def task(p: int, **extra: Any) -> HopTask:
+        hp = {"lr": 0.05, "batch_size": 16, **extra}
+        return HopTask(f"m{p}", hp, "train", p, 0, None, None, 1, 2)
+
+    def until(want: int) -> list[Any]:
+        events: list[Any] = []
+        deadline = time.time() + 60
+        while len(events) < want and time.time() < deadline:
+            events += engine.poll(timeout=1.0)
+        return events
+
+    try:
+        old = engine.info[0]["pid"]
+        for name in ("gate", "hold"):  # the replacement's set-up and the held hop wait
+            (tmp_path / name).touch()
+        engine.submit(0, task(0, hold=True))
+        deadline = time.time() + 60
+        while not (tmp_path / "inside").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(old, signal.SIGKILL)
+        [lost] = until(1)  # reported while the replacement actor is still setting up
+        assert isinstance(lost, WorkerLost) and lost.worker == 0
+        engine.submit(0, task(0))  # queues behind the set-up
+        engine.submit(1, task(1))
+        [other] = until(1)
+        assert isinstance(other, HopDone) and other.worker == 1
+        assert engine.info[0]["pid"] == old
+        (tmp_path / "gate").unlink()
+        [done] = until(1)
+        assert isinstance(done, HopDone) and done.worker == 0
+        assert done.outcome.pid == engine.info[0]["pid"] != old
+        assert engine.restarts == [1, 0]
+    finally:
+        engine.shutdown()
+
+
 class BadETL(ToyETL):
     def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
         if row["id"] == 1005:
@@ -396,7 +445,7 @@ def test_lost_node_stops_the_fit_and_resume_completes(
 
 
 def _busy(engine: Any) -> list[tuple[int, Any]]:
-    return list(engine._running.values())
+    return [(w, task) for w, task, _ in engine._running.values()]
 
 
 def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -413,7 +462,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from cerebro import Experiment
 from cerebro.engine.ray import RayEngine, connect, ray_etl
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import GatedSpec, ToyETL, ToySpec, write_toy_csvs
 
 def listening():
     out = set()

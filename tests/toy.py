@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,31 @@ class ToySpec(MinibatchSpec):
         p = torch.softmax(model_object["model"](x), 1)
         conf, cls = p.max(1)
         return cls.tolist(), conf.tolist()
+
+
+class GatedSpec(ToySpec):
+    """Worker set-up waits while the file ``gate`` exists; a model with ``hold`` in its
+    hyperparameters waits in ``train`` while ``hold`` exists (after touching ``inside``).
+    Files, not timing, decide the order of events in the test below."""
+
+    def __init__(self, folder: Path) -> None:
+        self.gate, self.hold, self.inside = (str(folder / n) for n in ("gate", "hold", "inside"))
+        self.fail = str(folder / "fail")
+
+    def initialize_worker(self) -> None:
+        if os.path.exists(self.fail):
+            raise RuntimeError("no licence server")
+        while os.path.exists(self.gate):
+            time.sleep(0.01)
+
+    def train(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, float]:
+        if hyperparams.get("hold"):
+            Path(self.inside).touch()
+            while os.path.exists(self.hold):
+                time.sleep(0.01)
+        return super().train(model_object, minibatch, hyperparams, device)
 
 
 def worker_pids() -> list[int]:

@@ -116,7 +116,8 @@ class RayEngine:
         self.restarts = [0] * self.workers
         self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
         self.pid_node: dict[int, str] = {}  # every actor pid this engine used -> its node id
-        self._running: dict[Any, tuple[int, HopTask]] = {}  # ObjectRef -> (slot, task)
+        self._running: dict[Any, tuple[int, HopTask, Any]] = {}  # ref -> (slot, task, actor)
+        self._setting_up: dict[Any, tuple[int, Any, float]] = {}  # ref -> (slot, actor, by)
         self._early: list[EngineEvent] = []
         self._actors: list[Any] = []
         nodes, roots = _placement(ray, Path(data_dir), owned)
@@ -142,6 +143,11 @@ class RayEngine:
                     self._restart(w, _first_line(e))
                     continue
                 self._finish_setup(w, result)
+            while self._setting_up:  # replacements for actors that died while starting
+                ref, (w, _, by) = next(iter(self._setting_up.items()))
+                if not ray.wait([ref], timeout=max(0.0, by - time.monotonic()))[0]:
+                    raise self._not_started(w)
+                self._collect_setups([ref])
         except BaseException:
             self.shutdown()
             raise
@@ -152,12 +158,15 @@ class RayEngine:
         try:
             return ray.get(ref, timeout=self._timeout)
         except ray.exceptions.GetTimeoutError as e:
-            s = self.slots[w]
-            raise WorkerError(
-                f"worker {w}'s actor did not start on node {s['node_id']} ({s['ip']}) within "
-                f"{self._timeout:.0f} s; does that node have the resources it asks for "
-                f"({s['options']})? Check `ray status`, or pass resources_per_worker."
-            ) from e
+            raise self._not_started(w) from e
+
+    def _not_started(self, w: int) -> WorkerError:
+        s = self.slots[w]
+        return WorkerError(
+            f"worker {w}'s actor did not start on node {s['node_id']} ({s['ip']}) within "
+            f"{self._timeout:.0f} s; does that node have the resources it asks for "
+            f"({s['options']})? Check `ray status`, or pass resources_per_worker."
+        )
 
     def _finish_setup(self, w: int, result: Any) -> None:
         if isinstance(result, UserFailure):
@@ -171,28 +180,46 @@ class RayEngine:
         self.pid_node[result["pid"]] = result["node_id"]
 
     def _restart(self, w: int, reason: str) -> None:
-        """Replace slot ``w``'s actor with a fresh one on the same node."""
+        """Replace slot ``w``'s actor with a fresh one on the same node and start its set-up.
+
+        Returns at once: the set-up (process start, imports, the spec's hooks, the
+        partitions) runs while the other slots' hops go on, and :meth:`poll` collects it.
+        A hop submitted meanwhile queues behind it (an actor runs one caller's calls in
+        order).
+        """
         ray = self._ray
-        while True:
-            self.restarts[w] += 1
-            if self.restarts[w] > self._max_restarts:
-                raise WorkerError(
-                    f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping "
-                    "rather than looping. Check the node's memory and the spec's native code; "
-                    "resume with `cerebro resume DIR` once fixed."
-                )
-            kill(ray, self._actors[w])
-            node = self.slots[w]["node_id"]
-            if not any(n["NodeID"] == node and n.get("Alive") for n in ray.nodes()):
-                raise WorkerError(node_gone(node, f"it left the cluster ({reason})"))
-            self._actors[w] = spawn(ray, self.slots[w])
+        self.restarts[w] += 1
+        if self.restarts[w] > self._max_restarts:
+            raise WorkerError(
+                f"worker {w} died {self.restarts[w]} times (last: {reason}); stopping "
+                "rather than looping. Check the node's memory and the spec's native code; "
+                "resume with `cerebro resume DIR` once fixed."
+            )
+        kill(ray, self._actors[w])
+        node = self.slots[w]["node_id"]
+        if not any(n["NodeID"] == node and n.get("Alive") for n in ray.nodes()):
+            raise WorkerError(node_gone(node, f"it left the cluster ({reason})"))
+        actor = self._actors[w] = spawn(ray, self.slots[w])
+        ref = actor.setup.remote(*self._setup_args[w])
+        self._setting_up[ref] = (w, actor, time.monotonic() + self._timeout)
+
+    def _collect_setups(self, ready: list[Any]) -> None:
+        """Finish the set-ups among ``ready`` (blocking until each answers).
+
+        Raises:
+            UserCodeError: the spec's set-up hook failed.
+            WorkerError: a slot died too often, or its node left.
+        """
+        ray = self._ray
+        for ref in ready:
+            w, actor, _ = self._setting_up.pop(ref)
             try:
-                result = self._get(self._actors[w].setup.remote(*self._setup_args[w]), w)
+                result = ray.get(ref)
             except ray.exceptions.RayActorError as e:
-                reason = f"died while starting: {e}"
+                if actor is self._actors[w]:
+                    self._restart(w, f"died while starting: {_first_line(e)}")
                 continue
             self._finish_setup(w, result)
-            return
 
     def submit(self, worker: int, task: HopTask) -> None:
         """Start ``task`` on ``worker``, which must be idle."""
@@ -204,36 +231,57 @@ class RayEngine:
             )
             self._early.append(HopFailed(worker, task, failure))
             return
-        ref = self._actors[worker].hop.remote(task, state)
-        self._running[ref] = (worker, task)
+        actor = self._actors[worker]
+        ref = actor.hop.remote(task, state)
+        self._running[ref] = (worker, task, actor)
 
     def poll(self, timeout: float | None = None) -> list[EngineEvent]:
-        """Wait up to ``timeout`` seconds for hops to end; return what happened."""
+        """Wait up to ``timeout`` seconds for hops to end; return what happened.
+
+        A replaced actor finishing its set-up also ends the wait (with no event).
+
+        Raises:
+            WorkerError: a replacement actor did not start within ``start_timeout``.
+        """
         ray = self._ray
         events, self._early = self._early, []
-        if not self._running:
+        now = time.monotonic()
+        for w, _, by in self._setting_up.values():
+            if now > by:
+                raise self._not_started(w)
+        if not self._running and not self._setting_up:
             return events
-        refs = list(self._running)
-        ready, rest = ray.wait(refs, num_returns=1, timeout=0 if events else timeout)
+        wait_s = timeout
+        if events:
+            wait_s = 0
+        elif self._setting_up:  # wake up in time to report a replacement that never starts
+            soonest = max(0.0, min(by for _, _, by in self._setting_up.values()) - now)
+            wait_s = soonest if wait_s is None else min(wait_s, soonest)
+        refs = list(self._setting_up) + list(self._running)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=wait_s)
         if ready and rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        self._collect_setups([r for r in ready if r in self._setting_up])
         for ref in ready:
-            w, task = self._running.pop(ref)
-            events.append(self._event(ref, w, task))
+            if ref in self._running:
+                w, task, actor = self._running.pop(ref)
+                events.append(self._event(ref, w, task, actor))
         return events
 
-    def _event(self, ref: Any, w: int, task: HopTask) -> EngineEvent:
+    def _event(self, ref: Any, w: int, task: HopTask, actor: Any) -> EngineEvent:
         ray = self._ray
         try:
             result, state = ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            self._restart(w, _first_line(e))
+            if actor is self._actors[w]:  # else: already replaced (it died while starting)
+                self._restart(w, _first_line(e))
             return WorkerLost(w, task, f"Ray actor died: {_first_line(e)}")
         except ray.exceptions.RayTaskError as e:  # outside the user's hooks: a bug, unpicklable
             failure = UserFailure("cerebro worker", _first_line(e), str(e), system=True)
             return HopFailed(w, task, failure)
         except ray.exceptions.RayError as e:  # object lost with its node, and the like
-            self._restart(w, _first_line(e))
+            if actor is self._actors[w]:
+                self._restart(w, _first_line(e))
             return WorkerLost(w, task, f"Ray error: {_first_line(e)}")
         if isinstance(result, UserFailure):
             return HopFailed(w, task, result)
@@ -262,6 +310,7 @@ class RayEngine:
             kill(ray, actor)
         self._actors = []
         self._running.clear()
+        self._setting_up.clear()
 
 
 def _first_line(e: BaseException) -> str:
