@@ -338,6 +338,36 @@ def test_lost_actor_is_reported_at_once_and_replaced_in_the_background(
         engine.shutdown()
 
 
+@pytest.mark.timeout(180)
+def test_replacement_actor_that_never_starts_is_an_error(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    from cerebro import WorkerError
+    from cerebro.engine import WorkerLost
+    from cerebro.engine.ray import RayEngine
+    from cerebro.worker import HopTask
+
+    exp = Experiment(dict(data["params"], output_dir=str(tmp_path / "x")), workers=2)
+    owned = [{"train": [0]}, {"train": [1]}]
+    data_dir = str(data["root"] / "ray" / "data")
+    engine = RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
+    try:
+        engine._timeout = 3.0  # for the replacement only (the first start took longer)
+        (tmp_path / "gate").touch()  # the replacement's set-up never finishes
+        pid = engine.info[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        hp = {"lr": 0.05, "batch_size": 16}
+        engine.submit(1, HopTask("m1", hp, "train", 1, 0, None, None, 1, 2))
+        events: list[Any] = []
+        with pytest.raises(WorkerError, match="worker 1's actor did not start .* within 3 s"):
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                events += engine.poll(timeout=1.0)
+        assert [type(e) for e in events] == [WorkerLost]
+    finally:
+        engine.shutdown()
+
+
 class BadETL(ToyETL):
     def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
         if row["id"] == 1005:
