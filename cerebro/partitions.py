@@ -302,9 +302,9 @@ class Partition:
 def _packer(structure: Any) -> Callable[[list[Any]], Any]:
     """``unflatten`` for one structure, with the common ``(input, label)`` tuple made cheap
     (it runs once per minibatch)."""
-    children = structure.get("c", [])
-    if structure["t"] == "tuple" and [c.get("i") for c in children] == list(range(len(children))):
-        return tuple
+    if structure is not None and structure["t"] == "tuple":  # None: an empty partition
+        if [c.get("i") for c in structure["c"]] == list(range(len(structure["c"]))):
+            return tuple
     return functools.partial(unflatten, structure)
 
 

@@ -224,7 +224,7 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> torch.Tensor:
 def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
     """Minibatch row indices: a seeded permutation for training, in order otherwise."""
     n = len(part)
-    if shuffle_seed is None:
+    if shuffle_seed is None or n == 0:
         return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
     order = torch.from_numpy(np.random.default_rng(shuffle_seed).permutation(n))
     return list(torch.split(order, bs))  # views of one tensor: no conversion per minibatch

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from cerebro.partitions import Partition, StructureError, write_partition
+from cerebro.partitions import Partition, PartitionWriter, StructureError, write_partition
+from cerebro.worker import HopTask, run_hop, setup_worker
+from toy import ToySpec
 
 
 def _mapped_file(address: int) -> str:
@@ -88,3 +91,24 @@ def test_partial_partition_never_appears(tmp_path: Path) -> None:
     with pytest.raises(StructureError):
         write_partition(tmp_path / "part-00000", rows, 2)
     assert not (tmp_path / "part-00000").exists()
+
+
+class CountingSpec(ToySpec):
+    calls = 0
+
+    def train(self, *args: Any) -> dict[str, float]:
+        CountingSpec.calls += 1
+        return super().train(*args)
+
+
+def test_empty_partition_loads_and_a_hop_on_it_runs_no_minibatch(tmp_path: Path) -> None:
+    # More partitions than rows leaves some empty; a hop on one must not call the user's code.
+    PartitionWriter(tmp_path / "train" / "part-00000", 0).close()
+    p = Partition(tmp_path / "train" / "part-00000")
+    assert len(p) == 0 and p.nbytes() == 0
+    state: dict[str, Any] = {}
+    info = setup_worker(state, CountingSpec(), str(tmp_path), {"train": [0]}, "", 1, "cpu")
+    assert isinstance(info, dict)
+    hp = {"lr": 0.1, "batch_size": 4}
+    out = run_hop(state, HopTask("m0", hp, "train", 0, 0, None, None, 1, 2))
+    assert getattr(out, "rows", None) == 0 and out.metrics == {} and CountingSpec.calls == 0
