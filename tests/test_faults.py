@@ -18,8 +18,16 @@ import pytest
 from cerebro import CerebroError, Experiment, MinibatchSpec, UserCodeError, WorkerError
 from cerebro.engine import HopDone, WorkerLost
 from cerebro.engine.local import LocalEngine
-from cerebro.worker import HopTask
-from toy import GatedSpec, ToyETL, ToySpec, worker_pids, write_toy_csvs
+from toy import (
+    GatedSpec,
+    ToyETL,
+    ToySpec,
+    hop_task,
+    poll_until,
+    wait_for,
+    worker_pids,
+    write_toy_csvs,
+)
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
 
@@ -98,19 +106,6 @@ def _engine(data: dict[str, str], spec: MinibatchSpec) -> LocalEngine:
     )
 
 
-def _task(partition: int, **extra: Any) -> HopTask:
-    hp = {"lr": 0.05, "batch_size": 16, **extra}
-    return HopTask(f"m{partition}", hp, "train", partition, 0, None, None, 1, 2)
-
-
-def _until(engine: LocalEngine, want: int) -> list[Any]:
-    events: list[Any] = []
-    deadline = time.time() + 60
-    while len(events) < want and time.time() < deadline:
-        events += engine.poll(timeout=1.0)
-    return events
-
-
 @pytest.mark.timeout(120)  # the old, blocking restart hangs on the gate
 def test_lost_worker_is_reported_at_once_and_replaced_in_the_background(
     data: dict[str, str], tmp_path: Path
@@ -121,24 +116,22 @@ def test_lost_worker_is_reported_at_once_and_replaced_in_the_background(
         old = engine.pids()[0]
         for name in ("gate", "hold"):  # the replacement's set-up and the held hop wait
             (tmp_path / name).touch()
-        engine.submit(0, _task(0, hold=True))
-        deadline = time.time() + 60
-        while not (tmp_path / "inside").exists() and time.time() < deadline:
-            time.sleep(0.01)
+        engine.submit(0, hop_task(0, hold=True))
+        wait_for(tmp_path / "inside")
         os.kill(old, signal.SIGKILL)
         # The loss is reported while the replacement is still setting up...
-        [lost] = _until(engine, 1)
+        [lost] = poll_until(engine, 1)
         assert isinstance(lost, WorkerLost) and lost.worker == 0
         new = engine.pids()[0]
         assert new != old and engine.info[0]["pid"] == old  # set-up not done yet
         # ...the slot takes its hop back at once, and the other worker's hops go on.
-        engine.submit(0, _task(0))
-        engine.submit(1, _task(1))
-        [other] = _until(engine, 1)
+        engine.submit(0, hop_task(0))
+        engine.submit(1, hop_task(1))
+        [other] = poll_until(engine, 1)
         assert isinstance(other, HopDone) and other.worker == 1
         assert engine.info[0]["pid"] == old
         (tmp_path / "gate").unlink()  # now the replacement finishes starting and runs it
-        [done] = _until(engine, 1)
+        [done] = poll_until(engine, 1)
         assert isinstance(done, HopDone) and done.worker == 0
         assert done.outcome.pid == new == engine.info[0]["pid"]
         assert engine.restarts == [1, 0]
@@ -155,17 +148,15 @@ def test_replacement_whose_set_up_fails_stops_with_the_hook_named(
     engine = _engine(data, spec)
     try:
         (tmp_path / "hold").touch()
-        engine.submit(0, _task(0, hold=True))
-        deadline = time.time() + 60
-        while not (tmp_path / "inside").exists() and time.time() < deadline:
-            time.sleep(0.01)
+        engine.submit(0, hop_task(0, hold=True))
+        wait_for(tmp_path / "inside")
         (tmp_path / "fail").touch()  # the replacement's initialize_worker raises
         os.kill(engine.pids()[0], signal.SIGKILL)
-        [lost] = _until(engine, 1)
+        [lost] = poll_until(engine, 1)
         assert isinstance(lost, WorkerLost)
-        engine.submit(0, _task(0))
+        engine.submit(0, hop_task(0))
         with pytest.raises(UserCodeError, match="no licence server") as info:
-            _until(engine, 1)
+            poll_until(engine, 1)
         assert "GatedSpec.initialize_worker" in str(info.value)
         assert "worker 0 set-up" in str(info.value)
     finally:

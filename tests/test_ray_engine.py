@@ -29,7 +29,7 @@ import pytest
 
 from cerebro import Experiment
 from cerebro.partitions import partition_path
-from toy import GatedSpec, ToyETL, ToySpec, write_toy_csvs
+from toy import GatedSpec, ToyETL, ToySpec, hop_task, poll_until, wait_for, write_toy_csvs
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -289,48 +289,39 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.Mon
     assert time.perf_counter() - t0 < 120
 
 
+def _gated_engine(data: dict[str, Any], tmp_path: Path) -> Any:
+    """A RayEngine over the Ray ETL's data with a :class:`GatedSpec` gated by ``tmp_path``."""
+    from cerebro.engine.ray import RayEngine
+
+    exp = Experiment(dict(data["params"], output_dir=str(tmp_path / "x")), workers=2)
+    owned = [{"train": [0]}, {"train": [1]}]
+    data_dir = str(data["root"] / "ray" / "data")
+    return RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
+
+
 @pytest.mark.timeout(180)  # the old, blocking restart hangs on the gate
 def test_lost_actor_is_reported_at_once_and_replaced_in_the_background(
     data: dict[str, Any], tmp_path: Path
 ) -> None:
     from cerebro.engine import HopDone, WorkerLost
-    from cerebro.engine.ray import RayEngine
-    from cerebro.worker import HopTask
 
-    exp = Experiment(dict(data["params"], output_dir=str(tmp_path / "x")), workers=2)
-    owned = [{"train": [0]}, {"train": [1]}]
-    data_dir = str(data["root"] / "ray" / "data")
-    engine = RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
-
-    def task(p: int, **extra: Any) -> HopTask:
-        hp = {"lr": 0.05, "batch_size": 16, **extra}
-        return HopTask(f"m{p}", hp, "train", p, 0, None, None, 1, 2)
-
-    def until(want: int) -> list[Any]:
-        events: list[Any] = []
-        deadline = time.time() + 60
-        while len(events) < want and time.time() < deadline:
-            events += engine.poll(timeout=1.0)
-        return events
-
+    engine = _gated_engine(data, tmp_path)
     try:
         old = engine.info[0]["pid"]
         for name in ("gate", "hold"):  # the replacement's set-up and the held hop wait
             (tmp_path / name).touch()
-        engine.submit(0, task(0, hold=True))
-        deadline = time.time() + 60
-        while not (tmp_path / "inside").exists() and time.time() < deadline:
-            time.sleep(0.01)
+        engine.submit(0, hop_task(0, hold=True))
+        wait_for(tmp_path / "inside")
         os.kill(old, signal.SIGKILL)
-        [lost] = until(1)  # reported while the replacement actor is still setting up
+        [lost] = poll_until(engine, 1)  # reported while the replacement is still setting up
         assert isinstance(lost, WorkerLost) and lost.worker == 0
-        engine.submit(0, task(0))  # queues behind the set-up
-        engine.submit(1, task(1))
-        [other] = until(1)
+        engine.submit(0, hop_task(0))  # queues behind the set-up
+        engine.submit(1, hop_task(1))
+        [other] = poll_until(engine, 1)
         assert isinstance(other, HopDone) and other.worker == 1
         assert engine.info[0]["pid"] == old
         (tmp_path / "gate").unlink()
-        [done] = until(1)
+        [done] = poll_until(engine, 1)
         assert isinstance(done, HopDone) and done.worker == 0
         assert done.outcome.pid == engine.info[0]["pid"] != old
         assert engine.restarts == [1, 0]
@@ -344,20 +335,14 @@ def test_replacement_actor_that_never_starts_is_an_error(
 ) -> None:
     from cerebro import WorkerError
     from cerebro.engine import WorkerLost
-    from cerebro.engine.ray import RayEngine
-    from cerebro.worker import HopTask
 
-    exp = Experiment(dict(data["params"], output_dir=str(tmp_path / "x")), workers=2)
-    owned = [{"train": [0]}, {"train": [1]}]
-    data_dir = str(data["root"] / "ray" / "data")
-    engine = RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
+    engine = _gated_engine(data, tmp_path)
     try:
         engine._timeout = 3.0  # for the replacement only (the first start took longer)
         (tmp_path / "gate").touch()  # the replacement's set-up never finishes
         pid = engine.info[1]["pid"]
         os.kill(pid, signal.SIGKILL)
-        hp = {"lr": 0.05, "batch_size": 16}
-        engine.submit(1, HopTask("m1", hp, "train", 1, 0, None, None, 1, 2))
+        engine.submit(1, hop_task(1))
         events: list[Any] = []
         with pytest.raises(WorkerError, match="worker 1's actor did not start .* within 3 s"):
             deadline = time.time() + 60
@@ -492,7 +477,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from cerebro import Experiment
 from cerebro.engine.ray import RayEngine, connect, ray_etl
-from toy import GatedSpec, ToyETL, ToySpec, write_toy_csvs
+from toy import ToyETL, ToySpec, write_toy_csvs
 
 def listening():
     out = set()

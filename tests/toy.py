@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from cerebro import ETLSpec, MinibatchSpec
+from cerebro.worker import HopTask
 
 FEATURES = 6
 
@@ -125,6 +126,28 @@ class GatedSpec(ToySpec):
             while os.path.exists(self.hold):
                 time.sleep(0.01)
         return super().train(model_object, minibatch, hyperparams, device)
+
+
+def hop_task(partition: int, **extra: Any) -> HopTask:
+    """A train hop of a fresh model ``m<partition>`` on that partition, saving nothing."""
+    hp = {"lr": 0.05, "batch_size": 16, **extra}
+    return HopTask(f"m{partition}", hp, "train", partition, 0, None, None, 1, 2)
+
+
+def poll_until(engine: Any, want: int, within: float = 60) -> list[Any]:
+    """Poll an engine until ``want`` events came (or ``within`` seconds passed)."""
+    events: list[Any] = []
+    deadline = time.time() + within
+    while len(events) < want and time.time() < deadline:
+        events += engine.poll(timeout=1.0)
+    return events
+
+
+def wait_for(path: Path, within: float = 60) -> None:
+    """Wait until ``path`` exists, e.g. a held hop's ``GatedSpec.inside`` file."""
+    deadline = time.time() + within
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def worker_pids() -> list[int]:
