@@ -106,7 +106,7 @@ class ToySpec(MinibatchSpec):
 class GatedSpec(ToySpec):
     """Worker set-up waits while the file ``gate`` exists; a model with ``hold`` in its
     hyperparameters waits in ``train`` while ``hold`` exists (after touching ``inside``).
-    Files, not timing, decide the order of events in the test below."""
+    Files, not timing, decide the order of events in the worker-restart tests."""
 
     def __init__(self, folder: Path) -> None:
         self.gate, self.hold, self.inside = (str(folder / n) for n in ("gate", "hold", "inside"))
