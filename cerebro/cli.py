@@ -56,12 +56,13 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
     exp = Experiment(
         params, workers=workers, engine=args.engine, address=args.address, verbose=not args.quiet
     )
-    exp.run_etl(module.etl_spec, fraction=getattr(module, "fraction", 1.0), seed=seed)
-    result = exp.run_fit(
+    result = exp.run(
+        module.etl_spec,
         module.minibatch_spec,
         module.param_grid,
         num_epochs=args.epochs or module.num_epochs,
         seed=seed,
+        fraction=getattr(module, "fraction", 1.0),
         policy=args.policy,
         objective=getattr(module, "objective", None),
         mode=getattr(module, "mode", "min"),

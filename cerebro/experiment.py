@@ -30,7 +30,7 @@ from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
 from cerebro.errors import CerebroError, ParamsError, SpecError
-from cerebro.params import Params, expand_grid, validate_params
+from cerebro.params import ModelConfig, Params, expand_grid, validate_params
 from cerebro.result import FitResult
 from cerebro.scheduler import POLICIES
 from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
@@ -58,6 +58,38 @@ def _picklable(spec: object) -> None:
             f"{e}. Keep only picklable attributes on the spec (open files, locks, sockets and "
             "loaded data sets belong in initialize_worker or read_misc)."
         ) from e
+
+
+def _fit_settings(
+    spec: MinibatchSpec,
+    param_grid: Mapping[str, Sequence[Any]],
+    num_epochs: int,
+    seed: int,
+    policy: str,
+    on_error: str,
+    objective: str | None,
+    mode: str,
+) -> tuple[list[ModelConfig], dict[str, Any]]:
+    """Check ``run_fit``'s arguments before any work: the grid's configs and the settings."""
+    check_spec(spec, MinibatchSpec)
+    _picklable(spec)
+    num_epochs = _positive_int("num_epochs", num_epochs)
+    if policy not in POLICIES:
+        raise ParamsError(f"policy must be one of {POLICIES}, got {policy!r}.")
+    if on_error not in _ON_ERROR:
+        raise ParamsError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}.")
+    if mode not in ("min", "max"):
+        raise ParamsError(f"mode must be 'min' or 'max', got {mode!r}.")
+    configs = expand_grid(param_grid)
+    settings: dict[str, Any] = {
+        "num_epochs": num_epochs,
+        "seed": seed,
+        "policy": policy,
+        "on_error": on_error,
+        "objective": objective,
+        "mode": mode,
+    }
+    return configs, settings
 
 
 class Experiment:
@@ -203,7 +235,11 @@ class Experiment:
         exp = cls.from_dir(run_dir, verbose=verbose)
         session = load_experiment(exp.output_dir) or {}
         if "fit" not in session:
-            raise CerebroError(f"{run_dir} holds no fit to resume; call run_fit there first.")
+            raise CerebroError(
+                f"{run_dir} holds no fit to resume: run_fit was never called there. Run the "
+                "script that called run_etl and run_fit again (the finished ETL is reused), "
+                "or start with Experiment.run, which records both steps before either starts."
+            )
         if "etl" in session and exp.params.etl_dir is None:
             exp.run_etl(exp.saved_spec("etl"), **session["etl"])
         return exp.run_fit(exp.saved_spec("fit"), **session["fit"])
@@ -292,13 +328,10 @@ class Experiment:
                     f"({etl.MANIFEST} missing); run run_etl without etl_dir."
                 )
             return manifest
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-        parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
+        settings = self._etl_settings(fraction, seed, partitions)
+        parts = settings["partitions"]
         with self._locked():
-            self._remember(
-                "etl", {"fraction": fraction, "seed": seed, "partitions": parts}, etl_spec
-            )
+            self._remember("etl", settings, etl_spec)
             if self.engine == "ray":
                 from cerebro.engine.ray import ray_etl
 
@@ -331,6 +364,22 @@ class Experiment:
                 pool=pool,
             )
 
+    def _etl_settings(self, fraction: Any, seed: int, partitions: int | None) -> dict[str, Any]:
+        """Check ``run_etl``'s arguments before any work."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
+        parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
+        return {"fraction": fraction, "seed": seed, "partitions": parts}
+
+    def _remember_fit(
+        self,
+        spec: MinibatchSpec,
+        param_grid: Mapping[str, Sequence[Any]],
+        settings: dict[str, Any],
+    ) -> None:
+        grid = {k: list(v) for k, v in param_grid.items()}
+        self._remember("fit", {"param_grid": grid, **settings}, spec)
+
     def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
         save_experiment(
             self.output_dir,
@@ -347,6 +396,50 @@ class Experiment:
             section,
             spec,
         )
+
+    def run(
+        self,
+        etl_spec: ETLSpec,
+        spec: MinibatchSpec,
+        param_grid: Mapping[str, Sequence[Any]],
+        num_epochs: int,
+        seed: int = 1,
+        *,
+        fraction: float = 1.0,
+        partitions: int | None = None,
+        policy: str = "fixed",
+        on_error: str = "continue",
+        objective: str | None = None,
+        mode: str = "min",
+        overwrite: bool = False,
+    ) -> FitResult:
+        """ETL, then the fit: :meth:`run_etl` and :meth:`run_fit` with one seed.
+
+        Both steps are recorded in the run directory before either starts, so that
+        :meth:`resume` (or ``cerebro resume DIR``) continues a run killed at any moment,
+        in the ETL included. The arguments are those of the two steps.
+        """
+        check_spec(etl_spec, ETLSpec)
+        _picklable(etl_spec)
+        _, fit = _fit_settings(
+            spec, param_grid, num_epochs, seed, policy, on_error, objective, mode
+        )
+        with self._locked():
+            if self.params.etl_dir is None:
+                self._remember("etl", self._etl_settings(fraction, seed, partitions), etl_spec)
+            self._remember_fit(spec, param_grid, fit)
+            self.run_etl(etl_spec, fraction, seed, partitions=partitions)
+            return self.run_fit(
+                spec,
+                param_grid,
+                num_epochs,
+                seed,
+                policy=policy,
+                on_error=on_error,
+                objective=objective,
+                mode=mode,
+                overwrite=overwrite,
+            )
 
     def run_fit(
         self,
@@ -378,16 +471,9 @@ class Experiment:
             objective, mode: how :attr:`FitResult.best` ranks models.
             overwrite: discard an earlier, different fit in this run directory.
         """
-        check_spec(spec, MinibatchSpec)
-        _picklable(spec)
-        num_epochs = _positive_int("num_epochs", num_epochs)
-        if policy not in POLICIES:
-            raise ParamsError(f"policy must be one of {POLICIES}, got {policy!r}.")
-        if on_error not in _ON_ERROR:
-            raise ParamsError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}.")
-        if mode not in ("min", "max"):
-            raise ParamsError(f"mode must be 'min' or 'max', got {mode!r}.")
-        configs = expand_grid(param_grid)
+        configs, settings = _fit_settings(
+            spec, param_grid, num_epochs, seed, policy, on_error, objective, mode
+        )
         manifest = etl.load_manifest(self.data_dir)
         if manifest is None or "train" not in manifest["splits"]:
             raise ParamsError(
@@ -404,7 +490,7 @@ class Experiment:
         signature = json.dumps(
             {
                 "grid": {k: list(v) for k, v in param_grid.items()},
-                "num_epochs": num_epochs,
+                "num_epochs": settings["num_epochs"],
                 "seed": seed,
                 "policy": policy,
                 "spec": type(spec).__qualname__,
@@ -413,17 +499,8 @@ class Experiment:
             },
             sort_keys=True,
         )
-        settings = {
-            "num_epochs": num_epochs,
-            "seed": seed,
-            "policy": policy,
-            "on_error": on_error,
-            "objective": objective,
-            "mode": mode,
-        }
         with self._locked():
-            grid = {k: list(v) for k, v in param_grid.items()}
-            self._remember("fit", {"param_grid": grid, **settings}, spec)
+            self._remember_fit(spec, param_grid, settings)
             catalog = Catalog(self.catalog_path)
             try:
                 fit_id = self._fit_id(catalog, signature, configs, overwrite)

@@ -473,6 +473,18 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         "3 workers but the data has 2 partitions",
     ),
     (
+        "run with an unknown policy",
+        lambda c: c.exp().run(ToyETL(), ToySpec(), GRID, 1, policy="fast"),
+        ParamsError,
+        "policy must be one of .*got 'fast'",
+    ),
+    (
+        "run with fraction as text",
+        lambda c: c.exp().run(ToyETL(), ToySpec(), GRID, 1, fraction="half"),
+        TypeError,
+        "fraction must be a number",
+    ),
+    (
         "fit before ETL",
         lambda c: c.exp().run_fit(ToySpec(), GRID, 1),
         ParamsError,
@@ -565,6 +577,16 @@ def test_bad_input(
 ) -> None:
     with pytest.raises(exc, match=match):
         act(ctx)
+
+
+def test_run_checks_both_steps_before_it_records_or_starts_either(tmp_path: Path) -> None:
+    params = write_toy_csvs(tmp_path / "csv")
+    params["output_dir"] = str(tmp_path / "run")
+    exp = Experiment(params, workers=2, verbose=False)
+    with pytest.raises(ParamsError, match="mode must be"):
+        exp.run(ToyETL(), ToySpec(), GRID, 1, mode="maximize")
+    assert not (tmp_path / "run" / "experiment.json").exists()
+    assert not (tmp_path / "run" / "data").exists()
 
 
 DISK_FULL = """

@@ -12,9 +12,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from cerebro import Experiment
+from cerebro.errors import CerebroError
 from toy import ToyETL, ToySpec
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
@@ -23,6 +25,7 @@ DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from cerebro import Experiment
+from cerebro.errors import CerebroError
 from test_resume import SlowSpec, GRID
 exp = Experiment({params!r}, workers=2, verbose=False)
 exp.run_fit(SlowSpec(), GRID, num_epochs=2, seed=3)
@@ -203,3 +206,50 @@ def test_driver_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
     a = result.history.sort_values(key).reset_index(drop=True)
     b = clean.history.sort_values(key).reset_index(drop=True)
     assert a.equals(b)
+
+
+def test_run_killed_in_the_etl_resumes_with_cerebro_resume(tmp_path: Path) -> None:
+    # the ETL waits for a gate file, so the kill lands in it every time
+    gated = EXPERIMENT.replace(
+        "        time.sleep(0.002)\n",
+        "        while not (root / 'gate').exists():\n            time.sleep(0.01)\n",
+    )
+    assert gated != EXPERIMENT
+    (tmp_path / "exp.py").write_text(gated)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cerebro.cli", "run", str(tmp_path / "exp.py"), "-q"],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    session = tmp_path / "run" / "experiment.json"
+    deadline = time.time() + 60
+    while not (session.exists() and "etl" in session.read_text()) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before its ETL could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the ETL, blocked on the gate
+    assert proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "data" / "manifest.json").exists()
+
+    (tmp_path / "data" / "gate").touch()
+    r = subprocess.run(
+        [sys.executable, "-m", "cerebro.cli", "resume", str(tmp_path / "run"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(" done") == 3  # the results table: three models, all done
+
+
+def test_resume_where_only_the_etl_ran_says_how_to_go_on(
+    toy_params: dict[str, str],
+) -> None:
+    exp = Experiment(toy_params, workers=2, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    exp.close()
+    with pytest.raises(CerebroError, match="run_fit was never called there.*Experiment.run"):
+        Experiment.resume(toy_params["output_dir"], verbose=False)
