@@ -10,7 +10,9 @@ to the compute it wraps:
   ``torch.manual_seed``, ``create_model_components``, ``load_state_dict``;
 * saving it (``worker._save``'s parts): ``torch.save`` to a temp name + ``os.replace``,
   on the disk the run directory is on and, for comparison, on tmpfs (``/dev/shm``);
-* one minibatch cut from a memory-mapped partition (``Partition.batch``);
+* one minibatch cut from a memory-mapped partition (``Partition.batch``), and a train
+  hop's minibatches cut between train steps, one by one and gathered together
+  (``Partition.batches``);
 * the controller-worker round trip of an empty call (``engine._process.Child``), the
   floor of the gap between two hops;
 * starting a worker process to the end of ``setup_worker`` (imports, the optimizer
@@ -32,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,22 @@ def _ms(fn: Callable[[], Any], repeat: int = 100) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def _between_steps(minibatches: Callable[[], Iterator[Any]], step: Callable[[], None]) -> float:
+    """Milliseconds spent producing one hop's minibatches with a train step after each
+    (the median of three hops)."""
+    hops = []
+    for _ in range(3):
+        total, it = 0.0, minibatches()
+        while True:
+            t = time.perf_counter()
+            if next(it, None) is None:
+                break
+            total += time.perf_counter() - t
+            step()
+        hops.append(total)
+    return 1000 * statistics.median(hops)
 
 
 def _noop(state: dict[str, Any]) -> None:
@@ -134,6 +152,20 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     order = np.random.default_rng(0).permutation(len(train_part))
     out["batch_slice_ms"] = _ms(lambda: train_part.batch(order[:bs]))
     out["batch_slices_per_train_hop_ms"] = steps_t * out["batch_slice_ms"]
+    # What a hop pays: the caches are cold after each train step, so time it between steps.
+    indices = list(torch.split(torch.from_numpy(order), bs))
+
+    def step() -> None:
+        ex.train_step(comps["model"], comps["optimizer"], x, y)
+
+    out["between_steps_ms_per_train_hop"] = {
+        "one gather per minibatch (Partition.batch)": _between_steps(
+            lambda: (train_part.batch(ix) for ix in indices), step
+        ),
+        "gathered together (Partition.batches, what a hop uses)": _between_steps(
+            lambda: train_part.batches(indices), step
+        ),
+    }
 
     child = Child("probe worker")
     try:
@@ -175,6 +207,9 @@ def _print(name: str, r: dict[str, Any]) -> None:
         f"minibatch slice {r['batch_slice_ms']:.3f} ms (x steps = "
         f"{r['batch_slices_per_train_hop_ms']:.2f} ms per train hop)"
     )
+    print("one train hop's minibatches, cut between train steps (cold caches):")
+    for k, v in r["between_steps_ms_per_train_hop"].items():
+        print(f"  {k:<55} {v:7.2f} ms")
     print(f"controller <-> worker round trip of an empty call: {r['ipc_round_trip_ms']:.3f} ms")
     print(
         f"worker start to set-up done {r['worker_start_to_setup_done_s']:.2f} s; close "

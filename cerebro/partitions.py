@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 __all__ = ["Partition", "PartitionWriter", "StructureError", "flatten", "partition_path"]
 
 _FORMAT = 1
+GATHER_BYTES = 8 << 20  # the most minibatch data Partition.batches copies at once
 
 
 class StructureError(ValueError):
@@ -292,6 +294,56 @@ class Partition:
                 else:
                     out.append(_stack([leaf[i] for i in idx.tolist()]))
         return self._pack(out)
+
+    def batches(
+        self, indices: Sequence[torch.Tensor | slice], gather_bytes: int = GATHER_BYTES
+    ) -> Iterator[Any]:
+        """The minibatches ``indices``, in order, each as :meth:`batch` gives it.
+
+        Row positions of consecutive minibatches are gathered together, up to
+        ``gather_bytes`` of fixed-shape leaves at a time, and each minibatch is a view of
+        that copy: between two train steps the caches are cold, and one gather for many
+        minibatches costs a third of one per minibatch (see ``bench/hop_costs.py``).
+        Slices are views of the partition already and are never gathered.
+        """
+        row_bytes = sum(
+            math.prod(leaf.shape[1:]) * leaf.element_size()
+            for leaf in self.leaves
+            if isinstance(leaf, torch.Tensor)
+        )
+        i = 0
+        while i < len(indices):
+            j, rows = i, 0
+            while j < len(indices):
+                index = indices[j]
+                if isinstance(index, slice):
+                    break
+                n = len(index)
+                if j > i and (rows + n) * row_bytes > gather_bytes:
+                    break
+                rows += n
+                j += 1
+            if j - i < 2:
+                yield self.batch(indices[i])
+                i += 1
+                continue
+            group = [torch.as_tensor(ix, dtype=torch.int64) for ix in indices[i:j]]
+            sizes = [len(ix) for ix in group]
+            cat = torch.cat(group)
+            split = [
+                torch.split(leaf.index_select(0, cat), sizes)
+                if isinstance(leaf, torch.Tensor)
+                else None
+                for leaf in self.leaves
+            ]
+            for k, ix in enumerate(group):
+                yield self._pack(
+                    [
+                        parts[k] if parts is not None else _stack([leaf[r] for r in ix.tolist()])
+                        for parts, leaf in zip(split, self.leaves, strict=True)
+                    ]
+                )
+            i = j
 
     def row_ids(self, index: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
         if isinstance(index, torch.Tensor):

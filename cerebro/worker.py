@@ -230,6 +230,12 @@ def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
     return list(torch.split(order, bs))  # views of one tensor: no conversion per minibatch
 
 
+# How often a hop checks the metrics its minibatches returned (the first at once, so a
+# broken return value fails fast): often enough that a diverged model stops within a few
+# minibatches, rarely enough that checking costs little.
+_COLLECT_EVERY = 8
+
+
 def _size(index: Any) -> int:
     return index.stop - index.start if isinstance(index, slice) else len(index)
 
@@ -242,6 +248,7 @@ class _Run:
         self.metrics: dict[str, list[float]] = {}
         self.sizes: list[int] = []
         self.predictions: list[tuple[int, Any, float]] = []
+        self.pending: list[Any] = []  # what train/valtest returned, not yet collected
         self.user = 0.0
         self.nonfinite: str | None = None
 
@@ -257,28 +264,38 @@ class _Run:
             self.user += time.perf_counter() - u0
 
     def metrics_step(
-        self, hook: str, components: dict[str, Any], part: Partition, index: Any, prefix: str = ""
-    ) -> str | None:
-        """Run ``train``/``valtest`` on one minibatch; returns why its output is unusable."""
+        self, hook: str, components: dict[str, Any], minibatch: Any, size: int
+    ) -> None:
+        """Run ``train``/``valtest`` on one minibatch; :meth:`collect` checks its output."""
+        self.pending.append(self.call(hook, components, minibatch))
+        self.sizes.append(size)
+
+    def collect(self, hook: str, prefix: str = "") -> str | None:
+        """Record the metrics of the minibatches run since the last call, or say why one
+        is unusable. Done every few minibatches rather than after each: this code runs
+        with cold caches right after a step, and in a batch it costs a tenth as much."""
         fn_name = f"{type(self.spec).__name__}.{hook}"
-        values = _metrics_of(self.call(hook, components, part.batch(index)), fn_name, hook)
-        if isinstance(values, str):
-            return values
-        values = {prefix + k: v for k, v in values.items()}
-        if self.sizes and not prefix and set(values) != set(self.metrics):
-            return (
-                f"{fn_name} returned metrics {sorted(values)} for one minibatch and "
-                f"{sorted(self.metrics)} for an earlier one; return the same keys"
-            )
-        for k, v in values.items():
-            self.metrics.setdefault(k, []).append(v)
-            if self.nonfinite is None and not math.isfinite(v):
-                self.nonfinite = k
-        self.sizes.append(_size(index))
+        pending, self.pending = self.pending, []
+        for result in pending:
+            values = _metrics_of(result, fn_name, hook)
+            if isinstance(values, str):
+                return values
+            values = {prefix + k: v for k, v in values.items()}
+            if self.metrics and not prefix and set(values) != set(self.metrics):
+                return (
+                    f"{fn_name} returned metrics {sorted(values)} for one minibatch and "
+                    f"{sorted(self.metrics)} for an earlier one; return the same keys"
+                )
+            for k, v in values.items():
+                self.metrics.setdefault(k, []).append(v)
+                if self.nonfinite is None and not math.isfinite(v):
+                    self.nonfinite = k
         return None
 
-    def predict_step(self, components: dict[str, Any], part: Partition, index: Any) -> str | None:
-        inputs, _ = part.batch(index)
+    def predict_step(
+        self, components: dict[str, Any], part: Partition, index: Any, minibatch: Any
+    ) -> str | None:
+        inputs, _ = minibatch
         ids = part.row_ids(index)
         out = self.call("predict", components, (inputs, ids))
         fn_name = f"{type(self.spec).__name__}.predict"
@@ -358,19 +375,22 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
                     for obj in components.values():
                         if isinstance(obj, torch.nn.Module):
                             obj.eval()
-                why = run.metrics_step(
-                    probe_hook, components, part, slice(0, min(bs, len(part))), prefix=f"{split}_"
-                )
+                index = slice(0, min(bs, len(part)))
+                run.metrics_step(probe_hook, components, part.batch(index), _size(index))
+                why = run.collect(probe_hook, prefix=f"{split}_")
                 if why:
                     return UserFailure(f"{name}.{probe_hook}", why, "")
         else:
             part = parts[(task.kind, task.partition)]
             rows = len(part)
-            for index in _batches(part, bs, task.shuffle_seed if task.kind == "train" else None):
+            indices = _batches(part, bs, task.shuffle_seed if task.kind == "train" else None)
+            for k, minibatch in enumerate(part.batches(indices)):
                 if task.kind == "predict":
-                    why = run.predict_step(components, part, index)
+                    why = run.predict_step(components, part, indices[k], minibatch)
                 else:
-                    why = run.metrics_step(hook, components, part, index)
+                    run.metrics_step(hook, components, minibatch, _size(indices[k]))
+                    last = k + 1 == len(indices)
+                    why = run.collect(hook) if last or k % _COLLECT_EVERY == 0 else None
                 if why:
                     return UserFailure(f"{name}.{hook}", why, "")
                 if run.nonfinite is not None and task.kind == "train":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,94 @@ def test_empty_partition_loads_and_a_hop_on_it_runs_no_minibatch(tmp_path: Path)
     hp = {"lr": 0.1, "batch_size": 4}
     out = run_hop(state, HopTask("m0", hp, "train", 0, 0, None, None, 1, 2))
     assert getattr(out, "rows", None) == 0 and out.metrics == {} and CountingSpec.calls == 0
+
+
+def test_batches_gathered_together_equal_one_gather_each(tmp_path: Path) -> None:
+    # fixed-shape leaves are gathered several minibatches at once; ragged ones row by row
+    rows = [
+        (i, ((torch.full((3,), float(i)), torch.arange(i % 3 + 1)), torch.tensor(i)))
+        for i in range(50)
+    ]
+    write_partition(tmp_path / "p", rows, 50)
+    p = Partition(tmp_path / "p")
+    assert isinstance(p.leaves[0], torch.Tensor) and isinstance(p.leaves[1], list)
+    order = torch.from_numpy(np.random.default_rng(0).permutation(50))
+    indices: list[Any] = [*torch.split(order, 8), slice(0, 4), slice(4, 9)]
+    row = 3 * 4 + 8  # bytes of the fixed-shape leaves per row
+    for gather_bytes in (1, 8 * row, 20 * row, 1 << 20):  # one, one, two and all per gather
+        got = list(p.batches(indices, gather_bytes=gather_bytes))
+        assert len(got) == len(indices)
+        for index, ((x, r), y) in zip(indices, got, strict=True):
+            (x0, r0), y0 = p.batch(index)
+            assert torch.equal(x, x0) and torch.equal(y, y0)
+            assert [t.tolist() for t in r] == [t.tolist() for t in r0]
+
+
+def test_gathered_minibatches_share_one_copy_and_stay_apart(tmp_path: Path) -> None:
+    rows = [(i, (torch.full((2,), float(i)), torch.tensor(i))) for i in range(12)]
+    write_partition(tmp_path / "p", rows, 12)
+    p = Partition(tmp_path / "p")
+    (x1, _), (x2, _), (x3, _) = p.batches(list(torch.split(torch.arange(12).flip(0), 4)))
+    assert x1.untyped_storage().data_ptr() == x2.untyped_storage().data_ptr()  # one gather
+    x1.add_(100)  # a user's in-place change touches neither its neighbours nor the file
+    assert x2[:, 0].tolist() == [7.0, 6.0, 5.0, 4.0] and x3[:, 0].tolist() == [3, 2, 1, 0]
+    assert p.batch(slice(8, 12))[0][:, 0].tolist() == [8.0, 9.0, 10.0, 11.0]
+
+
+class LateBadSpec(ToySpec):
+    """Returns a usable metric for the first minibatches, then an unusable one."""
+
+    def __init__(self, bad_from: int, value: Any):
+        self.bad_from, self.value, self.calls = bad_from, value, 0
+
+    def train(self, *args: Any) -> dict[str, Any]:
+        self.calls += 1
+        out = super().train(*args)
+        return {**out, "loss": self.value} if self.calls > self.bad_from else out
+
+
+@pytest.mark.parametrize(
+    "bad_from, value, match",
+    [
+        (0, "x", "LateBadSpec.train returned metric 'loss' = str"),  # at once
+        (13, [1.0], "LateBadSpec.train returned metric 'loss' = list"),  # between two checks
+        (29, "x", "LateBadSpec.train returned metric 'loss' = str"),  # the last minibatch
+    ],
+)
+def test_metrics_checked_in_batches_still_fail_the_hop(
+    toy_params: dict[str, str], bad_from: int, value: Any, match: str
+) -> None:
+    from cerebro import Experiment
+    from cerebro.worker import UserFailure
+    from toy import ToyETL
+
+    exp = Experiment(toy_params, workers=1, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    exp.close()
+    part = Partition(exp.data_dir / "train" / "part-00000")
+    assert len(part) == 240  # 30 minibatches of 8 rows: checked after 1, 9, 17, 25 and 30
+    state: dict[str, Any] = {}
+    spec = LateBadSpec(bad_from, value)
+    setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
+    out = run_hop(
+        state, HopTask("m0", {"lr": 0.1, "batch_size": 8}, "train", 0, 0, None, None, 1, 2)
+    )
+    assert isinstance(out, UserFailure) and out.function == "LateBadSpec.train"
+    assert re.search(match, out.message)
+
+
+def test_a_nan_stops_a_train_hop_within_a_few_minibatches(toy_params: dict[str, str]) -> None:
+    from cerebro import Experiment
+    from toy import ToyETL
+
+    exp = Experiment(toy_params, workers=1, verbose=False)
+    exp.run_etl(ToyETL(), seed=1)
+    exp.close()
+    state: dict[str, Any] = {}
+    spec = LateBadSpec(3, float("nan"))
+    setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
+    out = run_hop(
+        state, HopTask("m0", {"lr": 0.1, "batch_size": 8}, "train", 0, 0, None, None, 1, 2)
+    )
+    assert getattr(out, "nonfinite", None) == "loss"
+    assert spec.calls == 9  # the check after the 9th minibatch saw the NaN; 21 were not run
