@@ -7,13 +7,17 @@ whole validation hop it serves. So after a hop the worker keeps the model's live
 components, keyed by the checkpoint file they are equal to (its path and the file's inode,
 size and modification time). When the model's next hop on this worker names that same file
 as its input, the components are reused; any other file (the model trained elsewhere
-since, the file was rewritten) is a miss and loads from disk as before.
+since, the file was rewritten) is a miss and loads from disk. A miss on a model the worker
+still holds loads the file into those components (``load_state_dict``, gradients cleared)
+instead of building new ones: what the user's ``create_model_components`` would have
+built is overwritten by the load anyway, and building costs about a millisecond a hop.
 
 A hit restores exactly what a load gives: the torch RNG is seeded with the model's seed and
 set to the state a load would leave, and the hooks get a fresh copy of the dict that
 ``create_model_components`` returned (keys a hook added are gone), so a run is
-bit-identical whichever hops hit. (Plain Python attributes a hook sets on a module do
-survive a hit; keep state in ``state_dict``s, which checkpoints carry anyway.) An entry
+bit-identical whichever hops hit. (Plain Python attributes a hook sets on a module, and
+buffers registered with ``persistent=False``, survive a hit or a reload into held
+components; keep state in ``state_dict``s, which checkpoints carry anyway.) An entry
 is taken out before its hop runs and put back only after the hop succeeded, so the half-
 trained components of a failed or diverged hop are never reused. The cache is bounded by
 the bytes of the tensors it holds (``CEREBRO_MODEL_CACHE_MB``, default 1024 per worker;
@@ -80,6 +84,11 @@ class ModelCache:
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # id() and size of the components a hit handed out: when the same dict comes back to
+        # put, its size is known (a state_dict of each component costs ~0.25 ms a hop). Only
+        # the id is kept, so a failed hop's components are not held on to; an id reused by a
+        # later dict of the same model would be the same model's config, of the same size.
+        self._out: dict[str, tuple[int, int]] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -87,27 +96,39 @@ class ModelCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, model_id: str, ckpt: str | None) -> tuple[dict[str, Any], torch.Tensor] | None:
-        """Remove the model's entry; return ``(components, rng)`` if it equals ``ckpt``."""
+    def take(
+        self, model_id: str, ckpt: str | None
+    ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
+        """Remove the model's entry and return ``(components, rng)``: ``rng`` is None when
+        the components are older than ``ckpt`` (load it into them). None: nothing held, or
+        no ``ckpt`` (a first hop builds fresh)."""
         entry = self._entries.pop(model_id, None)
+        self._out.pop(model_id, None)
         if entry is not None:
             self.bytes -= entry.nbytes
         if ckpt is None:
             return None
-        if entry is None or entry.path != ckpt or entry.key != _file_key(ckpt):
+        current = entry is not None and entry.path == ckpt and entry.key == _file_key(ckpt)
+        if current:
+            self.hits += 1
+        else:
             self.misses += 1
+        if entry is None:
             return None
-        self.hits += 1
-        return entry.components, entry.rng
+        self._out[model_id] = (id(entry.components), entry.nbytes)
+        return entry.components, entry.rng if current else None
 
     def put(self, model_id: str, ckpt: str, components: dict[str, Any], rng: torch.Tensor) -> None:
         """Keep ``components`` (equal to the file ``ckpt``) and the RNG state a load gives."""
         if self.budget <= 0:
             return
         key = _file_key(ckpt)
+        out = self._out.pop(model_id, None)
         if key is None:
             return
-        nbytes = state_bytes(components)
+        nbytes = (
+            out[1] if out is not None and out[0] == id(components) else state_bytes(components)
+        )
         if nbytes > self.budget:
             return
         self.take(model_id, None)

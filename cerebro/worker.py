@@ -159,22 +159,27 @@ def _build(
 ) -> dict[str, Any]:
     """The model's components with its state: kept from an earlier hop, loaded, or fresh."""
     kept = cache.take(task.model_id, task.in_ckpt) if task.kind != "probe" else None
-    if kept is not None:  # NOTE [ model cache ]: restore the RNG exactly as a load would
-        components, rng = kept
-        torch.manual_seed(task.init_seed)
+    if kept is not None and (rng := kept[1]) is not None:
+        torch.manual_seed(task.init_seed)  # NOTE [ model cache ]: the RNG exactly as a load
         torch.set_rng_state(rng)
-        return components
+        return kept[0]
     state = None
     if task.in_ckpt is not None:
         state = torch.load(task.in_ckpt, map_location="cpu", weights_only=False)
     torch.manual_seed(task.init_seed)
-    components = spec.create_model_components(dict(task.hyperparams))
-    if not isinstance(components, dict) or "optimizer" not in components:
-        got = sorted(components) if isinstance(components, dict) else type(components).__name__
-        raise _Unusable(f"must return a dict with the key 'optimizer', got {got}")
-    for obj in components.values():
-        if isinstance(obj, torch.nn.Module):
-            obj.to(device)
+    if kept is not None and state is not None and "rng" in state:
+        components = kept[0]  # NOTE [ model cache ]: held, but older than the checkpoint
+        for obj in components.values():
+            if isinstance(obj, torch.nn.Module):
+                obj.zero_grad(set_to_none=True)  # as built: no gradients
+    else:
+        components = spec.create_model_components(dict(task.hyperparams))
+        if not isinstance(components, dict) or "optimizer" not in components:
+            got = sorted(components) if isinstance(components, dict) else type(components).__name__
+            raise _Unusable(f"must return a dict with the key 'optimizer', got {got}")
+        for obj in components.values():
+            if isinstance(obj, torch.nn.Module):
+                obj.to(device)
     if state is not None:
         # A Cerebro checkpoint, or (models_dir) a plain {component: state_dict} file.
         saved = state.get("components", state)

@@ -108,15 +108,17 @@ def test_pooled_worker_killed_while_idle_is_replaced(data: dict[str, str], tmp_p
 # --- the model cache: a model that comes back to a worker is not reloaded -------------------
 
 
-def _worker_state(data: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+def _worker_state(
+    data: dict[str, str], tmp_path: Path, part: int = 0, spec: ToySpec | None = None
+) -> dict[str, Any]:
     state: dict[str, Any] = {}
     misc = tmp_path / "misc"
     misc.mkdir(exist_ok=True)
     info = setup_worker(
         state,
-        ToySpec(),
+        spec or ToySpec(),
         str(Path(data["etl_dir"])),
-        {"train": [0], "val": [0]},
+        {"train": [part], "val": [part]},
         str(misc),
         1,
         "cpu",
@@ -199,6 +201,65 @@ def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path
     assert state["models"].misses == 1 and state["models"].hits == 0
     again = run_hop(other, HopTask("m000", HP, "val", 0, 0, ckpt, None, 8, 0))
     assert isinstance(again, HopOutcome) and r.metrics == again.metrics  # both read the file
+
+
+class Accumulates(ToySpec):
+    """Steps only on some minibatches, so a hop can end with gradients pending; counts its
+    builds."""
+
+    builds = 0
+
+    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        Accumulates.builds += 1
+        return super().create_model_components(hyperparams)
+
+    def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        loss, acc = self._step(model_object, minibatch)
+        loss.backward()
+        if int(minibatch[1].sum()) % 2 == 0:
+            model_object["optimizer"].step()
+            model_object["optimizer"].zero_grad()
+        return {"loss": loss.item(), "acc": acc}
+
+
+def test_a_model_trained_elsewhere_reloads_into_the_one_held_bit_identically(
+    data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers take turns as in MOP; a miss loads the file into the components the
+    worker still holds instead of building new ones, and changes nothing."""
+
+    def fit(budget: str) -> tuple[list[Any], dict[str, Any], int, int]:
+        monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", budget)
+        Accumulates.builds = 0
+        workers = [_worker_state(data, tmp_path, p, Accumulates()) for p in (0, 1)]
+        prev, metrics = None, []
+        for epoch in range(3):
+            for p in (0, 1):
+                out = str(tmp_path / budget / f"e{epoch}p{p}.pt")
+                task = HopTask("m000", HP, "train", p, epoch, prev, out, 7, 10 * epoch + p)
+                metrics.append(run_hop(workers[p], task))
+                prev = out
+            for p in (1, 0):
+                task = HopTask("m000", HP, "val", p, epoch, prev, None, 7, 0)
+                metrics.append(run_hop(workers[p], task))
+        assert all(isinstance(m, HopOutcome) for m in metrics), metrics
+        misses = sum(w["models"].misses for w in workers)
+        return (
+            [m.metrics for m in metrics],
+            torch.load(prev, weights_only=False),
+            Accumulates.builds,
+            misses,
+        )
+
+    held, held_ckpt, held_builds, held_misses = fit("1024")
+    fresh, fresh_ckpt, fresh_builds, _ = fit("0")
+    # one build per worker: the second's first hop is a miss with nothing held, and the
+    # other five misses reload into what the worker holds; without the cache all 12 build
+    assert held_builds == 2 and held_misses == 6 and fresh_builds == 12
+    assert held == fresh  # dropout, momentum and the pending gradients included
+    for name, sd in held_ckpt["components"]["model"].items():
+        assert torch.equal(sd, fresh_ckpt["components"]["model"][name])
+    assert torch.equal(held_ckpt["rng"], fresh_ckpt["rng"])
 
 
 class FailsWhenArmed(ToySpec):
