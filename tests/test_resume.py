@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -253,3 +254,18 @@ def test_resume_where_only_the_etl_ran_says_how_to_go_on(
     exp.close()
     with pytest.raises(CerebroError, match="run_fit was never called there.*Experiment.run"):
         Experiment.resume(toy_params["output_dir"], verbose=False)
+
+
+def test_run_on_an_existing_etl_dir_records_only_the_fit(
+    toy_params: dict[str, str], tmp_path: Path
+) -> None:
+    with Experiment(toy_params, workers=2, verbose=False) as first:
+        first.run_etl(ToyETL(), seed=1)
+    params = dict(toy_params, output_dir=str(tmp_path / "reuse"), etl_dir=str(first.data_dir))
+    with Experiment(params, workers=2, verbose=False) as exp:
+        result = exp.run(ToyETL(), ToySpec(), {"lr": [0.05], "batch_size": [32]}, 1)
+    assert set(result.table["status"]) == {"done"}
+    session = json.loads((tmp_path / "reuse" / "experiment.json").read_text())
+    assert "fit" in session and "etl" not in session  # the data is someone else's
+    again = Experiment.resume(tmp_path / "reuse", verbose=False)  # finished: reads only
+    assert again.table.equals(result.table)
