@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from cerebro import Experiment
 from cerebro.partitions import Partition, PartitionWriter, StructureError, write_partition
-from cerebro.worker import HopTask, run_hop, setup_worker
-from toy import ToySpec
+from cerebro.worker import HopTask, UserFailure, run_hop, setup_worker
+from toy import ToyETL, ToySpec
 
 
 def _mapped_file(address: int) -> str:
@@ -159,6 +160,17 @@ class LateBadSpec(ToySpec):
         return {**out, "loss": self.value} if self.calls > self.bad_from else out
 
 
+def _one_train_hop(toy_params: dict[str, str], spec: LateBadSpec) -> Any:
+    """One train hop of 30 minibatches of 8 rows over the toy data's single partition."""
+    with Experiment(toy_params, workers=1, verbose=False) as exp:
+        exp.run_etl(ToyETL(), seed=1)
+    assert len(Partition(exp.data_dir / "train" / "part-00000")) == 240
+    state: dict[str, Any] = {}
+    setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
+    hp = {"lr": 0.1, "batch_size": 8}
+    return run_hop(state, HopTask("m0", hp, "train", 0, 0, None, None, 1, 2))
+
+
 @pytest.mark.parametrize(
     "bad_from, value, match",
     [
@@ -170,37 +182,14 @@ class LateBadSpec(ToySpec):
 def test_metrics_checked_in_batches_still_fail_the_hop(
     toy_params: dict[str, str], bad_from: int, value: Any, match: str
 ) -> None:
-    from cerebro import Experiment
-    from cerebro.worker import UserFailure
-    from toy import ToyETL
-
-    exp = Experiment(toy_params, workers=1, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
-    exp.close()
-    part = Partition(exp.data_dir / "train" / "part-00000")
-    assert len(part) == 240  # 30 minibatches of 8 rows: checked after 1, 9, 17, 25 and 30
-    state: dict[str, Any] = {}
-    spec = LateBadSpec(bad_from, value)
-    setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
-    out = run_hop(
-        state, HopTask("m0", {"lr": 0.1, "batch_size": 8}, "train", 0, 0, None, None, 1, 2)
-    )
+    # checked after minibatches 1, 9, 17, 25 and 30
+    out = _one_train_hop(toy_params, LateBadSpec(bad_from, value))
     assert isinstance(out, UserFailure) and out.function == "LateBadSpec.train"
     assert re.search(match, out.message)
 
 
 def test_a_nan_stops_a_train_hop_within_a_few_minibatches(toy_params: dict[str, str]) -> None:
-    from cerebro import Experiment
-    from toy import ToyETL
-
-    exp = Experiment(toy_params, workers=1, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
-    exp.close()
-    state: dict[str, Any] = {}
     spec = LateBadSpec(3, float("nan"))
-    setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
-    out = run_hop(
-        state, HopTask("m0", {"lr": 0.1, "batch_size": 8}, "train", 0, 0, None, None, 1, 2)
-    )
+    out = _one_train_hop(toy_params, spec)
     assert getattr(out, "nonfinite", None) == "loss"
     assert spec.calls == 9  # the check after the 9th minibatch saw the NaN; 21 were not run

@@ -26,7 +26,6 @@ DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from cerebro import Experiment
-from cerebro.errors import CerebroError
 from test_resume import SlowSpec, GRID
 exp = Experiment({params!r}, workers=2, verbose=False)
 exp.run_fit(SlowSpec(), GRID, num_epochs=2, seed=3)
