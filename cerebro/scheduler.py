@@ -4,7 +4,8 @@ Each train partition lives on one worker; models hop between workers and train o
 ("hop") on each partition. :class:`Scheduler` decides which hop each idle worker runs next.
 It does no I/O and reads no clock: the controller reports what happened (:meth:`~Scheduler.
 complete`, :meth:`~Scheduler.requeue`, :meth:`~Scheduler.drop_model`) and asks for work
-(:meth:`~Scheduler.assign`). Its only randomness is its own ``random.Random(seed)``.
+(:meth:`~Scheduler.assign`, and :meth:`~Scheduler.assign_next` for the hop each busy worker
+runs once its current one ends). Its only randomness is its own ``random.Random(seed)``.
 
 Example:
     >>> s = Scheduler(["a", "b"], num_epochs=1, train_owner={0: 0, 1: 1}, val_owner={})
@@ -44,7 +45,8 @@ class Hop:
 
 @dataclass(frozen=True)
 class Assignment:
-    """``hop`` is to run on ``worker`` now."""
+    """``hop`` is to run on ``worker``: now (:meth:`Scheduler.assign`), or right after the
+    hop running there (:meth:`Scheduler.assign_next`)."""
 
     worker: int
     hop: Hop
@@ -64,6 +66,16 @@ class EpochEnd:
 # val partition (val leaves the model unchanged, so their order is free); only then does
 # its next epoch start. No barrier across models. A hop of partition p runs on its owner
 # only; a model is on at most one worker and a worker runs at most one hop.
+#
+# NOTE [ Next hops ]
+# A worker whose hop ends would wait for the controller (the result's trip, recording,
+# scheduling, the next task's trip: about a millisecond, much more on a cluster) before its
+# next hop starts. So each busy worker may also hold one queued hop, handed to the engine
+# in advance, that starts the moment the running one ends. Only a model whose every
+# runnable hop is on that worker is queued there: it could not run anywhere else before
+# then anyway (with "fixed", that is every train hop). A queued model is on that worker as
+# a running one is: it is in no `_cand`, and it becomes the worker's running hop when the
+# hop before it is completed, requeued or dropped.
 #
 # NOTE [ Candidate index ]
 # `_cand[w]` holds exactly the live, idle, unfinished models that have a runnable hop on
@@ -87,8 +99,9 @@ class _Model:
     epoch: int = 0
     train_todo: list[int] = field(default_factory=list)  # train partitions left, in order
     val_todo: list[int] = field(default_factory=list)  # val partitions left, in order
-    hop: Hop | None = None  # the running hop
+    hop: Hop | None = None  # the running or queued hop
     worker: int = -1  # where `hop` runs
+    queued: bool = False  # `hop` waits behind the hop running on `worker`
     dropped: bool = False
 
 
@@ -158,6 +171,7 @@ class Scheduler:
         self._in_cand: list[list[int]] = [[] for _ in self._models]
         self._idle: dict[int, None] = dict.fromkeys(self._workers)
         self._running: dict[int, Hop] = {}  # worker -> hop running on it
+        self._queued: dict[int, Hop] = {}  # worker -> hop to run after it (NOTE [ Next hops ])
         self._work = [0.0] * len(self._models)  # model -> cost of its hops not completed
         self._load = dict.fromkeys(self._workers, 0.0)  # remaining cost pinned on a worker
         self._bases: dict[int, list[int]] = {}  # epoch -> base order of "fixed"
@@ -196,6 +210,16 @@ class Scheduler:
     def running(self) -> list[Assignment]:
         """The hops now running, by worker."""
         return [Assignment(w, self._running[w]) for w in sorted(self._running)]
+
+    @property
+    def queued(self) -> list[Assignment]:
+        """The hops queued behind a running one (see :meth:`assign_next`), by worker."""
+        return [Assignment(w, self._queued[w]) for w in sorted(self._queued)]
+
+    def is_running(self, hop: Hop) -> bool:
+        """Whether ``hop`` is running now (not queued, completed or dropped)."""
+        m = self._by_id.get(hop.model_id)
+        return m is not None and m.hop == hop and not m.queued
 
     def idle_workers(self) -> list[int]:
         """Workers running no hop, sorted."""
@@ -258,39 +282,73 @@ class Scheduler:
         out: list[Assignment] = []
         for w, i in sorted(match.items()):
             m = self._models[i]
-            kind, parts = self._runnable(m)
-            owner = self._train_owner if kind == "train" else self._val_owner
-            m.hop, m.worker = Hop(m.id, m.epoch, kind, next(p for p in parts if owner[p] == w)), w
+            m.hop, m.worker = self._hop_on(m, w), w
             del self._idle[w]
             self._running[w] = m.hop
+            out.append(Assignment(w, m.hop))
+        return out
+
+    def assign_next(self) -> list[Assignment]:
+        """Queue the next hop of each busy worker that has none queued, where one is known.
+
+        The hop starts on that worker as soon as its running hop ends, without waiting for
+        the controller (NOTE [ Next hops ]). Only a model whose every runnable hop is on
+        that worker is queued there, picked by the policy's model priority.
+
+        Returns:
+            The new queued assignments, at most one per worker.
+        """
+        self._assigned = True
+        out: list[Assignment] = []
+        for w in sorted(self._running):
+            if w in self._queued:
+                continue
+            pinned = {i: None for i in self._cand[w] if self._in_cand[i] == [w]}
+            if not pinned:
+                continue
+            m = self._models[self._pick_model(pinned)]
+            self._unindex(m)
+            m.hop, m.worker, m.queued = self._hop_on(m, w), w, True
+            self._queued[w] = m.hop
             out.append(Assignment(w, m.hop))
         return out
 
     def complete(self, hop: Hop) -> list[EpochEnd]:
         """A running hop finished: free its model and worker. ``ValueError`` if not running.
 
+        A hop queued behind it on that worker becomes the worker's running hop.
+
         Returns:
             ``[EpochEnd]`` when this was the model's last hop of that epoch (its last val
             hop, or its last train hop when there is no validation), else ``[]``.
         """
+        m = self._by_id.get(hop.model_id)
+        if m is not None and m.hop == hop and m.queued:
+            raise ValueError(
+                f"complete({hop}): that hop is queued behind {self._running[m.worker]} on "
+                f"worker {m.worker}; complete the running hop first (a worker runs its hops "
+                "in order)"
+            )
         m = self._release(hop, "complete")
         ends = self._advance(m, hop)
         self._index(m)
         return ends
 
     def requeue(self, hop: Hop) -> None:
-        """A running hop was lost for a reason not the model's (e.g. its worker died).
+        """A running or queued hop was lost for a reason not the model's (e.g. its worker
+        died).
 
-        The model and worker are freed and the hop becomes runnable again. ``ValueError`` if
-        ``hop`` is not running.
+        The model is freed and the hop becomes runnable again; a hop queued behind a running
+        one takes its place. ``ValueError`` if ``hop`` is neither running nor queued.
         """
         self._index(self._release(hop, "requeue"))
 
     def drop_model(self, model_id: str) -> None:
         """The model failed or diverged: it gets no more hops.
 
-        A running hop of it is forgotten and its worker becomes idle. Dropping a model twice
-        is harmless; an unknown id is a ``ValueError``.
+        A running hop of it is forgotten and its worker becomes idle (or runs the hop queued
+        there); a queued hop of it is forgotten too. Dropping a model twice is harmless; an
+        unknown id is a ``ValueError``.
         """
         m = self._model(model_id, "drop_model")
         if m.dropped:
@@ -354,11 +412,21 @@ class Scheduler:
             now = None if m is None else m.hop
             raise ValueError(
                 f"{where}({hop}): that hop is not running (model {hop.model_id!r} runs {now}); "
-                "pass a hop returned by assign() that was not completed, requeued or dropped"
+                "pass a hop returned by assign() or assign_next() that was not completed, "
+                "requeued or dropped"
             )
-        del self._running[m.worker]
-        self._idle[m.worker] = None
-        m.hop, m.worker = None, -1
+        w = m.worker
+        if m.queued:
+            del self._queued[w]
+        else:
+            del self._running[w]
+            nxt = self._queued.pop(w, None)
+            if nxt is None:
+                self._idle[w] = None
+            else:  # NOTE [ Next hops ]: the queued hop starts as this one ends
+                self._running[w] = nxt
+                self._by_id[nxt.model_id].queued = False
+        m.hop, m.worker, m.queued = None, -1, False
         return m
 
     def _base_order(self, epoch: int) -> list[int]:
@@ -396,6 +464,11 @@ class Scheduler:
             hops += [Hop(m.id, e, "train", p) for p in self._train_owner]
             hops += [Hop(m.id, e, "val", p) for p in self._val_owner]
         return hops
+
+    def _hop_on(self, m: _Model, w: int) -> Hop:
+        kind, parts = self._runnable(m)
+        owner = self._train_owner if kind == "train" else self._val_owner
+        return Hop(m.id, m.epoch, kind, next(p for p in parts if owner[p] == w))
 
     def _runnable(self, m: _Model) -> tuple[HopKind, list[int]]:
         if not m.train_todo:

@@ -80,16 +80,27 @@ def lower_bound(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> 
     return max(sum(per_model) / len(per_worker), max(per_model), max(per_worker.values()))
 
 
-def simulate(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> SimResult:
+def simulate(
+    scheduler: Scheduler,
+    duration: Callable[[Hop, int], float],
+    *,
+    latency: float = 0.0,
+    lookahead: bool = False,
+) -> SimResult:
     """Run ``scheduler`` to the end in virtual time, every worker starting idle at time 0.
 
     Each time hops end, the scheduler is told (``complete``, in start order for hops that
-    end together) and then asked for new hops (``assign``), as the controller does.
+    end together) and then asked for new hops (``assign``, then ``assign_next`` with
+    ``lookahead``), as the controller does.
 
     Args:
         scheduler: a fresh (or replayed) scheduler; it is driven to ``done``.
         duration: ``duration(hop, worker)`` in virtual time; must be deterministic (it is
             also used for the lower bound). A straggler is a worker whose hops take longer.
+        latency: virtual time from a decision until its hop can start on the worker (the
+            result's trip to the controller and the task's trip back). A queued hop starts
+            as soon as both the hop before it has ended and its task has arrived.
+        lookahead: also queue each busy worker's next hop (``assign_next``).
 
     Returns:
         The makespan, per-worker busy time, schedule and lower bound.
@@ -99,13 +110,19 @@ def simulate(scheduler: Scheduler, duration: Callable[[Hop, int], float]) -> Sim
     """
     bound = lower_bound(scheduler, duration)
     busy = dict.fromkeys(scheduler.workers, 0.0)
+    free_at = dict.fromkeys(scheduler.workers, 0.0)  # when the worker's last hop ends
     schedule: list[ScheduledHop] = []
     heap: list[tuple[float, int, ScheduledHop]] = []
     now, seq = 0.0, 0
     while not scheduler.done:
-        for a in scheduler.assign():
+        new = scheduler.assign()
+        if lookahead:
+            new += scheduler.assign_next()
+        for a in new:
             d = duration(a.hop, a.worker)
-            heapq.heappush(heap, (now + d, seq, ScheduledHop(a.worker, a.hop, now, now + d)))
+            start = max(free_at[a.worker], now + latency)
+            free_at[a.worker] = start + d
+            heapq.heappush(heap, (start + d, seq, ScheduledHop(a.worker, a.hop, start, start + d)))
             seq += 1
         if not heap:
             raise RuntimeError(

@@ -68,17 +68,35 @@ class Trace:
         return [h for _, h in self.completed if h.model_id == model_id]
 
 
-def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before: set[int]) -> None:
-    """Rules 1-4 for the hops just assigned, against the completed hops seen so far."""
+def check_assignments(
+    s: Scheduler,
+    new: list[Assignment],
+    trace: Trace,
+    before: set[int],
+    queued: list[Assignment] = (),  # type: ignore[assignment]
+) -> None:
+    """Rules 1-4 for the hops just assigned (``queued``: by ``assign_next``), against the
+    completed hops seen so far."""
     done = {h for _, h in trace.completed}
     running = s.running
-    # Rule 3: a worker runs one hop, a model is on one worker.
+    # Rule 3: a worker runs one hop (and holds at most one queued), a model is on one worker.
     assert len({a.worker for a in running}) == len(running)
-    assert len({a.hop.model_id for a in running}) == len(running)
+    assert len({a.worker for a in s.queued}) == len(s.queued)
+    assert {a.worker for a in s.queued} <= {a.worker for a in running}
+    on = [a.hop.model_id for a in running + s.queued]
+    assert len(set(on)) == len(on)
     assert len({a.worker for a in new}) == len(new)
-    for a in new:
+    for a in queued:
+        assert a in s.queued and a.worker not in s.idle_workers()
+        # NOTE [ Next hops ]: queued only where every runnable hop of the model is.
+        m = a.hop.model_id
+        runnable = [h for h in s.pending_hops(m) if (h.epoch, h.kind) == (a.hop.epoch, a.hop.kind)]
+        if trace.fixed and a.hop.kind == "train":
+            runnable = runnable[:1]
+        assert {s.owner(h) for h in runnable} == {a.worker}
+    for a in new + list(queued):
         h = a.hop
-        assert a.worker in before, "assigned to a worker that was not idle"
+        assert a in queued or a.worker in before, "assigned to a worker that was not idle"
         assert h.model_id not in trace.dropped
         assert s.owner(h) == a.worker  # Rule 2: pinning
         assert h not in done  # at most once
@@ -91,7 +109,7 @@ def check_assignments(s: Scheduler, new: list[Assignment], trace: Trace, before:
                 Hop(h.model_id, h.epoch, "train", p) in done for p in trace.partitions("train")
             )
     # Rule 4: maximal: no idle worker has a runnable hop of an idle live model.
-    busy = {a.hop.model_id for a in running}
+    busy = set(on)
     idle = set(s.idle_workers())
     for m in s.model_ids:
         if m in busy or m in trace.dropped:
@@ -116,11 +134,14 @@ def drive(
     rng: random.Random | None = None,
     fail_p: float = 0.0,
     drop_p: float = 0.0,
+    lookahead: bool = False,
 ) -> Trace:
     """Run ``s`` to the end in virtual time, with random worker failures and model drops.
 
     ``trace`` starts with the plan, and with what an earlier run completed if that was
-    replayed into ``s``; the run's events are added to it and every rule checked.
+    replayed into ``s``; the run's events are added to it and every rule checked. With
+    ``lookahead``, busy workers also get queued hops (``assign_next``), which start when
+    the hop before them ends, and a worker's death loses its queued hop too.
     """
     rng = rng or random.Random(0)
     ends_at: dict[Hop, tuple[float, int, int]] = {}  # running hop -> (end, seq, worker)
@@ -128,16 +149,22 @@ def drive(
     while not s.done:
         before = set(s.idle_workers())
         new = s.assign()
-        check_assignments(s, new, trace, before)
-        for a in new:
-            ends_at[a.hop] = (now + duration(a.hop, a.worker), seq, a.worker)
-            seq += 1
+        queued = s.assign_next() if lookahead else []
+        check_assignments(s, new, trace, before, queued)
+        for a in s.running:  # new hops, and queued hops whose predecessor has ended
+            if a.hop not in ends_at:
+                ends_at[a.hop] = (now + duration(a.hop, a.worker), seq, a.worker)
+                seq += 1
         assert ends_at, "stalled: nothing running and not done"
         hop = min(ends_at, key=ends_at.__getitem__)
         now, _, worker = ends_at.pop(hop)
         r = rng.random()
-        if r < fail_p:  # the worker died: the hop is lost, not the model's fault
+        if r < fail_p:  # the worker died: its hops are lost, not the models' fault
+            behind = [a.hop for a in s.queued if a.worker == worker]
             s.requeue(hop)
+            for q in behind:
+                assert s.is_running(q)  # it took the lost hop's place...
+                s.requeue(q)  # ...and was lost with it
             continue
         victim = rng.choice(s.model_ids) if r < fail_p + drop_p else None
         if victim != hop.model_id:
@@ -150,7 +177,7 @@ def drive(
             s.drop_model(victim)
             trace.dropped.add(victim)
             assert s.remaining_hops(victim) == 0 and s.pending_hops(victim) == []
-    assert not ends_at and not s.running
+    assert not ends_at and not s.running and not s.queued
     return trace
 
 
@@ -340,6 +367,65 @@ def test_dropping_every_model_is_done() -> None:
     assert s.done and s.running == [] and s.assign() == []
 
 
+# -- next hops (NOTE [ Next hops ]) ------------------------------------------------------------
+
+
+def test_assign_next_queues_a_model_pinned_to_the_busy_worker_and_it_runs_next() -> None:
+    s = make(4, 2, num_epochs=1)  # fixed: models 0, 2 start on one worker, 1, 3 on the other
+    first = s.assign()
+    assert len(first) == 2 and s.assign_next() != []
+    queued = s.queued
+    assert len(queued) == 2 and s.assign_next() == []  # one per worker
+    for q in queued:
+        assert not s.is_running(q.hop) and s.owner(q.hop) == q.worker
+        running = next(a for a in first if a.worker == q.worker)
+        assert s.complete(running.hop) == []
+        assert s.is_running(q.hop) and q in s.running  # took its place at once
+        assert q.worker not in s.idle_workers()
+    assert s.queued == [] and s.assign() == []  # both workers still busy
+
+
+def test_a_model_that_could_run_elsewhere_is_not_queued() -> None:
+    # After training, a model could validate on either worker.
+    s = Scheduler(["a", "b"], num_epochs=1, train_owner={0: 0}, val_owner={0: 0, 1: 1})
+    (a,) = s.assign()  # one model trains on worker 0; the other waits for it
+    other = "b" if a.hop.model_id == "a" else "a"
+    assert [q.hop for q in s.assign_next()] == [Hop(other, 0, "train", 0)]
+    s.complete(a.hop)
+    assert [(x.worker, x.hop.kind) for x in s.assign()] == [(1, "val")]
+    assert s.assign_next() == []  # the first model runs; the other has nothing left pinned
+
+
+def test_complete_of_a_queued_hop_names_the_hop_ahead_of_it() -> None:
+    s = make(4, 2, num_epochs=1)
+    s.assign()
+    q = s.assign_next()[0]
+    with pytest.raises(ValueError, match=r"queued behind .* complete the running hop first"):
+        s.complete(q.hop)
+
+
+def test_losing_or_dropping_a_worker_s_hops_frees_them_in_order() -> None:
+    s = make(4, 1, num_epochs=1, val_per_worker=0)
+    (a,) = s.assign()
+    (q,) = s.assign_next()
+    s.requeue(q.hop)  # the queued hop alone: the running one goes on
+    assert s.queued == [] and s.running == [a]
+    (q,) = s.assign_next()
+    s.requeue(a.hop)  # the running one: the queued one starts
+    assert s.running == [q] and s.queued == []
+    (r,) = s.assign_next()
+    s.drop_model(r.hop.model_id)  # a dropped model's queued hop is forgotten
+    assert s.queued == [] and s.running == [q] and s.remaining_hops(r.hop.model_id) == 0
+    (r,) = s.assign_next()
+    s.drop_model(q.hop.model_id)  # a dropped running model: the queued hop starts
+    assert s.running == [r] and s.queued == []
+    s.complete(r.hop)
+    while not s.done:  # the two models left (the first requeued) train and finish
+        (x,) = s.assign()
+        s.complete(x.hop)
+    assert s.remaining_hops() == 0 and s.idle_workers() == [0]
+
+
 def test_fixed_orders_form_a_latin_square() -> None:
     s = make(4, 4, val_per_worker=0, num_epochs=2, policy="fixed", seed=3)
     orders = {m: [h.partition for h in s.pending_hops(m) if h.epoch == 0] for m in s.model_ids}
@@ -467,6 +553,7 @@ def test_module_is_pure_and_its_examples_run() -> None:
     seed=st.integers(0, 2**16),
     fail_p=st.sampled_from([0.0, 0.05, 0.2]),
     drop_p=st.sampled_from([0.0, 0.0, 0.02]),
+    lookahead=st.booleans(),
 )
 def test_every_rule_holds_under_random_durations_failures_and_drops(
     policy: str,
@@ -478,6 +565,7 @@ def test_every_rule_holds_under_random_durations_failures_and_drops(
     seed: int,
     fail_p: float,
     drop_p: float,
+    lookahead: bool,
 ) -> None:
     s = make(
         num_models,
@@ -490,7 +578,15 @@ def test_every_rule_holds_under_random_durations_failures_and_drops(
     )
     assert s.total_hops() == s.remaining_hops() == len(all_hops(s))
     trace = Trace.of(s, policy)
-    drive(s, trace, random_durations(seed), rng=random.Random(seed), fail_p=fail_p, drop_p=drop_p)
+    drive(
+        s,
+        trace,
+        random_durations(seed),
+        rng=random.Random(seed),
+        fail_p=fail_p,
+        drop_p=drop_p,
+        lookahead=lookahead,
+    )
     check_final(s, trace)
 
 
@@ -513,7 +609,7 @@ def test_fixed_gives_each_model_the_same_hops_whatever_the_durations(
     seed: int,
     fail_p: float,
 ) -> None:
-    def run(duration_seed: int) -> Trace:
+    def run(duration_seed: int, lookahead: bool) -> Trace:
         s = make(
             num_models,
             num_workers,
@@ -530,14 +626,17 @@ def test_fixed_gives_each_model_the_same_hops_whatever_the_durations(
             random_durations(duration_seed),
             rng=random.Random(duration_seed),
             fail_p=fail_p,
+            lookahead=lookahead,
         )
         check_final(s, trace)
         return trace
 
-    a, b = run(seed), run(seed + 1)
+    # Queued hops (NOTE [ Next hops ]) change when hops start, not which train order.
+    a, b, c = run(seed, False), run(seed + 1, False), run(seed + 2, True)
     for m in [f"m{i}" for i in range(num_models)]:
         train_a = [h for h in a.sequence(m) if h.kind == "train"]
-        train_b = [h for h in b.sequence(m) if h.kind == "train"]
-        assert train_a == train_b  # the training result depends on this order only
-        # Val hops do not change the model; their order within an epoch is free.
-        assert sorted(a.sequence(m)) == sorted(b.sequence(m))
+        for other in (b, c):
+            # the training result depends on this order only
+            assert train_a == [h for h in other.sequence(m) if h.kind == "train"]
+            # Val hops do not change the model; their order within an epoch is free.
+            assert sorted(a.sequence(m)) == sorted(other.sequence(m))

@@ -63,9 +63,10 @@ def test_lower_bound_takes_the_largest_model_and_the_busiest_worker() -> None:
     assert lower_bound(s, unit) == 2.0
 
 
-def test_schedule_is_consistent() -> None:
+@pytest.mark.parametrize(("latency", "lookahead"), [(0.0, False), (0.3, False), (0.3, True)])
+def test_schedule_is_consistent(latency: float, lookahead: bool) -> None:
     sc = make_scenario(num_workers=3, num_models=5, train_per_worker=2, straggler=3.0, seed=2)
-    result = simulate(sc.scheduler("lrf"), sc.duration)
+    result = simulate(sc.scheduler("lrf"), sc.duration, latency=latency, lookahead=lookahead)
     by_worker: dict[int, list[tuple[float, float]]] = {}
     for item in result.schedule:
         assert item.end - item.start == pytest.approx(sc.duration(item.hop, item.worker))
@@ -77,6 +78,23 @@ def test_schedule_is_consistent() -> None:
     assert sum(result.busy.values()) == pytest.approx(
         sum(i.end - i.start for i in result.schedule)
     )
+
+
+def test_next_hops_hide_the_round_trip_that_plain_assignment_waits_for() -> None:
+    sc = make_scenario(num_workers=4, num_models=16, train_per_worker=2, seed=5)
+    hops = sc.scheduler("fixed").total_hops()
+    base = simulate(sc.scheduler("fixed"), sc.duration)
+    slow = simulate(sc.scheduler("fixed"), sc.duration, latency=0.2)
+    hidden = simulate(sc.scheduler("fixed"), sc.duration, latency=0.2, lookahead=True)
+    # Without next hops every hop waits for its task: at least hops/workers round trips.
+    assert slow.makespan >= base.makespan + 0.2 * hops / 4 * 0.9
+    assert hidden.makespan < base.makespan + 0.2 * hops / 4 * 0.5
+    # The same hops ran, in the same train order per model ("fixed").
+    for m in sc.model_ids:
+        order = [i.hop for i in base.schedule if i.hop.model_id == m and i.hop.kind == "train"]
+        assert order == [
+            i.hop for i in hidden.schedule if i.hop.model_id == m and i.hop.kind == "train"
+        ]
 
 
 def test_straggler_slows_its_worker_and_raises_the_bound() -> None:
