@@ -174,6 +174,11 @@ def run_loop(
     simply written again. A hop that ends its model's epoch, fails or diverges is recorded
     before anything else starts, since ``metrics_agg`` reads the epoch from the catalog and
     may fail the model.
+
+    Each busy worker is also sent its next hop in advance where the scheduler knows it
+    (NOTE [ Next hops ] in the scheduler), so it need not wait for this loop at all. The
+    engine runs a worker's hops in order and reports them in order; a queued hop's result
+    is handled only after the one before it (it is not "plainly done" until then).
     """
     hop_ids: dict[Hop, int] = {}
     events: list[Any] = []
@@ -187,7 +192,7 @@ def run_loop(
         try:
             for event in other:
                 _record_event(catalog, state, sched, hop_ids, event, progress)
-            assigned = [] if sched.done else sched.assign()
+            assigned = [] if sched.done else sched.assign() + sched.assign_next()
             for a in assigned:
                 engine.submit(a.worker, _task(state, a.hop))
         finally:  # even when a failure stops the fit: a finished hop is never lost
@@ -209,10 +214,12 @@ def _hop(event: Any) -> Hop:
 
 
 def _plainly_done(event: Any, sched: Scheduler) -> bool:
-    """A finished, finite hop that does not end its model's epoch (most hops)."""
+    """A finished, finite hop that does not end its model's epoch (most hops), and no
+    longer waits behind another hop in the scheduler."""
     return (
         isinstance(event, HopDone)
         and event.outcome.nonfinite is None
+        and sched.is_running(_hop(event))
         and not sched.ends_epoch(_hop(event))
     )
 
@@ -275,10 +282,12 @@ def _record_event(
     hop_id = hop_ids.pop(hop)
     if isinstance(event, WorkerLost):
         catalog.hop_ended(hop_id, "lost", event.reason)
+        sched.requeue(hop)
+        if not event.started:
+            return  # it was queued behind the hop that was running: not its fault
         # Blame the model only when the same hop kills its worker again: a kill from
         # outside (OOM killer, an operator) rarely hits one hop twice.
         state.deaths[hop] = state.deaths.get(hop, 0) + 1
-        sched.requeue(hop)
         if state.deaths[hop] >= MAX_MODEL_DEATHS:
             _fail_model(
                 catalog,

@@ -14,7 +14,7 @@ import pytest
 
 from cerebro._controller import FitState, run_loop
 from cerebro.catalog import Catalog
-from cerebro.engine import HopDone, HopFailed
+from cerebro.engine import HopDone, HopFailed, WorkerLost
 from cerebro.errors import UserCodeError
 from cerebro.params import expand_grid
 from cerebro.scheduler import Scheduler
@@ -50,15 +50,54 @@ class ScriptedEngine:
         pass
 
 
-def _fit(tmp_path: Path, on_error: str) -> tuple[Catalog, FitState, Scheduler]:
-    configs = expand_grid({"lr": [0.1, 0.2], "batch_size": [4]})
+class QueueingEngine:
+    """Runs nothing: each poll ends every hop submitted so far, each worker's in order, so a
+    queued hop ends in the same poll as the hop ahead of it (NOTE [ Next hops ]). A hop of a
+    model in ``crash`` kills its worker: it and the hops queued behind it are lost."""
+
+    workers = 2
+
+    def __init__(self, crash: set[str]):
+        self.crash = crash
+        self.queues: dict[int, list[HopTask]] = {0: [], 1: []}
+        self.sent: list[HopTask] = []
+        self.longest = 0
+
+    def submit(self, worker: int, task: HopTask) -> None:
+        self.queues[worker].append(task)
+        self.sent.append(task)
+        assert len(self.queues[worker]) <= 2, "more than one hop queued behind the running one"
+        self.longest = max(self.longest, len(self.queues[worker]))
+
+    def poll(self, timeout: float | None = None) -> list[Any]:
+        events: list[Any] = []
+        for w, tasks in self.queues.items():
+            for k, task in enumerate(tasks):
+                if task.model_id in self.crash:
+                    events += [
+                        WorkerLost(w, t, "killed", started=j == 0) for j, t in enumerate(tasks[k:])
+                    ]
+                    break
+                outcome = HopOutcome({"loss": [0.5]}, [4], 4, 0.0, 0.0, 0.0, 0.0, 0.0)
+                events.append(HopDone(w, task, outcome))
+            tasks.clear()
+        return events
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _fit(
+    tmp_path: Path, on_error: str, models: int = 2, epochs: int = 1
+) -> tuple[Catalog, FitState, Scheduler]:
+    configs = expand_grid({"lr": [0.1 * (i + 1) for i in range(models)], "batch_size": [4]})
     catalog = Catalog(tmp_path / "catalog.sqlite")
     fit_id = catalog.create_fit(
-        "sig", {"models": 2, "workers": 2}, [(c.model_id, c.hyperparams) for c in configs]
+        "sig", {"models": models, "workers": 2}, [(c.model_id, c.hyperparams) for c in configs]
     )
     sched = Scheduler(
         [c.model_id for c in configs],
-        num_epochs=1,
+        num_epochs=epochs,
         train_owner={0: 0, 1: 1},
         val_owner={0: 0, 1: 1},
         policy="fixed",
@@ -69,7 +108,7 @@ def _fit(tmp_path: Path, on_error: str) -> tuple[Catalog, FitState, Scheduler]:
         {c.model_id: c for c in configs},
         tmp_path / "models",
         1,
-        1,
+        epochs,
         on_error,
     )
     state.checkpoint = dict.fromkeys(state.configs)
@@ -106,4 +145,35 @@ def test_every_hop_is_recorded_once_and_the_epoch_aggregated(tmp_path: Path) -> 
         "m001": "done",
     }
     assert len(catalog.metrics(state.fit_id)) == 2 * 2  # train_loss and val_loss per model
+    catalog.close()
+
+
+def test_queued_hops_ending_in_the_poll_of_the_hop_ahead_are_recorded_in_order(
+    tmp_path: Path,
+) -> None:
+    catalog, state, sched = _fit(tmp_path, on_error="stop", models=5, epochs=2)
+    engine = QueueingEngine(crash=set())
+    run_loop(catalog, state, sched, engine, _NoBar())
+    assert engine.longest == 2  # hops were queued, and ended with the hop ahead of them
+    hops = catalog.hops(state.fit_id)
+    assert len(hops) == 5 * 2 * 4 and {h["status"] for h in hops} == {"done"}
+    assert {r["status"] for r in catalog.models(state.fit_id)} == {"done"}
+    assert len(catalog.metrics(state.fit_id)) == 5 * 2 * 2
+    for m in state.configs:  # each hop read the checkpoint the train hop before it wrote
+        last = None
+        for task in (t for t in engine.sent if t.model_id == m):
+            assert task.in_ckpt == last
+            last = task.out_ckpt or last
+    catalog.close()
+
+
+def test_a_hop_lost_while_queued_behind_a_killing_hop_is_not_blamed(tmp_path: Path) -> None:
+    catalog, state, sched = _fit(tmp_path, on_error="continue", models=5)
+    run_loop(catalog, state, sched, QueueingEngine(crash={"m001"}), _NoBar())
+    status = {r["model_id"]: r["status"] for r in catalog.models(state.fit_id)}
+    assert status.pop("m001") == "failed"
+    assert set(status.values()) == {"done"}
+    lost = [h for h in catalog.hops(state.fit_id) if h["status"] == "lost"]
+    assert {h["model_id"] for h in lost} - {"m001"}  # others were lost behind it...
+    assert {hop.model_id for hop in state.deaths} == {"m001"}  # ...and not counted
     catalog.close()

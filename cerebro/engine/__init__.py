@@ -1,10 +1,13 @@
 """Where hops run. The controller talks to an :class:`Engine`; the scheduler knows none.
 
 NOTE [ engine contract ]
-``submit(worker, task)`` starts one hop on an idle worker slot; ``poll(timeout)`` returns
-the events that happened (a hop finished, a user function failed, a worker was lost and
-is being replaced); ``shutdown()`` stops every worker. A lost worker's hop is reported once
-as :class:`WorkerLost` and never also as done, so the controller can re-run it.
+``submit(worker, task)`` starts one hop on a worker slot, or, if the slot is running one,
+queues it to start the moment that one ends (the scheduler's NOTE [ Next hops ]): a slot
+runs its hops in the order submitted. ``poll(timeout)`` returns the events that happened
+(a hop finished, a user function failed, a worker was lost and is being replaced), each
+slot's in the order submitted; ``shutdown()`` stops every worker. A lost worker's hops
+(the running one and any queued behind it) are each reported once as :class:`WorkerLost`
+and never also as done, so the controller can re-run them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class HopFailed:
 
 @dataclass(frozen=True)
 class WorkerLost:
-    """The worker died while running ``task``; a fresh worker is replacing it.
+    """The worker died while running ``task`` (``started``), or while ``task`` was queued
+    behind the running one (not ``started``); a fresh worker is replacing it.
 
     The slot may be given a task at once: it runs as soon as the replacement holds the
     slot's data (the local engine reports the loss without waiting for that start-up).
@@ -44,6 +48,7 @@ class WorkerLost:
     worker: int
     task: HopTask
     reason: str
+    started: bool = True
 
 
 EngineEvent = HopDone | HopFailed | WorkerLost

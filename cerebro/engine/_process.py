@@ -54,7 +54,8 @@ class Child:
     """One child process that runs ``fn(state, *args)`` calls and sends back the result.
 
     ``state`` is a dict that lives as long as the child: where a worker keeps its data
-    partitions and its spec between calls.
+    partitions and its spec between calls. Calls may be sent while one runs: the child
+    runs them in order, and their answers come back in that order.
 
     Args:
         name: how errors name this process, e.g. ``"worker 1"``.
@@ -79,24 +80,28 @@ class Child:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
-        self.busy = False
+        self.in_flight = 0  # calls sent and not yet answered
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def busy(self) -> bool:
+        """Whether a call is in flight."""
+        return self.in_flight > 0
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Send one call; its answer comes from :meth:`result`."""
-        if self.busy:
-            raise RuntimeError(f"{self.name} is already running a call")
+        """Send one call (it runs after those in flight); its answer comes from
+        :meth:`result`."""
         try:
             self.conn.send_bytes(cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, ConnectionResetError, OSError) as e:
             raise ChildDied(self.name, self.proc.poll()) from e
-        self.busy = True
+        self.in_flight += 1
 
     def result(self) -> Any:
-        """Wait for the answer of the call in flight.
+        """Wait for the answer of the oldest call in flight.
 
         Returns:
             The call's return value, or a :class:`RemoteError` if it raised.
@@ -107,9 +112,9 @@ class Child:
         try:
             data = self.conn.recv_bytes()
         except (EOFError, ConnectionResetError, OSError) as e:
-            self.busy = False
+            self.in_flight = 0
             raise ChildDied(self.name, self._exitcode()) from e
-        self.busy = False
+        self.in_flight -= 1
         status, value = pickle.loads(data)
         return value
 

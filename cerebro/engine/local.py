@@ -73,7 +73,9 @@ class LocalEngine:
         self._max_restarts = max_restarts
         self.restarts = [0] * self.workers
         self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
-        self._tasks: dict[int, HopTask] = {}  # slot -> its hop (queued while setting up)
+        # slot -> its hops in the order submitted: the first runs, the rest wait behind it
+        # (all of them wait while the slot's replacement process sets up)
+        self._tasks: dict[int, list[HopTask]] = {}
         self._setting_up: set[int] = set()  # slots whose replacement process is starting
         self._children: list[Child] = []
         self._pool = pool
@@ -137,7 +139,7 @@ class LocalEngine:
             return
 
     def _setup_answered(self, w: int) -> None:
-        """Collect slot ``w``'s set-up (blocking until it answers), then send its queued hop.
+        """Collect slot ``w``'s set-up (blocking until it answers), then send its hops.
 
         Raises:
             UserCodeError: the spec's set-up hook failed.
@@ -150,24 +152,30 @@ class LocalEngine:
             self._restart(w, f"died while starting: {e}")
             return
         self.info[w] = self._finish_setup(w, result)
-        task = self._tasks.get(w)
-        if task is not None:
-            self._send(w, task)
+        for task in self._tasks.get(w, []):
+            if not self._send(w, task):
+                break
 
-    def _send(self, w: int, task: HopTask) -> None:
+    def _send(self, w: int, task: HopTask) -> bool:
+        """Send one hop to slot ``w``'s process; False if it had died and is being replaced."""
+        child = self._children[w]
         try:
-            self._children[w].submit(run_hop, task)
+            child.submit(run_hop, task)
         except ChildDied:
-            # Died while idle: replace it; the hop goes to the new process once it is set up.
+            if child.busy:
+                return True  # died running a hop: poll reports it, and this one, as lost
+            # Died while idle: replace it; the hops go to the new process once it is set up.
             self._restart(w, "died while idle")
+            return False
+        return True
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
 
     def submit(self, worker: int, task: HopTask) -> None:
-        """Start ``task`` on ``worker``, which must be idle (or run it once its replacement
-        process is set up, if the slot is restarting)."""
-        self._tasks[worker] = task
+        """Start ``task`` on ``worker``, or right after the hops already sent there (or once
+        its replacement process is set up, if the slot is restarting)."""
+        self._tasks.setdefault(worker, []).append(task)
         if worker not in self._setting_up:
             self._send(worker, task)
 
@@ -177,7 +185,8 @@ class LocalEngine:
         A replaced worker finishing its set-up also ends the wait (with no event): the hop
         queued for it has just been sent.
         """
-        busy = {self._children[w].conn: w for w in set(self._tasks) | self._setting_up}
+        busy = {self._children[w].conn: w for w, t in self._tasks.items() if t}
+        busy.update((self._children[w].conn, w) for w in self._setting_up)
         if not busy:
             return []
         events: list[EngineEvent] = []
@@ -185,33 +194,28 @@ class LocalEngine:
             w = busy[conn]  # type: ignore[index]
             if w in self._setting_up:
                 self._setup_answered(w)  # no event: a replacement is ready (or retried)
-                continue
-            task = self._tasks.pop(w)
-            try:
-                result = self._children[w].result()
-            except ChildDied as e:
-                self._restart(w, str(e))
-                events.append(WorkerLost(w, task, f"worker process died: {e}"))
-                continue
-            if isinstance(result, HopOutcome):
-                events.append(HopDone(w, task, result))
-            elif isinstance(result, UserFailure):
-                events.append(HopFailed(w, task, result))
-            else:  # RemoteError: an error outside the user's hooks (unpicklable, disk full...)
-                assert isinstance(result, RemoteError)
-                events.append(
-                    HopFailed(
-                        w,
-                        task,
-                        UserFailure(
-                            "cerebro worker",
-                            f"{result.type_name}: {result.message}",
-                            result.traceback,
-                            system=True,
-                        ),
-                    )
-                )
+            else:
+                self._collect(w, events)
         return events
+
+    def _collect(self, w: int, events: list[EngineEvent]) -> None:
+        """Turn slot ``w``'s answers that have arrived into events, oldest first."""
+        child, tasks = self._children[w], self._tasks[w]
+        while tasks:
+            try:
+                result = child.result()
+            except ChildDied as e:
+                lost, self._tasks[w] = tasks, []
+                self._restart(w, str(e))
+                for k, task in enumerate(lost):
+                    why = f"worker process died: {e}"
+                    if k:
+                        why += " (this hop was queued behind the one it was running)"
+                    events.append(WorkerLost(w, task, why, started=k == 0))
+                return
+            events.append(_event(w, tasks.pop(0), result))
+            if not (tasks and child.conn.poll(0)):
+                return
 
     def shutdown(self) -> None:
         """Stop every worker (or give it back to the pool); a hop in flight is abandoned."""
@@ -228,3 +232,16 @@ class LocalEngine:
         for child in children:
             if not child.busy:
                 child.close(timeout=5)
+
+
+def _event(w: int, task: HopTask, result: Any) -> EngineEvent:
+    if isinstance(result, HopOutcome):
+        return HopDone(w, task, result)
+    if isinstance(result, UserFailure):
+        return HopFailed(w, task, result)
+    # RemoteError: an error outside the user's hooks (unpicklable, disk full...)
+    assert isinstance(result, RemoteError)
+    failure = UserFailure(
+        "cerebro worker", f"{result.type_name}: {result.message}", result.traceback, system=True
+    )
+    return HopFailed(w, task, failure)

@@ -116,7 +116,11 @@ class RayEngine:
         self.restarts = [0] * self.workers
         self.info: list[dict[str, Any]] = [{} for _ in range(self.workers)]
         self.pid_node: dict[int, str] = {}  # every actor pid this engine used -> its node id
-        self._running: dict[Any, tuple[int, HopTask, Any]] = {}  # ref -> (slot, task, actor)
+        # ref -> (slot, task, actor, n): the n-th hop submitted; an actor runs its calls in
+        # order, so a slot's oldest outstanding hop is the one running, the rest wait
+        self._running: dict[Any, tuple[int, HopTask, Any, int]] = {}
+        self._submitted = 0
+        self._dead: list[Any] = []  # actors whose death was reported (with their running hop)
         self._setting_up: dict[Any, tuple[int, Any, float]] = {}  # ref -> (slot, actor, by)
         self._early: list[EngineEvent] = []
         self._actors: list[Any] = []
@@ -222,7 +226,7 @@ class RayEngine:
             self._finish_setup(w, result)
 
     def submit(self, worker: int, task: HopTask) -> None:
-        """Start ``task`` on ``worker``, which must be idle."""
+        """Start ``task`` on ``worker``, or right after the hops already sent there."""
         try:
             state = Path(task.in_ckpt).read_bytes() if task.in_ckpt is not None else None
         except OSError as e:
@@ -233,7 +237,8 @@ class RayEngine:
             return
         actor = self._actors[worker]
         ref = actor.hop.remote(task, state)
-        self._running[ref] = (worker, task, actor)
+        self._running[ref] = (worker, task, actor, self._submitted)
+        self._submitted += 1
 
     def poll(self, timeout: float | None = None) -> list[EngineEvent]:
         """Wait up to ``timeout`` seconds for hops to end; return what happened.
@@ -262,11 +267,28 @@ class RayEngine:
         if ready and rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         self._collect_setups([r for r in ready if r in self._setting_up])
-        for ref in ready:
-            if ref in self._running:
-                w, task, actor = self._running.pop(ref)
-                events.append(self._event(ref, w, task, actor))
+        # Each slot's events in the order its hops were submitted (the controller completes
+        # a queued hop only after the one before it); one whose elder is not in yet waits
+        # for the next poll.
+        for ref in sorted((r for r in ready if r in self._running), key=self._order):
+            w, task, actor, n = self._running[ref]
+            if any(a is actor and m < n for _, _, a, m in self._running.values()):
+                continue
+            del self._running[ref]
+            events.append(self._event(ref, w, task, actor))
         return events
+
+    def _order(self, ref: Any) -> int:
+        return self._running[ref][3]
+
+    def _lost(self, w: int, task: HopTask, actor: Any, why: str) -> WorkerLost:
+        """The loss of ``task`` with its actor: the first one reported was running, the
+        others waited behind it."""
+        if any(a is actor for a in self._dead):
+            why += " (this hop was queued behind the one it was running)"
+            return WorkerLost(w, task, why, started=False)
+        self._dead.append(actor)
+        return WorkerLost(w, task, why)
 
     def _event(self, ref: Any, w: int, task: HopTask, actor: Any) -> EngineEvent:
         ray = self._ray
@@ -275,14 +297,14 @@ class RayEngine:
         except ray.exceptions.RayActorError as e:
             if actor is self._actors[w]:  # else: already replaced (it died while starting)
                 self._restart(w, _first_line(e))
-            return WorkerLost(w, task, f"Ray actor died: {_first_line(e)}")
+            return self._lost(w, task, actor, f"Ray actor died: {_first_line(e)}")
         except ray.exceptions.RayTaskError as e:  # outside the user's hooks: a bug, unpicklable
             failure = UserFailure("cerebro worker", _first_line(e), str(e), system=True)
             return HopFailed(w, task, failure)
         except ray.exceptions.RayError as e:  # object lost with its node, and the like
             if actor is self._actors[w]:
                 self._restart(w, _first_line(e))
-            return WorkerLost(w, task, f"Ray error: {_first_line(e)}")
+            return self._lost(w, task, actor, f"Ray error: {_first_line(e)}")
         if isinstance(result, UserFailure):
             return HopFailed(w, task, result)
         assert isinstance(result, HopOutcome)
@@ -311,6 +333,7 @@ class RayEngine:
         self._actors = []
         self._running.clear()
         self._setting_up.clear()
+        self._dead.clear()
 
 
 def _first_line(e: BaseException) -> str:
