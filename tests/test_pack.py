@@ -90,3 +90,29 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
     assert packed["d"]["half"].dtype == torch.float16 and packed["d"]["text"] == "kept"
     packed["a"].add_(1)  # a copy: the input is untouched
     assert torch.equal(shared, torch.arange(6.0).reshape(2, 3))
+
+
+def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
+    tmp_path: Path,
+) -> None:
+    from cerebro.worker import HopTask, _save
+
+    model, opt = _model_and_adam()
+    task = HopTask("m0", {"lr": 0.1}, "train", 0, 0, None, None, 1, 2)
+    out = tmp_path / "step-00001.pt"
+    for before in (True, False):
+        torch.serialization.set_crc32_options(before)
+        try:
+            _save({"model": model, "optimizer": opt}, str(out), task)
+            assert torch.serialization.get_crc32_options() is before  # a hook's own saves
+        finally:
+            torch.serialization.set_crc32_options(True)
+        with zipfile.ZipFile(out) as z:
+            assert {i.CRC for i in z.infolist() if "/data/" in i.filename} == {0}
+        loaded = torch.load(out, weights_only=False)
+        fresh, _ = _model_and_adam()
+        fresh.load_state_dict(loaded["components"]["model"])
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True)
+        )
