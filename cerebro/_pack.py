@@ -1,12 +1,12 @@
 """Checkpoint tensors packed into one storage per dtype and device, so files load faster.
 
 ``torch.save`` writes, and ``torch.load`` reads back, one record per tensor storage, with a
-fixed cost per record (about 30 µs to load on a warm cache, several times that between
-training steps). A small CNN with Adam has 33 tensors (weights, two moments and a step
-count per parameter, the RNG state), so that fixed cost is most of its checkpoint's load
-time. :func:`pack` copies the tensors of a state into one flat tensor per (dtype, device)
-and returns the same structure holding views of it; ``torch.save`` then writes one record
-per flat tensor, and ``torch.load`` gives back the same structure of views, which
+fixed cost per record (10–30 µs to load on a warm cache, more between training steps). A
+small CNN with Adam has 33 tensors (weights, two moments and a step count per parameter,
+the RNG state), so that fixed cost is a large part of its checkpoint's load time.
+:func:`pack` copies the tensors of a state into one flat tensor per (dtype, device) and
+returns the same structure holding views of it; ``torch.save`` then writes one record per
+flat tensor, and ``torch.load`` gives back the same structure of views, which
 ``load_state_dict`` copies from as from any state dict.
 
 A file written from a packed state is an ordinary ``torch.save`` file: ``torch.load`` it
@@ -17,6 +17,7 @@ tensor) is left as it is.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -43,9 +44,11 @@ def _rebuild(obj: Any, views: dict[int, torch.Tensor]) -> Any:
     if _plain(obj):
         return views[id(obj)]
     if isinstance(obj, dict):
-        new = type(obj)((k, _rebuild(v, views)) for k, v in obj.items())
-        if hasattr(obj, "__dict__"):  # e.g. a state_dict's _metadata (module versions)
-            new.__dict__.update(vars(obj))
+        # A shallow copy keeps what the type carries besides its items: a state_dict's
+        # `_metadata` (module versions), a defaultdict's factory.
+        new = copy.copy(obj)
+        for k, v in obj.items():
+            new[k] = _rebuild(v, views)
         return new
     if isinstance(obj, list):
         return [_rebuild(v, views) for v in obj]

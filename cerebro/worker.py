@@ -220,7 +220,7 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> torch.Tensor:
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
         with _no_zip_crc():
-            torch.save(pack(state), tmp)  # one record per dtype: loads in half the time
+            torch.save(pack(state), tmp)  # one record per dtype, not per tensor: faster loads
         os.replace(tmp, out)
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
         Path(tmp).unlink(missing_ok=True)

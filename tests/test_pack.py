@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import torch
@@ -76,6 +76,7 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
         b=shared,  # tied weights: one tensor under two names
         c=[torch.zeros(0), (shared.t(), 7)],  # an empty tensor; a non-contiguous one
         d={"param": param, "sparse": sparse, "text": "kept", "half": torch.ones(4).half()},
+        e=defaultdict(list, {"x": torch.ones(2)}),
     )
     state.__dict__["note"] = "kept"
     packed = pack(state)
@@ -88,6 +89,7 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
     assert packed["c"][0].shape == (0,)
     assert packed["d"]["param"] is param and packed["d"]["sparse"] is sparse
     assert packed["d"]["half"].dtype == torch.float16 and packed["d"]["text"] == "kept"
+    assert packed["e"].default_factory is list and torch.equal(packed["e"]["x"], torch.ones(2))
     packed["a"].add_(1)  # a copy: the input is untouched
     assert torch.equal(shared, torch.arange(6.0).reshape(2, 3))
 
