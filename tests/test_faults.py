@@ -25,6 +25,7 @@ from toy import (
     ToySpec,
     hop_task,
     poll_until,
+    queue_behind_held,
     wait_for,
     worker_pids,
     write_toy_csvs,
@@ -153,21 +154,14 @@ def test_a_hop_queued_behind_a_running_one_runs_next_and_dies_with_it(
     first, second = hop_task(0, hold=True), replace(hop_task(0), model_id="q")
     try:
         # Sent while the slot runs a hop, it runs right after it; each answers in turn.
-        (tmp_path / "hold").touch()
-        engine.submit(0, first)
-        wait_for(tmp_path / "inside")
-        engine.submit(0, second)
+        queue_behind_held(engine, tmp_path, first, second)
         (tmp_path / "hold").unlink()
         a, b = poll_until(engine, 2)
         assert (a.task, b.task) == (first, second)
         assert isinstance(a, HopDone) and isinstance(b, HopDone)
         assert a.outcome.end <= b.outcome.start and a.outcome.pid == b.outcome.pid
         # A kill loses both: the running hop "started", the queued one not.
-        (tmp_path / "inside").unlink()
-        (tmp_path / "hold").touch()
-        engine.submit(0, first)
-        wait_for(tmp_path / "inside")
-        engine.submit(0, second)
+        queue_behind_held(engine, tmp_path, first, second)
         (tmp_path / "gate").touch()  # the replacement waits in its set-up
         os.kill(engine.pids()[0], signal.SIGKILL)
         a, b = poll_until(engine, 2)

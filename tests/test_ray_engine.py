@@ -30,7 +30,16 @@ import pytest
 
 from cerebro import Experiment
 from cerebro.partitions import partition_path
-from toy import GatedSpec, ToyETL, ToySpec, hop_task, poll_until, wait_for, write_toy_csvs
+from toy import (
+    GatedSpec,
+    ToyETL,
+    ToySpec,
+    hop_task,
+    poll_until,
+    queue_behind_held,
+    wait_for,
+    write_toy_csvs,
+)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -341,19 +350,12 @@ def test_a_hop_queued_behind_a_running_one_runs_next_and_dies_with_it(
     engine = _gated_engine(data, tmp_path)
     first, second = hop_task(0, hold=True), replace(hop_task(0), model_id="q")
     try:
-        (tmp_path / "hold").touch()
-        engine.submit(0, first)
-        wait_for(tmp_path / "inside")
-        engine.submit(0, second)  # waits behind the running hop
+        queue_behind_held(engine, tmp_path, first, second)
         (tmp_path / "hold").unlink()
         a, b = poll_until(engine, 2)
         assert isinstance(a, HopDone) and isinstance(b, HopDone)
         assert (a.task, b.task) == (first, second) and a.outcome.end <= b.outcome.start
-        (tmp_path / "inside").unlink()
-        (tmp_path / "hold").touch()
-        engine.submit(0, first)
-        wait_for(tmp_path / "inside")
-        engine.submit(0, second)
+        queue_behind_held(engine, tmp_path, first, second)
         os.kill(engine.info[0]["pid"], signal.SIGKILL)
         a, b = poll_until(engine, 2)
         assert isinstance(a, WorkerLost) and isinstance(b, WorkerLost)

@@ -134,6 +134,16 @@ def hop_task(partition: int, **extra: Any) -> HopTask:
     return HopTask(f"m{partition}", hp, "train", partition, 0, None, None, 1, 2)
 
 
+def queue_behind_held(engine: Any, folder: Path, first: HopTask, second: HopTask) -> None:
+    """Start ``first`` on worker 0 held inside :class:`GatedSpec` ``train`` (its ``hold``
+    file), then send ``second`` there: it waits behind the running hop."""
+    (folder / "inside").unlink(missing_ok=True)
+    (folder / "hold").touch()
+    engine.submit(0, first)
+    wait_for(folder / "inside")
+    engine.submit(0, second)
+
+
 def poll_until(engine: Any, want: int, within: float = 60) -> list[Any]:
     """Poll an engine until ``want`` events came (or ``within`` seconds passed)."""
     events: list[Any] = []
