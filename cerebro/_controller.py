@@ -216,12 +216,10 @@ def _hop(event: Any) -> Hop:
 def _plainly_done(event: Any, sched: Scheduler) -> bool:
     """A finished, finite hop that does not end its model's epoch (most hops), and no
     longer waits behind another hop in the scheduler."""
-    return (
-        isinstance(event, HopDone)
-        and event.outcome.nonfinite is None
-        and sched.is_running(_hop(event))
-        and not sched.ends_epoch(_hop(event))
-    )
+    if not isinstance(event, HopDone) or event.outcome.nonfinite is not None:
+        return False
+    hop = _hop(event)
+    return sched.is_running(hop) and not sched.ends_epoch(hop)
 
 
 def _free(state: FitState, sched: Scheduler, event: HopDone) -> tuple[HopDone, str | None]:
