@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["hop_overhead", "hop_stats"]
+__all__ = ["hop_overhead", "hop_stats", "hop_trace"]
 
 
 def _rows(catalog: Path) -> list[dict[str, Any]]:
@@ -34,12 +34,40 @@ def _rows(catalog: Path) -> list[dict[str, Any]]:
         return [
             dict(r)
             for r in con.execute(
-                "SELECT kind, worker, start, end, user_seconds, load_seconds, save_seconds, "
-                "rows FROM hops WHERE status = 'done' ORDER BY start"
+                "SELECT model_id, epoch, kind, partition, worker, start, end, user_seconds, "
+                "load_seconds, save_seconds, rows FROM hops WHERE status = 'done' ORDER BY start"
             )
         ]
     finally:
         con.close()
+
+
+def hop_trace(catalog: Path) -> dict[str, Any]:
+    """Every done hop's duration, for replaying a real fit's hop times in the scheduler
+    simulator (``bench/scheduler_sim.py --traces``): ``hops`` = ``[model_id, epoch, kind,
+    partition, seconds]``, the partitions' owners, and the median gap between a worker's
+    hops (the controller's round trip when a hop was not queued)."""
+    try:
+        rows = [r for r in _rows(catalog) if r["kind"] in ("train", "val")]
+    except sqlite3.Error as e:
+        return {"error": f"could not read hops from {catalog}: {e}"}
+    owners: dict[str, dict[int, int]] = {"train": {}, "val": {}}
+    gaps = []
+    for w in sorted({r["worker"] for r in rows}):
+        mine = [r for r in rows if r["worker"] == w]
+        gaps += [b["start"] - a["end"] for a, b in zip(mine, mine[1:], strict=False)]
+    for r in rows:
+        owners[r["kind"]][r["partition"]] = r["worker"]
+    return {
+        "epochs": 1 + max((r["epoch"] for r in rows), default=-1),
+        "train_owner": owners["train"],
+        "val_owner": owners["val"],
+        "gap_s_median": statistics.median(gaps) if gaps else 0.0,
+        "hops": [
+            [r["model_id"], r["epoch"], r["kind"], r["partition"], r["end"] - r["start"]]
+            for r in rows
+        ],
+    }
 
 
 def hop_stats(catalog: Path, fit_s: float, workers: int) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def run_cerebro_lrf(wl: Workload, seed: int) -> dict[str, Any]:
 
 
 def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any]:
-    from _hops import hop_overhead
+    from _hops import hop_overhead, hop_trace
 
     from cerebro import Experiment
     from cerebro.partitions import Partition, partition_path
@@ -132,6 +132,7 @@ def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any
             "data_bytes_per_worker": max(held),
             "data_bytes_each": held,
             "hops": hop_overhead(run_dir / "catalog.sqlite", fit_start, fit_end),
+            "trace": hop_trace(run_dir / "catalog.sqlite"),
         }
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -13,6 +13,13 @@ costs are 1-10 per train hop, so a latency of 0.05 is 0.5-5% of one.
     python bench/scheduler_sim.py                 # the full grid, no latency
     python bench/scheduler_sim.py --latency 0.05  # each decision reaches its worker late
     python bench/scheduler_sim.py --quick         # a smaller grid, a few seconds
+    python bench/scheduler_sim.py --traces bench/results/traces/*.json
+
+``--traces`` replays real fits instead: each hop takes the time it took in a recorded fit
+(a trace: what ``bench/suite.py`` stores with each Cerebro run, or a run's
+``catalog.sqlite``), with the latency that fit's median gap between hops, under 20
+scheduler seeds. Besides the policies it shows ``fixed+next (work only)``: ``fixed``
+ranking its models by remaining work alone, without NOTE [ Validation first ].
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cerebro.scheduler import POLICIES  # noqa: E402
+from cerebro.scheduler import POLICIES, Hop, Scheduler  # noqa: E402
 from cerebro.simulate import make_scenario, simulate  # noqa: E402
 
 # "lrf/unit": lrf without cost estimates (cost 1 per hop), as a controller starts out;
@@ -75,6 +82,75 @@ def run(quick: bool, latency: float = 0.0) -> dict:
     return {"latency": latency, "scenarios": rows, "summary": summary}
 
 
+class _WorkOnly(Scheduler):
+    """``fixed`` ranking models by remaining work alone (before NOTE [ Validation first ])."""
+
+    def _top(self, cands: dict[int, None]) -> list[int]:
+        best = max(map(self._work.__getitem__, cands))
+        return [i for i in cands if self._work[i] == best]
+
+
+def load_traces(paths: list[Path]) -> list[tuple[str, dict]]:
+    """``(name, trace)`` from trace JSON files, suite result files, or catalogs."""
+    out = []
+    for path in paths:
+        if path.suffix == ".sqlite":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from _hops import hop_trace
+
+            out.append((str(path), hop_trace(path)))
+            continue
+        data = json.loads(path.read_text())
+        if "hops" in data:
+            out.append((path.name, data))
+        for wl, res in data.get("workloads", {}).items():
+            for runner, r in res.get("results", {}).items():
+                if isinstance(r, dict) and isinstance(r.get("trace"), dict):
+                    out.append((f"{path.name}:{wl}:{runner}", r["trace"]))
+    return out
+
+
+TRACE_VARIANTS = ("fixed", "fixed+next", "fixed+next (work only)", "lrf", "lrf+next")
+
+
+def replay(traces: list[tuple[str, dict]], seeds: int = 20) -> dict:
+    """Makespan / lower bound of each variant on each trace (mean and worst over seeds)."""
+    rows = []
+    for name, t in traces:
+        durations = {Hop(m, e, k, p): sec for m, e, k, p, sec in t["hops"]}
+        models = sorted({h.model_id for h in durations})
+        latency = max(0.0, t.get("gap_s_median", 0.0))
+        ratios: dict[str, list[float]] = {}
+        for v in TRACE_VARIANTS:
+            policy, _, queue = v.partition("+")
+            cls = _WorkOnly if "work only" in v else Scheduler
+            for seed in range(seeds):
+                sched = cls(
+                    models,
+                    num_epochs=t["epochs"],
+                    train_owner={int(p): w for p, w in t["train_owner"].items()},
+                    val_owner={int(p): w for p, w in t["val_owner"].items()},
+                    policy=policy,
+                    seed=seed,
+                )
+                r = simulate(
+                    sched,
+                    lambda h, w, d=durations: d[h],
+                    latency=latency,
+                    lookahead=bool(queue),
+                )
+                ratios.setdefault(v, []).append(r.ratio)
+        row = {
+            "trace": name,
+            "latency_s": latency,
+            **{v: {"mean": statistics.mean(x), "worst": max(x)} for v, x in ratios.items()},
+        }
+        rows.append(row)
+        cells = "  ".join(f"{row[v]['mean']:>7.4f}/{row[v]['worst']:.4f}" for v in TRACE_VARIANTS)
+        print(f"{name[-40:]:<40} {1000 * latency:>5.2f}  {cells}", flush=True)
+    return {"traces": rows, "seeds": seeds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
@@ -82,7 +158,23 @@ def main() -> None:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="decision-to-start delay (default 0)"
     )
+    parser.add_argument(
+        "--traces", type=Path, nargs="+", help="replay these recorded fits instead (see above)"
+    )
     args = parser.parse_args()
+    if args.traces:
+        traces = load_traces(args.traces)
+        if not traces:
+            parser.error("no traces found in those files")
+        print(
+            "makespan / lower bound (1.000 = optimal), mean/worst over 20 scheduler seeds\n"
+            f"{'trace':<40} {'lat ms':>5}  " + "  ".join(f"{v:>15}" for v in TRACE_VARIANTS)
+        )
+        result = replay(traces)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        return
     print(
         f"makespan / lower bound (1.000 = optimal); latency {args.latency}; 2 epochs, "
         "1 train + 1 val partition"

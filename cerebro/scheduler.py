@@ -71,11 +71,17 @@ class EpochEnd:
 # A worker whose hop ends would wait for the controller (the result's trip, recording,
 # scheduling, the next task's trip: about a millisecond, much more on a cluster) before its
 # next hop starts. So each busy worker may also hold one queued hop, handed to the engine
-# in advance, that starts the moment the running one ends. Only a model whose every
-# runnable hop is on that worker is queued there: it could not run anywhere else before
-# then anyway (with "fixed", that is every train hop). A queued model is on that worker as
-# a running one is: it is in no `_cand`, and it becomes the worker's running hop when the
-# hop before it is completed, requeued or dropped.
+# in advance, that starts the moment the running one ends. What is queued is what `assign`
+# would most likely pick when the worker frees, so queueing keeps the policy's priorities:
+# a model of the highest priority among the worker's candidates, and only one that could
+# not start sooner elsewhere: its every runnable hop is on this worker (with "fixed", every
+# train hop), or each other worker it could use has a hop queued already. If the top
+# candidates are none of these (a model that could validate on any worker, say), nothing
+# is queued: queueing a lower one would pass the top one over at every hand-over until
+# the queueable work ran out, and that starved model would end the fit late. ("random"
+# has no priorities and queues any model pinned to the worker.) A queued model is on that
+# worker as a running one is: it is in no `_cand`, and it becomes the worker's running hop
+# when the hop before it is completed, requeued or dropped.
 #
 # NOTE [ Candidate index ]
 # `_cand[w]` holds exactly the live, idle, unfinished models that have a runnable hop on
@@ -85,6 +91,17 @@ class EpochEnd:
 # `_cand`; a worker skipped for an empty `_cand` cannot gain a candidate later in the pass,
 # so the result is maximal (no idle worker has a runnable hop of an idle model). Augmenting
 # paths (see `_augment`) then only add hops, so maximality holds.
+#
+# NOTE [ Validation first ]
+# Under "fixed", a model that has finished its epoch's training validates before any model
+# trains further. Validation is short (no backward pass, usually less data) and releases
+# the model into its next epoch, whose train hops keep the other workers fed. Ranked by
+# remaining work alone, a model that fell behind takes a worker for a long train hop while
+# every other model waits to validate there, and the other workers run dry: replaying the
+# hop durations of five real W1 and W2 fits (bench/scheduler_sim.py --traces) took the
+# mean makespan / lower bound from 1.000-1.026 to 1.000-1.003 this way. On the synthetic
+# grid (models 1-10x apart in size) it costs a little: 1.007 -> 1.010 mean. Under "lrf",
+# whose train hops are not pinned, it did worse on that grid and is not used.
 #
 # NOTE [ Determinism ]
 # Decisions never depend on the iteration order of a set of strings (hash-randomized per
@@ -124,7 +141,9 @@ class Scheduler:
       model ``i + W`` follows model ``i`` in lockstep, which in simulation beats seeded
       independent orders. Only a model's next train hop is runnable; val hops keep a free
       order (they do not change the model; sort val metrics by partition before summing
-      them for bit-identical aggregates). Workers and models are ranked as in ``"lrf"``.
+      them for bit-identical aggregates). Workers are ranked as in ``"lrf"``; a model
+      whose epoch's training is done (it validates next) goes before any that trains,
+      then models are ranked as in ``"lrf"`` (NOTE [ Validation first ]).
 
     ``"lrf"`` and ``"fixed"`` then grow the greedy choice along augmenting paths: an idle
     worker left out takes a model from a worker that has another candidate, so no hop is
@@ -292,8 +311,8 @@ class Scheduler:
         """Queue the next hop of each busy worker that has none queued, where one is known.
 
         The hop starts on that worker as soon as its running hop ends, without waiting for
-        the controller (NOTE [ Next hops ]). Only a model whose every runnable hop is on
-        that worker is queued there, picked by the policy's model priority.
+        the controller (NOTE [ Next hops ]): one of the worker's candidates of the highest
+        priority, if one of those could not start sooner on another worker.
 
         Returns:
             The new queued assignments, at most one per worker.
@@ -303,10 +322,10 @@ class Scheduler:
         for w in sorted(self._running):
             if w in self._queued:
                 continue
-            pinned = {i: None for i in self._cand[w] if self._in_cand[i] == [w]}
-            if not pinned:
+            choice = self._next_choice(w)
+            if not choice:
                 continue
-            m = self._models[self._pick_model(pinned)]
+            m = self._models[self._pick_model(choice)]
             self._unindex(m)
             m.hop, m.worker, m.queued = self._hop_on(m, w), w, True
             self._queued[w] = m.hop
@@ -537,12 +556,36 @@ class Scheduler:
             ws.sort(key=lambda w: -self._load[w])
         return ws
 
+    def _next_choice(self, w: int) -> dict[int, None]:
+        """The candidates that may be queued on busy worker ``w`` (NOTE [ Next hops ])."""
+        cands = self._cand[w]
+        if not cands:
+            return {}
+        in_cand = self._in_cand
+        if self._policy == "random":  # no priorities to keep: any pinned model will do
+            return {i: None for i in cands if in_cand[i] == [w]}
+        top = self._top(cands)
+        pinned = {i: None for i in top if in_cand[i] == [w]}
+        if pinned:
+            return pinned
+        queued = self._queued
+        return {i: None for i in top if all(v == w or v in queued for v in in_cand[i])}
+
+    def _top(self, cands: dict[int, None]) -> list[int]:
+        """The candidates of the highest priority ("lrf" and "fixed")."""
+        if self._policy == "fixed":  # NOTE [ Validation first ]
+            models = self._models
+            validating = [i for i in cands if not models[i].train_todo]
+            if validating:
+                cands = dict.fromkeys(validating)
+        work = self._work
+        best = max(map(work.__getitem__, cands))
+        return [i for i in cands if work[i] == best]
+
     def _pick_model(self, cands: dict[int, None]) -> int:
         if self._policy == "random":
             return self._rng.choice(list(cands))
-        work = self._work
-        best = max(map(work.__getitem__, cands))
-        ties = [i for i in cands if work[i] == best]
+        ties = self._top(cands)
         return ties[0] if len(ties) == 1 else self._rng.choice(ties)
 
 

@@ -88,12 +88,14 @@ def check_assignments(
     assert len({a.worker for a in new}) == len(new)
     for a in queued:
         assert a in s.queued and a.worker not in s.idle_workers()
-        # NOTE [ Next hops ]: queued only where every runnable hop of the model is.
+        # NOTE [ Next hops ]: queued only where the model could not start sooner: each
+        # other worker it could use has a hop queued too.
         m = a.hop.model_id
         runnable = [h for h in s.pending_hops(m) if (h.epoch, h.kind) == (a.hop.epoch, a.hop.kind)]
         if trace.fixed and a.hop.kind == "train":
             runnable = runnable[:1]
-        assert {s.owner(h) for h in runnable} == {a.worker}
+        assert a.worker in {s.owner(h) for h in runnable}
+        assert {s.owner(h) for h in runnable} - {a.worker} <= {q.worker for q in s.queued}
     for a in new + list(queued):
         h = a.hop
         assert a in queued or a.worker in before, "assigned to a worker that was not idle"
@@ -394,6 +396,78 @@ def test_a_model_that_could_run_elsewhere_is_not_queued() -> None:
     s.complete(a.hop)
     assert [(x.worker, x.hop.kind) for x in s.assign()] == [(1, "val")]
     assert s.assign_next() == []  # the first model runs; the other has nothing left pinned
+
+
+def test_nothing_is_queued_over_a_model_with_more_work_that_could_run_elsewhere() -> None:
+    # a, d, e have trained epoch 0 and could validate on either worker (6 hops left each);
+    # b, c have finished epoch 0, and each one's next train hop is pinned to one worker (4
+    # left). Two of a, d, e validate; queueing b or c would pass over the third at each
+    # hand-over until the pinned train hops ran out, so it waits for the next free worker.
+    s = Scheduler(list("abcde"), num_epochs=2, train_owner={0: 0, 1: 1}, val_owner={0: 0, 1: 1})
+    for m, done in zip("abcde", (2, 4, 4, 2, 2), strict=True):
+        for hop in s.pending_hops(m)[:done]:
+            s.replay(hop)
+    running = s.assign()
+    assert sorted(a.hop.kind for a in running) == ["val", "val"]
+    assert {a.hop.model_id for a in running} < set("ade")
+    assert s.assign_next() == []
+    (third,) = set("ade") - {a.hop.model_id for a in running}
+    s.complete(running[0].hop)
+    assert [a.hop for a in s.assign()] == [Hop(third, 0, "val", running[0].worker)]
+    # No model could run elsewhere now. The first one's last val hop (5 left) goes ahead of
+    # b or c (4) on the other worker; the worker it left queues b's or c's train hop.
+    done = running[0]
+    queued = {q.worker: q.hop for q in s.assign_next()}
+    assert queued[1 - done.worker] == Hop(done.hop.model_id, 0, "val", 1 - done.worker)
+    assert queued[done.worker].model_id in "bc" and queued[done.worker].kind == "train"
+
+
+def test_a_model_that_could_run_elsewhere_is_queued_where_the_others_have_a_queue() -> None:
+    # p, q have trained once in epoch 0 (7 hops left each), their last train hop pinned to
+    # one worker; f, g, h have trained epoch 0 and could validate on either worker (6 left).
+    s = Scheduler(
+        list("pfqgh"),
+        num_epochs=2,
+        train_owner={0: 0, 1: 1},
+        val_owner={0: 0, 1: 1},
+        policy="lrf",
+    )
+    for m, done in zip("pfqgh", (1, 2, 1, 2, 2), strict=True):
+        for hop in s.pending_hops(m)[:done]:
+            s.replay(hop)
+    pinned_to = s.owner(s.pending_hops("p")[0])
+    assert s.owner(s.pending_hops("q")[0]) == pinned_to
+    running = {a.worker: a.hop.model_id for a in s.assign()}
+    assert running[pinned_to] in "pq" and running[1 - pinned_to] in "fgh"
+    queued = {a.worker: a.hop for a in s.assign_next() + s.assign_next()}
+    assert queued[pinned_to].model_id in "pq" and queued[pinned_to].kind == "train"
+    # The other worker's top candidates could also validate on the first worker, but that
+    # has a hop queued already, so one of them is queued behind the other worker's val.
+    assert queued[1 - pinned_to].model_id in "fgh" and queued[1 - pinned_to].kind == "val"
+
+
+@pytest.mark.parametrize("policy", ["fixed", "lrf"])
+def test_under_fixed_a_model_that_validates_next_goes_before_one_that_trains(
+    policy: str,
+) -> None:
+    # NOTE [ Validation first ]: "late" has all 8 hops left, "v1" and "v2" have trained
+    # epoch 0 and validate next (6 left). "fixed" validates both at once and trains "late"
+    # afterwards; "lrf" ranks by remaining work alone and starts "late" on its worker.
+    s = Scheduler(
+        ["late", "v1", "v2"],
+        num_epochs=2,
+        train_owner={0: 0, 1: 1},
+        val_owner={0: 0, 1: 1},
+        policy=policy,
+    )
+    for m in ("v1", "v2"):
+        for hop in s.pending_hops(m)[:2]:
+            s.replay(hop)
+    started = sorted((a.hop.model_id, a.hop.kind) for a in s.assign())
+    if policy == "fixed":
+        assert started == [("v1", "val"), ("v2", "val")]
+    else:
+        assert started[0] == ("late", "train") and started[1][1] == "val"
 
 
 def test_complete_of_a_queued_hop_names_the_hop_ahead_of_it() -> None:
