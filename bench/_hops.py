@@ -14,7 +14,9 @@ the new one. So for each worker:
   probe minibatch; tail = fit end - the worker's last hop end: waiting for the other
   worker's last hop, and shutdown (``last_hop_to_return_s``: from the end of the fit's last
   hop to the return of ``run_fit``); ``stalls_over_10ms_s``: the gaps over 10 ms, where a
-  worker had no runnable hop (MOP's rule: a model is on one worker at a time).
+  worker had no runnable hop (MOP's rule: a model is on one worker at a time);
+  ``work_imbalance_s``: how much less hop time the workers had than the busiest one, which
+  they idle in any schedule (a partition's hops run only on its worker).
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, A
     gaps: list[float] = []
     leads: list[float] = []
     tails: list[float] = []
+    busy: list[float] = []
     for w in sorted({r["worker"] for r in rows}):
         mine = [r for r in rows if r["worker"] == w]
+        busy.append(sum(r["end"] - r["start"] for r in mine))
         leads.append(mine[0]["start"] - fit_start)
         tails.append(fit_end - mine[-1]["end"])
         gaps += [max(0.0, b["start"] - a["end"]) for a, b in zip(mine, mine[1:], strict=False)]
@@ -149,6 +153,10 @@ def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, A
         "first_hop_s": min(r["start"] for r in rows) - fit_start,
         "last_hop_to_return_s": fit_end - max(r["end"] for r in rows),
         "stalls_over_10ms_s": sum(g for g in gaps if g > 0.01),
+        # Each partition's hops run on its own worker, so a worker with less hop time than
+        # the busiest one idles at least the difference, in any order of hops: the part of
+        # stalls and tail that no schedule can remove.
+        "work_imbalance_s": sum(max(busy) - b for b in busy),
         # The hop mechanism's own cost: in-hop overhead plus the short gaps (the result's
         # trip, catalog, scheduling, the next task's trip), not idling for lack of a
         # runnable hop (a property of the schedule, which the efficiency figures show).

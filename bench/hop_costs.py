@@ -6,10 +6,12 @@ to the compute it wraps:
 
 * the user's work: one ``train`` step and one ``valtest`` step, and so a whole train or
   val hop (steps per partition x step time, 2 workers);
-* loading a model (``worker._build``'s parts): ``torch.load`` of its checkpoint,
-  ``torch.manual_seed``, ``create_model_components``, ``load_state_dict``;
-* saving it (``worker._save``'s parts): ``torch.save`` to a temp name + ``os.replace``,
-  on the disk the run directory is on and, for comparison, on tmpfs (``/dev/shm``);
+* loading a model (``worker._build``'s parts): ``torch.load`` of its checkpoint (as a
+  worker writes it), seeding the RNG (``worker._seed``), ``create_model_components``,
+  ``load_state_dict``;
+* saving it (``worker._save``: state dicts, packing, ``torch.save`` to a temp name,
+  ``os.replace``), on the disk the run directory is on and, for comparison, on tmpfs
+  (``/dev/shm``);
 * one minibatch cut from a memory-mapped partition (``Partition.batch``), and a train
   hop's minibatches cut between train steps, one by one and gathered together
   (``Partition.batches``);
@@ -89,7 +91,7 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     from cerebro import Experiment
     from cerebro.engine._process import Child
     from cerebro.partitions import Partition, partition_path
-    from cerebro.worker import setup_worker
+    from cerebro.worker import HopTask, _save, _seed, setup_worker
 
     torch.set_num_threads(1)
     ex = wl.module
@@ -110,21 +112,16 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     out["train_hop_user_ms"] = steps_t * out["train_step_ms"]
     out["val_hop_user_ms"] = steps_v * out["val_step_ms"]
 
-    state = {
-        "components": {k: v.state_dict() for k, v in comps.items()},
-        "rng": torch.get_rng_state(),
-        "model_id": "m000",
-        "hyperparams": hp,
-        "epoch": 0,
-    }
+    task = HopTask("m000", hp, "train", 0, 0, None, None, 1, 1)
     ckpt = run_dir / "models" / "ckpt.pt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, ckpt)
+    _save(comps, str(ckpt), task)  # exactly as a worker writes it
     out["checkpoint_bytes"] = ckpt.stat().st_size
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
     fresh = spec.create_model_components(dict(hp))
+    cpu = torch.device("cpu")
     out["load"] = {
         "torch.load": _ms(lambda: torch.load(ckpt, map_location="cpu", weights_only=False)),
-        "torch.manual_seed": _ms(lambda: torch.manual_seed(1)),
+        "seed the RNG (worker._seed)": _ms(lambda: _seed(1, cpu)),
         "create_model_components": _ms(lambda: spec.create_model_components(dict(hp))),
         "load_state_dict": _ms(
             lambda: [fresh[k].load_state_dict(state["components"][k]) for k in fresh]
@@ -133,14 +130,11 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
 
     def save(where: Path) -> Callable[[], None]:
         def go() -> None:
-            st = {k: v.state_dict() for k, v in comps.items()}
-            tmp = where / f"ckpt.pt.tmp-{os.getpid()}"
-            torch.save({"components": st, "rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, where / "ckpt-new.pt")
+            _save(comps, str(where / "ckpt-new.pt"), task)
 
         return go
 
-    out["save"] = {"torch.save + os.replace (run dir disk)": _ms(save(ckpt.parent))}
+    out["save"] = {"worker._save (run dir disk)": _ms(save(ckpt.parent))}
     if os.path.isdir("/dev/shm"):
         shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
         try:
@@ -182,7 +176,7 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     out["worker_close_s"] = time.perf_counter() - t
 
     load = sum(out["load"].values())
-    save_ms = out["save"]["torch.save + os.replace (run dir disk)"]
+    save_ms = out["save"]["worker._save (run dir disk)"]
     fixed_train = load + save_ms + out["batch_slices_per_train_hop_ms"]
     fixed_val = load + steps_v * out["batch_slice_ms"]
     out["predicted_in_hop_share_train"] = fixed_train / (fixed_train + out["train_hop_user_ms"])

@@ -359,7 +359,9 @@ def print_workload(wl: Workload, res: dict[str, dict[str, Any]], fig: dict[str, 
             f"  lost to: worker start {hops['first_hop_s']:.2f} s, stalls (gaps > 10 ms, no "
             f"runnable hop) {hops['stalls_over_10ms_s']:.2f} s, last-hop imbalance "
             f"{max(hops['tail_s']) - min(hops['tail_s']):.2f} s, last hop -> run_fit return "
-            f"{hops['last_hop_to_return_s']:.2f} s"
+            f"{hops['last_hop_to_return_s']:.2f} s; of the stalls and imbalance, "
+            f"{_f(hops.get('work_imbalance_s'), '.2f', 0)} s is the workers' unequal hop "
+            "time, idle in any order"
         )
     if fig["targets"]:
         print("targets:")
