@@ -399,10 +399,11 @@ def test_a_model_that_could_run_elsewhere_is_not_queued() -> None:
 
 
 def test_nothing_is_queued_over_a_model_with_more_work_that_could_run_elsewhere() -> None:
-    # a, d, e have trained epoch 0 and could validate on either worker (6 hops left each);
-    # b, c have finished epoch 0, and each one's next train hop is pinned to one worker (4
-    # left). Two of a, d, e validate; queueing b or c would pass over the third at each
-    # hand-over until the pinned train hops ran out, so it waits for the next free worker.
+    # a, d, e have trained epoch 0 and could validate on either worker; b, c have finished
+    # epoch 0, and each one's next train hop is pinned to one worker. a, d, e rank first
+    # (they validate next, and have 6 hops left against 4). Two of them validate; queueing
+    # b or c would pass over the third at each hand-over until the pinned train hops ran
+    # out, so nothing is queued and the third goes to the next free worker.
     s = Scheduler(list("abcde"), num_epochs=2, train_owner={0: 0, 1: 1}, val_owner={0: 0, 1: 1})
     for m, done in zip("abcde", (2, 4, 4, 2, 2), strict=True):
         for hop in s.pending_hops(m)[:done]:
