@@ -44,6 +44,16 @@ def _rows(catalog: Path) -> list[dict[str, Any]]:
         con.close()
 
 
+def _by_worker(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each worker's hops, in start order, workers sorted."""
+    return [[r for r in rows if r["worker"] == w] for w in sorted({r["worker"] for r in rows})]
+
+
+def _gaps(mine: list[dict[str, Any]]) -> list[float]:
+    """The gaps between one worker's consecutive hops."""
+    return [max(0.0, b["start"] - a["end"]) for a, b in zip(mine, mine[1:], strict=False)]
+
+
 def hop_trace(catalog: Path) -> dict[str, Any]:
     """Every done hop's duration, for replaying a real fit's hop times in the scheduler
     simulator (``bench/scheduler_sim.py --traces``): ``hops`` = ``[model_id, epoch, kind,
@@ -54,10 +64,7 @@ def hop_trace(catalog: Path) -> dict[str, Any]:
     except sqlite3.Error as e:
         return {"error": f"could not read hops from {catalog}: {e}"}
     owners: dict[str, dict[int, int]] = {"train": {}, "val": {}}
-    gaps = []
-    for w in sorted({r["worker"] for r in rows}):
-        mine = [r for r in rows if r["worker"] == w]
-        gaps += [b["start"] - a["end"] for a, b in zip(mine, mine[1:], strict=False)]
+    gaps = [g for mine in _by_worker(rows) for g in _gaps(mine)]
     for r in rows:
         owners[r["kind"]][r["partition"]] = r["worker"]
     return {
@@ -128,12 +135,11 @@ def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, A
     leads: list[float] = []
     tails: list[float] = []
     busy: list[float] = []
-    for w in sorted({r["worker"] for r in rows}):
-        mine = [r for r in rows if r["worker"] == w]
+    for mine in _by_worker(rows):
         busy.append(sum(r["end"] - r["start"] for r in mine))
         leads.append(mine[0]["start"] - fit_start)
         tails.append(fit_end - mine[-1]["end"])
-        gaps += [max(0.0, b["start"] - a["end"]) for a, b in zip(mine, mine[1:], strict=False)]
+        gaps += _gaps(mine)
     gap_s = sum(gaps)
     short = sum(g for g in gaps if g <= 0.01)
     in_hop = hop_s - user_s

@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _hops import hop_trace  # noqa: E402  (bench/, this script's folder)
+
 from cerebro.scheduler import POLICIES, Hop, Scheduler  # noqa: E402
 from cerebro.simulate import make_scenario, simulate  # noqa: E402
 
@@ -86,8 +88,7 @@ class _WorkOnly(Scheduler):
     """``fixed`` ranking models by remaining work alone (before NOTE [ Validation first ])."""
 
     def _top(self, cands: dict[int, None]) -> list[int]:
-        best = max(map(self._work.__getitem__, cands))
-        return [i for i in cands if self._work[i] == best]
+        return self._most_work(cands)
 
 
 def load_traces(paths: list[Path]) -> list[tuple[str, dict]]:
@@ -95,9 +96,6 @@ def load_traces(paths: list[Path]) -> list[tuple[str, dict]]:
     out = []
     for path in paths:
         if path.suffix == ".sqlite":
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from _hops import hop_trace
-
             out.append((str(path), hop_trace(path)))
             continue
         data = json.loads(path.read_text())

@@ -578,6 +578,10 @@ class Scheduler:
             validating = [i for i in cands if not models[i].train_todo]
             if validating:
                 cands = dict.fromkeys(validating)
+        return self._most_work(cands)
+
+    def _most_work(self, cands: dict[int, None]) -> list[int]:
+        """The candidates with the most remaining work ("lrf"'s ranking)."""
         work = self._work
         best = max(map(work.__getitem__, cands))
         return [i for i in cands if work[i] == best]
