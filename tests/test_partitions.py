@@ -10,7 +10,7 @@ import torch
 
 from cerebro import Experiment
 from cerebro.partitions import Partition, PartitionWriter, StructureError, write_partition
-from cerebro.worker import HopTask, UserFailure, run_hop, setup_worker
+from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
 from toy import ToyETL, ToySpec
 
 
@@ -137,6 +137,19 @@ def test_batches_gathered_together_equal_one_gather_each(tmp_path: Path) -> None
             assert [t.tolist() for t in r] == [t.tolist() for t in r0]
 
 
+def test_slices_of_a_fixed_shape_partition_are_views_cut_in_one_go(tmp_path: Path) -> None:
+    rows = [(i, (torch.full((2,), float(i)), torch.tensor(i))) for i in range(10)]
+    write_partition(tmp_path / "p", rows, 10)
+    p = Partition(tmp_path / "p")
+    order = torch.tensor([9, 8, 7, 6])
+    indices: list[Any] = [slice(0, 4), slice(4, 8), order, slice(8, 10)]
+    got = list(p.batches(indices))
+    for index, (x, y) in zip(indices, got, strict=True):
+        (x0, y0) = p.batch(index)
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+    assert got[1][0].data_ptr() == p.leaves[0].data_ptr() + 4 * 2 * 4  # a view of the file
+
+
 def test_gathered_minibatches_share_one_copy_and_stay_apart(tmp_path: Path) -> None:
     rows = [(i, (torch.full((2,), float(i)), torch.tensor(i))) for i in range(12)]
     write_partition(tmp_path / "p", rows, 12)
@@ -193,3 +206,33 @@ def test_a_nan_stops_a_train_hop_within_a_few_minibatches(toy_params: dict[str, 
     out = _one_train_hop(toy_params, spec)
     assert getattr(out, "nonfinite", None) == "loss"
     assert spec.calls == 9  # the check after the 9th minibatch saw the NaN; 21 were not run
+
+
+def test_a_hop_reports_one_size_per_minibatch_whose_metrics_it_kept(
+    toy_params: dict[str, str],
+) -> None:
+    # metrics_agg weights each minibatch's metrics by these sizes
+    out = _one_train_hop(toy_params, LateBadSpec(10**6, 0.5))
+    assert isinstance(out, HopOutcome) and out.batch_sizes == [8] * 30
+    assert all(len(v) == 30 for v in out.metrics.values())
+    out = _one_train_hop(toy_params, LateBadSpec(3, float("nan")))  # stopped after 9
+    assert isinstance(out, HopOutcome) and out.batch_sizes == [8] * 9
+    assert all(len(v) == 9 for v in out.metrics.values())
+
+
+def test_an_evaluation_hop_cuts_in_order_and_a_probe_reports_both_splits(
+    toy_params: dict[str, str],
+) -> None:
+    with Experiment(toy_params, workers=1, verbose=False) as exp:
+        exp.run_etl(ToyETL(), seed=1)
+    state: dict[str, Any] = {}
+    setup_worker(state, ToySpec(), str(exp.data_dir), {"train": [0], "val": [0]}, "", 1, "cpu")
+    rows = len(state["partitions"][("val", 0)])
+    hp = {"lr": 0.1, "batch_size": 7}
+    out = run_hop(state, HopTask("m0", hp, "val", 0, 0, None, None, 1, 2))
+    assert isinstance(out, HopOutcome) and out.rows == rows
+    assert out.batch_sizes == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
+    assert torch.is_grad_enabled()  # evaluation's no_grad ends with the hop
+    probe = run_hop(state, HopTask("m0", hp, "probe", 0, 0, None, None, 1, 2))
+    assert isinstance(probe, HopOutcome) and probe.batch_sizes == [7, 7]
+    assert {k.split("_")[0] for k in probe.metrics} == {"train", "val"}
