@@ -292,14 +292,12 @@ class _Run:
         self.user = 0.0
         self.nonfinite: str | None = None
 
-    def call(self, hook: str, components: dict[str, Any], minibatch: Any) -> Any:
-        fn = getattr(self.spec, hook)
+    def predict(self, components: dict[str, Any], minibatch: Any) -> Any:
+        """The user's ``predict`` on one minibatch, timed, without gradients."""
         u0 = time.perf_counter()
         try:
-            if hook == "train":
-                return fn(components, minibatch, self.task.hyperparams, self.device)
             with torch.no_grad():
-                return fn(components, minibatch, self.task.hyperparams, self.device)
+                return self.spec.predict(components, minibatch, self.task.hyperparams, self.device)
         finally:
             self.user += time.perf_counter() - u0
 
@@ -376,7 +374,7 @@ class _Run:
     ) -> str | None:
         inputs, _ = minibatch
         ids = part.row_ids(index)
-        out = self.call("predict", components, (inputs, ids))
+        out = self.predict(components, (inputs, ids))
         fn_name = f"{type(self.spec).__name__}.predict"
         if not isinstance(out, tuple | list) or len(out) != 2:
             return f"{fn_name} must return (classes, confidences), got {type(out).__name__}"
