@@ -64,6 +64,13 @@ def load_split(
     return torch.stack(xs), torch.stack(ys).long()
 
 
+def _mover(dev: torch.device, data: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What brings a minibatch to ``dev``: nothing when the data is there already."""
+    if data.device.type == dev.type:
+        return lambda t: t
+    return lambda t: t.to(dev)
+
+
 def _batches(n: int, bs: int, order: torch.Tensor | None = None) -> list[Any]:
     if order is None:
         return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
@@ -78,33 +85,40 @@ def train_config(
     num_epochs: int,
     seed: int = 1,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    device: str = "cpu",
 ) -> PlainResult:
     """Train one config for ``num_epochs`` (validating after each) with ``example``'s code.
 
     ``on_epoch(epoch, val_loss, val_acc)``, when given, is called after each epoch's
     validation (where a tuner reports to its scheduler); its time counts as validation.
+    On another ``device`` the model moves there and each minibatch is copied there as it is
+    used (as a Cerebro worker does), unless the tensors already live there.
     """
     torch.manual_seed(seed)
     components = example.minibatch_spec.create_model_components(dict(hyperparams))
     model, optimizer = components["model"], components["optimizer"]
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        model.to(dev)  # the same Parameter objects, so the optimizer follows
     bs = int(hyperparams["batch_size"])
     (xt, yt), (xv, yv) = train, val
+    on = _mover(dev, xt)
     gen = torch.Generator().manual_seed(seed)
     train_s = val_s = 0.0
     tl = ta = vl = va = float("nan")
     for epoch in range(num_epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(len(yt), generator=gen)
+        order = torch.randperm(len(yt), generator=gen).to(yt.device)
         tot_l = tot_a = 0.0
         for idx in _batches(len(yt), bs, order):
-            loss, acc = example.train_step(model, optimizer, xt[idx], yt[idx])
+            loss, acc = example.train_step(model, optimizer, on(xt[idx]), on(yt[idx]))
             tot_l += loss * len(idx)
             tot_a += acc * len(idx)
         tl, ta = tot_l / len(yt), tot_a / len(yt)
         t1 = time.perf_counter()
         tot_l = tot_a = 0.0
         for sl in _batches(len(yv), bs):
-            loss, acc = example.eval_step(model, xv[sl], yv[sl])
+            loss, acc = example.eval_step(model, on(xv[sl]), on(yv[sl]))
             n = sl.stop - sl.start
             tot_l += loss * n
             tot_a += acc * n
@@ -122,12 +136,16 @@ def warm_up(
     hyperparams: dict[str, Any],
     train: tuple[torch.Tensor, torch.Tensor],
     steps: int = 3,
+    device: str = "cpu",
 ) -> None:
     """A few untimed steps, so one-time costs (lazy imports in ``torch.optim``, kernel and
-    thread-pool set-up) are not charged to the first config of the timed loop."""
+    thread-pool set-up, a GPU's context and kernel loading) are not charged to the first
+    config of the timed loop."""
     components = example.minibatch_spec.create_model_components(dict(hyperparams))
     model, optimizer = components["model"], components["optimizer"]
-    x, y = train[0][: int(hyperparams["batch_size"])], train[1][: int(hyperparams["batch_size"])]
+    model.to(device)
+    bs = int(hyperparams["batch_size"])
+    x, y = train[0][:bs].to(device), train[1][:bs].to(device)
     for _ in range(steps):
         example.train_step(model, optimizer, x, y)
     example.eval_step(model, x, y)
@@ -141,19 +159,31 @@ def run_plain(
     num_epochs: int,
     threads: int,
     seed: int = 1,
+    device: str = "cpu",
+    resident: bool = False,
 ) -> tuple[float, list[PlainResult]]:
     """Train ``configs`` one after another in this process on ``threads`` torch threads.
+
+    Args:
+        device: where the models train; minibatches are copied there one at a time.
+        resident: copy the whole data set to ``device`` once, before the clock starts.
 
     Returns:
         ``(total wall seconds, one result per config)``; one-time warm-up excluded.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    if resident:
+        train = (train[0].to(device), train[1].to(device))
+        val = (val[0].to(device), val[1].to(device))
     try:
         if configs:
-            warm_up(example, configs[0], train)
+            warm_up(example, configs[0], train, device=device)
         t0 = time.perf_counter()
-        results = [train_config(example, hp, train, val, num_epochs, seed) for hp in configs]
+        results = [
+            train_config(example, hp, train, val, num_epochs, seed, device=device)
+            for hp in configs
+        ]
         return time.perf_counter() - t0, results
     finally:
         torch.set_num_threads(before)

@@ -81,7 +81,9 @@ def run_cerebro_lrf(wl: Workload, seed: int) -> dict[str, Any]:
     return run_cerebro(wl, seed, policy="lrf")
 
 
-def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any]:
+def run_cerebro(
+    wl: Workload, seed: int, policy: str = "fixed", workers: int = WORKERS
+) -> dict[str, Any]:
     from _hops import hop_overhead, hop_trace
 
     from cerebro import Experiment
@@ -90,7 +92,7 @@ def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any
     ex = wl.module
     run_dir = Path(tempfile.mkdtemp(prefix=f"cerebro-suite-{wl.name}-"))
     try:
-        exp = Experiment(wl.params(str(run_dir)), workers=WORKERS, verbose=False)
+        exp = Experiment(wl.params(str(run_dir)), workers=workers, verbose=False)
         t = time.perf_counter()
         exp.start()  # the worker processes: interpreter, import torch, optimizer warm-up
         start_s = time.perf_counter() - t
@@ -114,12 +116,12 @@ def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any
             float(last[f"m{i:03d}"]) if f"m{i:03d}" in last.index else None
             for i in range(len(wl.configs()))
         ]
-        held = [0] * WORKERS
+        held = [0] * workers
         data_dir = run_dir / "data"
         for split in ("train", "val"):
             p = 0
             while partition_path(data_dir, split, p).is_dir():
-                held[p % WORKERS] += Partition(partition_path(data_dir, split, p)).nbytes()
+                held[p % workers] += Partition(partition_path(data_dir, split, p)).nbytes()
                 p += 1
         return {
             "wall_s": wall,
@@ -128,7 +130,8 @@ def run_cerebro(wl: Workload, seed: int, policy: str = "fixed") -> dict[str, Any
             "close_s": close_s,
             "etl_s": etl_s,
             "val_acc": acc,
-            "workers": WORKERS,
+            "workers": workers,
+            "fit_window": [fit_start, fit_end],
             "data_bytes_per_worker": max(held),
             "data_bytes_each": held,
             "hops": hop_overhead(run_dir / "catalog.sqlite", fit_start, fit_end),
