@@ -14,6 +14,12 @@ costs are 1-10 per train hop, so a latency of 0.05 is 0.5-5% of one.
     python bench/scheduler_sim.py --latency 0.05  # each decision reaches its worker late
     python bench/scheduler_sim.py --quick         # a smaller grid, a few seconds
     python bench/scheduler_sim.py --traces bench/results/traces/*.json
+    python bench/scheduler_sim.py --from-json bench/results/scheduler_sim.json \
+        bench/results/scheduler_sim-latency.json --plot bench/results/scheduler_sim.png
+
+``--plot`` draws makespan / lower bound per policy and scenario, and by cluster size,
+against the targets (``_simplot.py``); with ``--from-json`` it redraws saved results
+without simulating again.
 
 ``--traces`` replays real fits instead: each hop takes the time it took in a recorded fit
 (a trace: what ``bench/suite.py`` stores with each Cerebro run, or a run's
@@ -34,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _hops import hop_trace  # noqa: E402  (bench/, this script's folder)
+from _simplot import plot_ratios  # noqa: E402
 
 from cerebro.scheduler import POLICIES, Hop, Scheduler  # noqa: E402
 from cerebro.simulate import make_scenario, simulate  # noqa: E402
@@ -159,7 +166,30 @@ def main() -> None:
     parser.add_argument(
         "--traces", type=Path, nargs="+", help="replay these recorded fits instead (see above)"
     )
+    parser.add_argument("--plot", type=Path, help="also draw the ratios into this PNG")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="draw (--plot) results saved by --json instead of simulating",
+    )
     args = parser.parse_args()
+    if args.traces and args.plot:
+        parser.error("--plot draws the synthetic grid's results; it does not take --traces")
+    if args.from_json:
+        if not args.plot:
+            parser.error("--from-json only redraws saved results: give --plot PNG too")
+        saved = []
+        for path in args.from_json:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                parser.error(f"cannot read {path}: {e}")
+            if "scenarios" not in data or "summary" not in data:
+                parser.error(f"{path} holds no synthetic-grid results (saved by --json)")
+            saved.append((f"latency {data.get('latency', 0.0)}", data))
+        print(f"wrote {plot_ratios(saved, args.plot)}")
+        return
     if args.traces:
         traces = load_traces(args.traces)
         if not traces:
@@ -190,6 +220,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        print(f"wrote {plot_ratios([(f'latency {args.latency}', result)], args.plot)}")
 
 
 if __name__ == "__main__":
