@@ -98,8 +98,7 @@ def train_config(
     components = example.minibatch_spec.create_model_components(dict(hyperparams))
     model, optimizer = components["model"], components["optimizer"]
     dev = torch.device(device)
-    if dev.type != "cpu":
-        model.to(dev)  # the same Parameter objects, so the optimizer follows
+    model.to(dev)  # the same Parameter objects, so the optimizer follows (no-op on the CPU)
     bs = int(hyperparams["batch_size"])
     (xt, yt), (xv, yv) = train, val
     on = _mover(dev, xt)

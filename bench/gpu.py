@@ -44,6 +44,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from _workloads import Workload, workloads  # noqa: E402
+from suite import _acc_stats, _f  # noqa: E402  (the suite's accuracy figures and cells)
 
 RESULTS = BENCH / "results"
 RUNNERS = ("cerebro", "cerebro_x2", "plain", "plain_resident")
@@ -69,7 +70,7 @@ def _devices(device: str) -> int:
 
 
 def run_runner(runner: str, wl: Workload, seed: int, device: str) -> dict[str, Any]:
-    """One runner; its result dict with ``wall_s``, ``val_acc`` and the timed ``window``."""
+    """One runner; its result dict with ``wall_s``, ``val_acc`` and the timed ``fit_window``."""
     import torch
     from _plain import run_plain
     from _runners import run_cerebro
@@ -79,7 +80,6 @@ def run_runner(runner: str, wl: Workload, seed: int, device: str) -> dict[str, A
         per = 2 if runner == "cerebro_x2" else 1
         r = run_cerebro(wl, seed, workers=n * per)
         start, end = r["fit_window"]
-        r["window"] = [start, end]
         r["steady_window"] = [start + r["hops"]["first_hop_s"], end]
         r.pop("trace", None)
     else:
@@ -102,7 +102,7 @@ def run_runner(runner: str, wl: Workload, seed: int, device: str) -> dict[str, A
             "val_acc": [x.val_acc for x in results],
             "config_s": [x.wall_s for x in results],
             "workers": 1,
-            "window": [end - wall, end],
+            "fit_window": [end - wall, end],
         }
     r["device_names"] = (
         ["cpu"] if device == "cpu" else [torch.cuda.get_device_name(i) for i in range(n)]
@@ -211,48 +211,36 @@ def run_child(runner: str, args: argparse.Namespace, log_dir: Path) -> dict[str,
     r: dict[str, Any] = json.loads(out.read_text())
     r["process_s"] = time.perf_counter() - t0
     if sampler is not None:
-        r["gpu"] = sampler.busy(r["window"], r["gpus_used"])
+        r["gpu"] = sampler.busy(r["fit_window"], r["gpus_used"])
         if "steady_window" in r:
             r["gpu_steady"] = sampler.busy(r["steady_window"], r["gpus_used"])
     return r
-
-
-def _acc(r: dict[str, Any]) -> tuple[float | None, float | None]:
-    got = [a for a in r["val_acc"] if a is not None]
-    return (statistics.fmean(got), max(got)) if got else (None, None)
 
 
 def figures(wl: Workload, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Ratios to the plain loop, busy %, and the accuracy check against the plain loop."""
     n = len(wl.configs())
     ref = res.get("plain")
-    ref_acc = _acc(ref) if ref else (None, None)
+    ref_acc = _acc_stats(ref["val_acc"]) if ref else None
     rows: dict[str, Any] = {}
     failures: list[str] = []
     for name, r in res.items():
-        mean, best = _acc(r)
-        done = sum(a is not None for a in r["val_acc"])
+        acc = _acc_stats(r["val_acc"])
         rows[name] = {
             "wall_s": r["wall_s"],
             "over_plain": r["wall_s"] / ref["wall_s"] if ref else None,
             "busy_pct": (r.get("gpu") or {}).get("busy_pct"),
             "busy_pct_steady": (r.get("gpu_steady") or {}).get("busy_pct"),
             "memory_mib_peak": (r.get("gpu") or {}).get("memory_mib_peak"),
-            "val_acc_mean": mean,
-            "val_acc_best": best,
-            "configs_done": done,
+            **acc,
         }
-        if done != n:
-            failures.append(f"{name}: {done} of {n} configs finished")
-        elif ref is not None and mean is not None and best is not None:
-            for key, v, v_ref in (("mean", mean, ref_acc[0]), ("best", best, ref_acc[1])):
-                if v_ref is not None and abs(v - v_ref) > wl.acc_tolerance:
-                    failures.append(f"{name}: val acc {key} {v:.4f} vs {v_ref:.4f} (plain)")
+        if acc["configs_done"] != n:
+            failures.append(f"{name}: {acc['configs_done']} of {n} configs finished")
+        elif ref_acc is not None and ref_acc["configs_done"]:
+            for key in ("val_acc_mean", "val_acc_best"):
+                if abs(acc[key] - ref_acc[key]) > wl.acc_tolerance:
+                    failures.append(f"{name}: {key} {acc[key]:.4f} vs {ref_acc[key]:.4f} (plain)")
     return {"runners": rows, "accuracy_failures": failures, "accuracy_tolerance": wl.acc_tolerance}
-
-
-def _f(v: Any, fmt: str, width: int) -> str:
-    return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
 
 
 def print_table(wl: Workload, fig: dict[str, Any], res: dict[str, dict[str, Any]]) -> None:
