@@ -295,11 +295,17 @@ class Experiment:
         d = self.output_dir / "misc"
         d.mkdir(exist_ok=True)
         for f in self.params.misc:
-            target = d / f.name
-            if not target.exists() or target.stat().st_size != f.stat().st_size:
-                tmp = d / f".{f.name}.tmp"
-                shutil.copyfile(f, tmp)
-                os.replace(tmp, target)
+            target, tmp = d / f.name, d / f".{f.name}.tmp"
+            try:
+                if not target.exists() or target.stat().st_size != f.stat().st_size:
+                    shutil.copyfile(f, tmp)
+                    os.replace(tmp, target)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise ParamsError(
+                    f"params['misc'] file {f} could not be copied into {d}: {e}. Check that "
+                    "it is a readable file and that the output folder has room."
+                ) from e
         return d
 
     def run_etl(

@@ -139,6 +139,46 @@ class _Features(ToyETL):
         return ["f0"]
 
 
+class _Blob(ToyETL):
+    """Opens each row's object file the way our MNIST example does, then the toy row."""
+
+    def set_features(self) -> list[str]:
+        return ["blob"]
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        assert object_dir is not None
+        with open(os.path.join(object_dir, row["blob"]), "rb") as f:
+            f.read()
+        return super().row_prep(row, mode, object_dir)
+
+
+def _object_path(value: str) -> Callable[[Ctx], Any]:
+    """The ETL of toy CSVs whose object column names ``ok.bin`` in ``objs/``, but for the
+    first train row (id 1000), which names ``value``. Beside ``objs/`` lies an outside file;
+    inside, a folder, a link out to that file and a link loop."""
+
+    def act(c: Ctx) -> Any:
+        objs = c.tmp / "objs"
+        (objs / "sub").mkdir(parents=True)
+        (objs / "ok.bin").write_bytes(b"ok")
+        (c.tmp / "secret.txt").write_text("outside")
+        (objs / "out").symlink_to(c.tmp / "secret.txt")
+        (objs / "loop").symlink_to(objs / "loop")
+        for split in ("val", "test", "predict"):
+            _csv(c, split, lambda d: d.assign(blob="ok.bin"))
+        _csv(c, "train", lambda d: d.assign(blob=[value] + ["ok.bin"] * (len(d) - 1)))
+        dirs = {f"{s}_dir": str(objs) for s in ("train", "val", "test", "predict")}
+        return c.exp(**dirs).run_etl(_Blob())
+
+    return act
+
+
+def _header(ctx: Ctx, split: str, names: str) -> None:
+    """Replace the header line of a split's CSV."""
+    path = Path(ctx.params[f"{split}_main"])
+    path.write_text(names + "\n" + path.read_text().split("\n", 1)[1])
+
+
 def _run_fit(spec: Any, **kw: Any) -> Callable[[Ctx], Any]:
     args = {"param_grid": GRID, "num_epochs": 1, **kw}
     return lambda c: c.fitted().run_fit(spec, **args)
@@ -383,12 +423,109 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         ParamsError,
         "could not be parsed as CSV",
     ),
+    (
+        "duplicate header names",
+        _then(lambda c: _header(c, "val", "id,f0,f0,f2,f3,f4,f5,label"), _etl()),
+        ParamsError,
+        r"val CSV .*: the header names column\(s\) 'f0' more than once",
+    ),
+    (
+        "empty header name",
+        _then(lambda c: _header(c, "train", "id,f0,,f2,f3,f4,f5,label"), _etl()),
+        ParamsError,
+        r"train CSV .*: the header has empty column name\(s\) at position\(s\) \[3\]",
+    ),
+    (
+        "id beyond 64 bits",
+        _then(
+            lambda c: _csv(c, "val", lambda d: d.assign(id=[2**64 - 1 - i for i in d.index])),
+            _etl(),
+        ),
+        ParamsError,
+        r"column 'id' must hold integers that fit in 64 bits .*found data row 1: "
+        r"18446744073709551615; .*\(and 55 more\)",
+    ),
+    (
+        "boolean ids",
+        _then(lambda c: _csv(c, "val", lambda d: d.assign(id=d["id"] % 2 == 0)), _etl()),
+        ParamsError,
+        r"column 'id' must hold integers .*found data row 1: True; data row 2: False",
+    ),
+    (
+        "unreadable CSV",
+        lambda c: c.exp(test_main="/proc/self/mem").run_etl(ToyETL()),
+        ParamsError,
+        r"test CSV /proc/\d+/mem could not be read: \[Errno 5\] Input/output error",
+    ),
+    (
+        "unreadable misc file",
+        lambda c: c.exp(misc=["/proc/self/mem"]).run_etl(ToyETL()),
+        ParamsError,
+        r"params\['misc'\] file /proc/\d+/mem could not be copied into .*Input/output",
+    ),
     ("object files without *_dir", _etl(_Features()), ParamsError, r"params has no 'train_dir'"),
     (
-        "missing object files",
+        "object column of numbers",
         lambda c: c.exp(train_dir=str(c.tmp)).run_etl(_Features()),
         ParamsError,
-        r"object file\(s\) not found under train_dir=.*id 1000",
+        r"bad object path\(s\) under train_dir=.*: row id 1000, column 'f0': -?\d.* is not a "
+        r"path \(float\).*; row id \d+, .*Object paths must be relative paths of files inside",
+    ),
+    (
+        "missing object file",
+        _object_path("nope.bin"),
+        ParamsError,
+        r"train split: bad object path\(s\) under train_dir=.*/objs: row id 1000, column "
+        r"'blob': 'nope.bin' names no file\. .*fix the CSV .*train.csv",
+    ),
+    (
+        "empty object path",
+        _object_path(""),
+        ParamsError,
+        r"row id 1000, column 'blob': nan is not a path \(empty\)",
+    ),
+    (
+        "object path with ..",
+        _object_path("../secret.txt"),
+        ParamsError,
+        r"row id 1000, column 'blob': '\.\./secret\.txt' leads outside the folder",
+    ),
+    (
+        "absolute object path",
+        _object_path("/etc/passwd"),
+        ParamsError,
+        r"row id 1000, column 'blob': '/etc/passwd' is an absolute path",
+    ),
+    (
+        "object path through a link out",
+        _object_path("out"),
+        ParamsError,
+        r"row id 1000, column 'blob': 'out' is a symbolic link .*that leads outside",
+    ),
+    (
+        "object path of a link loop",
+        _object_path("loop"),
+        ParamsError,
+        r"'loop' cannot be read: Too many levels of symbolic links",
+    ),
+    (
+        "object path of a folder",
+        _object_path("sub"),
+        ParamsError,
+        r"row id 1000, column 'blob': 'sub' is a folder, not a file",
+    ),
+    (
+        "object path with a NUL",
+        _object_path("ok\0.bin"),
+        ParamsError,
+        r"row id 1000, column 'blob': 'ok\\x00\.bin' holds a NUL character",
+    ),
+    (
+        "5,000-character object path",
+        _object_path("a" * 5000),
+        ParamsError,
+        r"row id 1000, column 'blob': 'a{59}…\(5002 characters\) is 5000 characters long: no "
+        r"file can have a path over 4096",
     ),
     (
         "row_prep returns a tensor",
@@ -577,6 +714,22 @@ def test_bad_input(
 ) -> None:
     with pytest.raises(exc, match=match):
         act(ctx)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        _then(lambda c: _csv(c, "val", lambda d: d.assign(id="7" * 20_000_000)), _etl()),
+        _then(lambda c: _header(c, "val", "id,f0,f0" + ",x" * 1000), _etl()),
+        _object_path("b" * 5000),
+    ],
+    ids=["20 MB id", "1,000 repeated header names", "5,000-character path"],
+)
+def test_a_huge_cell_makes_a_short_message(ctx: Ctx, act: Callable[[Ctx], Any]) -> None:
+    """The message shows each offending value cut to ~80 characters, a few of them."""
+    with pytest.raises(ParamsError) as e:
+        act(ctx)
+    assert len(str(e.value)) < 1000, str(e.value)[:2000]
 
 
 def test_run_checks_both_steps_before_it_records_or_starts_either(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -243,15 +244,69 @@ def test_object_files_and_misc(tmp_path: Path) -> None:
     assert rows[7] == [14.0, 14.0, 14.0]
 
 
-def test_missing_object_file(tmp_path: Path) -> None:
+def test_row_prep_gets_the_confined_path(tmp_path: Path) -> None:
+    """A path that stays inside reaches row_prep normalized: no "..", no "./", no link."""
     params = _object_params(tmp_path)
-    (Path(params["train_dir"]) / "3.npy").unlink()
-    with pytest.raises(ParamsError, match=r"object file\(s\) not found .*id 3: '3.npy'"):
-        Experiment(params, workers=2, verbose=False).run_etl(ImageETL())
+    objs = Path(params["train_dir"])
+    (objs / "sub").mkdir()
+    (objs / "sub" / "link").symlink_to(objs / "2.npy")
+    df = pd.read_csv(params["train_main"])
+    df.loc[df["id"] == 0, "blob"] = "./0.npy"
+    df.loc[df["id"] == 1, "blob"] = "sub/../1.npy"
+    df.loc[df["id"] == 2, "blob"] = "sub/link"
+    df.to_csv(params["train_main"], index=False)
+
+    class Strict(ImageETL):
+        def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+            assert row["blob"] == f"{row['id']}.npy", row["blob"]
+            return super().row_prep(row, mode, object_dir)
+
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(Strict())
+    rows = _all_rows(exp.data_dir, "train", 2)
+    assert [rows[i] for i in range(3)] == [[0.0] * 3, [2.0] * 3, [4.0] * 3]
 
 
-def test_object_columns_without_dir(tmp_path: Path) -> None:
-    params = _object_params(tmp_path)
-    del params["train_dir"]
-    with pytest.raises(ParamsError, match="params has no 'train_dir'"):
+def _refusal(params: dict[str, Any], value: str) -> str:
+    df = pd.read_csv(params["train_main"])
+    df.loc[df["id"] == 4, "blob"] = value
+    df.to_csv(params["train_main"], index=False)
+    with pytest.raises(ParamsError) as e:
         Experiment(params, workers=2, verbose=False).run_etl(ImageETL())
+    return str(e.value).replace(repr(value), "VALUE")
+
+
+def test_refusals_do_not_tell_whether_an_outside_file_exists(tmp_path: Path) -> None:
+    params = _object_params(tmp_path)
+    objs = Path(params["train_dir"])
+    (tmp_path / "secret.txt").write_text("outside")
+    (objs / "to_secret").symlink_to(tmp_path / "secret.txt")
+    (objs / "to_nothing").symlink_to(tmp_path / "nothing.txt")
+    assert _refusal(params, "../secret.txt") == _refusal(params, "../nothing.txt")
+    assert _refusal(params, "to_secret") == _refusal(params, "to_nothing")
+    assert "leads outside" in _refusal(params, "to_nothing")
+
+
+class SwapETL(ImageETL):
+    """Turns 3.npy into a link out of its folder once the driver has checked the CSV:
+    ``initialize_worker`` runs in the ETL processes, after the driver's check."""
+
+    def __init__(self, outside: str) -> None:
+        self.outside = outside
+
+    def initialize_worker(self) -> None:
+        objs = Path(self.outside).parent / "objs"
+        tmp = objs / f".swap-{os.getpid()}"
+        tmp.symlink_to(self.outside)
+        os.replace(tmp, objs / "3.npy")
+
+
+def test_paths_are_checked_again_where_row_prep_runs(tmp_path: Path) -> None:
+    params = _object_params(tmp_path)
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.full(3, 99, dtype=np.float32))
+    with pytest.raises(ParamsError) as e:
+        Experiment(params, workers=2, verbose=False).run_etl(SwapETL(str(outside)))
+    message = str(e.value)
+    assert "row id 3, column 'blob': '3.npy' is a symbolic link" in message
+    assert f"checked on {platform.node()}, where row_prep reads them" in message

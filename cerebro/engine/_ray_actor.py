@@ -129,6 +129,7 @@ class WorkerActor:
         p: int,
         size: int,
         object_dir: str | None,
+        features: list[str],
         rows: list[dict[str, Any]],
     ) -> int | _RowFailure:
         """``row_prep`` a chunk of partition ``p`` and append it; closes the partition when full.
@@ -140,7 +141,7 @@ class WorkerActor:
         if key not in self.writers:
             self.writers[key] = PartitionWriter(partition_path(Path(root), split, p), size)
         writer = self.writers[key]
-        out = _prep_chunk(self.state, split, object_dir, rows)
+        out = _prep_chunk(self.state, split, object_dir, features, rows)
         if isinstance(out, _RowFailure):
             return out
         for row_id, row in out:

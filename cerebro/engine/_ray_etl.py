@@ -233,7 +233,7 @@ def _run(
             for p, rows in plan.chunks(_CHUNK_ROWS):
                 w = p % workers
                 ref = actors[w].etl_rows.remote(
-                    slots[w]["root"], plan.split, p, plan.sizes[p], object_dir, rows
+                    slots[w]["root"], plan.split, p, plan.sizes[p], object_dir, plan.features, rows
                 )
                 in_flight[ref] = len(rows)
                 drain(_IN_FLIGHT_PER_ACTOR * workers)
@@ -273,9 +273,4 @@ def _get(ray: Any, refs: list[Any]) -> list[Any]:
 
 def _check(result: Any) -> None:
     if isinstance(result, _RowFailure):
-        raise UserCodeError(
-            result.message,
-            function=result.function,
-            where=f"split {result.split!r}, row id {result.row_id}",
-            user_traceback=result.traceback,
-        )
+        raise result.error()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from cerebro.errors import ParamsError
+from cerebro.etl._paths import BadObjectPath, confine, shorten
 
-__all__ = ["SplitPlan", "plan_split"]
+__all__ = ["SplitPlan", "bad_object_paths", "object_path_problem", "plan_split"]
 
 _MAX_LISTED = 5
 
@@ -23,6 +25,7 @@ class SplitPlan:
     split: str
     rows: list[dict[str, Any]]  # the CSV rows, in partition order
     sizes: list[int]  # rows per partition; sum == len(rows)
+    features: list[str]  # the object-file columns, their paths already confined once
 
     def chunks(self, max_rows: int) -> list[tuple[int, list[dict[str, Any]]]]:
         """``(partition, rows)`` pieces of at most ``max_rows``, in partition order."""
@@ -37,6 +40,8 @@ class SplitPlan:
 
 def _read_csv(split: str, path: Path) -> pd.DataFrame:
     try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+        _check_header(split, path, header.iloc[0].tolist() if len(header) else [])
         return pd.read_csv(path)
     except pd.errors.EmptyDataError as e:
         raise ParamsError(f"{split} CSV {path} is empty; it needs a header row and rows.") from e
@@ -46,19 +51,52 @@ def _read_csv(split: str, path: Path) -> pd.DataFrame:
         raise ParamsError(f"{split} CSV {path} could not be read: {e}") from e
 
 
+def _check_header(split: str, path: Path, names: list[str]) -> None:
+    """Refuse what pandas would silently rename: ``id,id`` becomes ``id, id.1`` and an
+    empty cell ``Unnamed: 2``, so a spec would read the wrong column or none."""
+    empty = [i + 1 for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        raise ParamsError(
+            f"{split} CSV {path}: the header has empty column name(s) at position(s) "
+            f"{empty[:_MAX_LISTED]}; give every column a name."
+        )
+    dups = [name for name, count in Counter(names).items() if count > 1]
+    if dups:
+        shown = ", ".join(shorten(n) for n in dups[:_MAX_LISTED])
+        raise ParamsError(
+            f"{split} CSV {path}: the header names column(s) {shown} more than once; give "
+            "every column its own name."
+        )
+
+
+_INT64 = np.iinfo(np.int64)
+
+
+def _bad_id(value: Any) -> bool:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        return True
+    return not _INT64.min <= int(value) <= _INT64.max
+
+
 def _check_ids(split: str, path: Path, df: pd.DataFrame) -> None:
     if "id" not in df.columns:
+        columns = ", ".join(shorten(str(c)) for c in df.columns[:20])
         raise ParamsError(
-            f"{split} CSV {path} has no 'id' column (columns: {', '.join(map(str, df.columns))}"
-            "). Add a column 'id' holding a unique integer per row."
+            f"{split} CSV {path} has no 'id' column (columns: {columns}"
+            f"{', …' if len(df.columns) > 20 else ''}). Add a column 'id' holding a unique "
+            "integer per row."
         )
     ids = df["id"]
-    if not pd.api.types.is_integer_dtype(ids):
-        bad = [v for v in ids.tolist() if not (isinstance(v, int | np.integer))][:_MAX_LISTED]
-        raise ParamsError(
-            f"{split} CSV {path}: column 'id' must hold integers; found {bad!r}. Number the "
-            "rows with unique integers."
-        )
+    if ids.dtype != np.int64:  # int64 holds no bool and nothing out of range; check the rest
+        bad = [(i, v) for i, v in zip(df.index, ids.tolist(), strict=True) if _bad_id(v)]
+        if bad:
+            shown = "; ".join(f"data row {i + 1}: {shorten(v)}" for i, v in bad[:_MAX_LISTED])
+            more = f" (and {len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
+            raise ParamsError(
+                f"{split} CSV {path}: column 'id' must hold integers that fit in 64 bits "
+                f"(-2^63 to 2^63-1); found {shown}{more}. Number the rows with unique integers."
+            )
+        df["id"] = ids = ids.astype(np.int64)
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
         raise ParamsError(
@@ -70,6 +108,8 @@ def _check_ids(split: str, path: Path, df: pd.DataFrame) -> None:
 def _check_objects(
     split: str, path: Path, df: pd.DataFrame, features: list[str], object_dir: Path | None
 ) -> None:
+    """Confine every object path to ``object_dir`` and write the normalized paths back into
+    ``df`` (see NOTE [ object paths are confined ] in ``_paths``)."""
     if not features:
         return
     missing_cols = [c for c in features if c not in df.columns]
@@ -83,18 +123,36 @@ def _check_objects(
             f"set_features() marks {features} as object-file columns, but params has no "
             f"'{split}_dir'; set it to the folder those paths are relative to."
         )
-    missing: list[str] = []
+    bad: list[str] = []
+    ids = df["id"].tolist()
     for col in features:
-        for row_id, rel in zip(df["id"].tolist(), df[col].tolist(), strict=True):
-            if not isinstance(rel, str) or not (object_dir / rel).is_file():
-                missing.append(f"id {row_id}: {rel!r}")
-                if len(missing) >= _MAX_LISTED:
+        safe = []
+        for row_id, value in zip(ids, df[col].tolist(), strict=True):
+            try:
+                safe.append(confine(str(object_dir), value))
+            except BadObjectPath as e:
+                bad.append(object_path_problem(row_id, col, value, str(e)))
+                if len(bad) >= _MAX_LISTED:
                     break
-    if missing:
-        raise ParamsError(
-            f"{split} split: object file(s) not found under {split}_dir={object_dir}: "
-            f"{'; '.join(missing)}. Check the paths in column(s) {features}."
-        )
+        if bad:
+            break
+        df[col] = safe
+    if bad:
+        raise ParamsError(bad_object_paths(split, str(object_dir), bad, f"fix the CSV {path}"))
+
+
+def object_path_problem(row_id: Any, column: str, value: Any, why: str) -> str:
+    """One bad object cell, for an error message: row id, column, the value cut short."""
+    return f"row id {row_id}, column {column!r}: {shorten(value)} {why}"
+
+
+def bad_object_paths(split: str, object_dir: str, problems: list[str], fix: str) -> str:
+    """The message of a ``ParamsError`` for bad object cells (``object_path_problem``)."""
+    return (
+        f"{split} split: bad object path(s) under {split}_dir={object_dir}: "
+        f"{'; '.join(problems)}. Object paths must be relative paths of files inside "
+        f"{split}_dir; {fix}."
+    )
 
 
 def plan_split(
@@ -112,8 +170,9 @@ def plan_split(
     split is always kept whole), then cut into ``partitions`` near-equal contiguous pieces.
 
     Raises:
-        ParamsError: unreadable CSV, no or bad ``id`` column, duplicate ids, no rows,
-            missing object files, or fewer train rows than partitions.
+        ParamsError: unreadable CSV, an empty or repeated header name, no or bad ``id``
+            column, duplicate ids, no rows, object paths that do not name a file inside
+            ``object_dir``, or fewer train rows than partitions.
     """
     df = _read_csv(split, path)
     if len(df) == 0:
@@ -135,4 +194,4 @@ def plan_split(
     rows = [records[i] for i in order]
     base, extra = divmod(len(rows), partitions)
     sizes = [base + (1 if p < extra else 0) for p in range(partitions)]
-    return SplitPlan(split, rows, sizes)
+    return SplitPlan(split, rows, sizes, features)

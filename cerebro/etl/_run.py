@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import traceback
 import types
@@ -14,8 +15,9 @@ from typing import Any
 
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
-from cerebro.errors import CerebroError, UserCodeError, WorkerError
-from cerebro.etl._read import SplitPlan, plan_split
+from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
+from cerebro.etl._paths import BadObjectPath, confine
+from cerebro.etl._read import SplitPlan, bad_object_paths, object_path_problem, plan_split
 from cerebro.params import SPLITS, Params
 from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
 from cerebro.spec import ETLSpec, check_spec
@@ -28,11 +30,24 @@ _CHUNK_ROWS = 256
 
 @dataclass
 class _RowFailure:
+    """Why a row could not be prepared, sent back from the process that tried."""
+
     split: str
     row_id: Any
-    function: str
+    function: str  # the user hook that failed; "" for a bad object path (the CSV's fault)
     message: str
     traceback: str
+
+    def error(self) -> CerebroError:
+        """The error the driver raises for it."""
+        if not self.function:
+            return ParamsError(self.message)
+        return UserCodeError(
+            self.message,
+            function=self.function,
+            where=f"split {self.split!r}, row id {self.row_id}",
+            user_traceback=self.traceback,
+        )
 
 
 # --- in the ETL processes ---------------------------------------------------------------------
@@ -50,13 +65,27 @@ def _setup(state: dict[str, Any], spec: ETLSpec, misc_dir: str, threads: int) ->
 
 
 def _prep_chunk(
-    state: dict[str, Any], split: str, object_dir: str | None, rows: list[dict[str, Any]]
+    state: dict[str, Any],
+    split: str,
+    object_dir: str | None,
+    features: list[str],
+    rows: list[dict[str, Any]],
 ) -> list[tuple[int, Any]] | _RowFailure:
+    """``row_prep`` over ``rows``, each object path confined to ``object_dir`` first (here,
+    on the disk ``row_prep`` reads: see NOTE [ object paths are confined ] in ``_paths``)."""
     spec: ETLSpec = state["spec"]
     name = f"{type(spec).__name__}.row_prep"
     out = []
     for row in rows:
         row_id = row["id"]
+        for col in features:
+            try:
+                row[col] = confine(object_dir or "", row[col])
+            except BadObjectPath as e:
+                problem = object_path_problem(row_id, col, row[col], str(e))
+                fix = f"checked on {platform.node()}, where row_prep reads them"
+                message = bad_object_paths(split, str(object_dir), [problem], fix)
+                return _RowFailure(split, row_id, "", message, "")
         try:
             result = spec.row_prep(row, split, object_dir)
         except Exception as e:  # noqa: BLE001 - reported with the row id
@@ -143,9 +172,12 @@ def _fingerprint(
     for split, path in params.mains.items():
         # Content, not mtime: rewriting identical CSVs must not invalidate the data.
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise ParamsError(f"{split} CSV {path} could not be read: {e}") from e
         splits[split] = {"csv": str(path), "sha256": digest.hexdigest()}
     return {
         "spec": f"{type(spec).__qualname__}:{_spec_fingerprint(spec)}",
@@ -192,8 +224,6 @@ def run_etl(
     """
     check_spec(spec, ETLSpec)
     if not 0.0 < fraction <= 1.0:
-        from cerebro.errors import ParamsError
-
         raise ParamsError(f"fraction must be in (0, 1], got {fraction!r}.")
     fp = _fingerprint(params, spec, partitions, fraction, seed)
     old = load_manifest(data_dir)
@@ -205,10 +235,10 @@ def run_etl(
     for split_dir in data_dir.iterdir():
         if split_dir.is_dir():
             shutil.rmtree(split_dir)
-    items: list[tuple[str, int, list[dict[str, Any]]]] = []
+    items: list[tuple[SplitPlan, int, list[dict[str, Any]]]] = []
     for plan in plans:
         for p, rows in plan.chunks(_CHUNK_ROWS):
-            items.append((plan.split, p, rows))
+            items.append((plan, p, rows))
         for p, size in enumerate(plan.sizes):
             if size == 0:
                 PartitionWriter(partition_path(data_dir, plan.split, p), 0).close()
@@ -233,7 +263,8 @@ def run_etl(
                 )
 
         def on_result(i: int, value: Any) -> None:
-            split, p, rows = items[i]
+            plan, p, rows = items[i]
+            split = plan.split
             if isinstance(value, RemoteError):
                 raise UserCodeError(
                     f"{value.type_name}: {value.message}",
@@ -242,12 +273,7 @@ def run_etl(
                     user_traceback=value.traceback,
                 )
             if isinstance(value, _RowFailure):
-                raise UserCodeError(
-                    value.message,
-                    function=value.function,
-                    where=f"split {value.split!r}, row id {value.row_id}",
-                    user_traceback=value.traceback,
-                )
+                raise value.error()
             key = (split, p)
             if key not in writers:
                 writers[key] = PartitionWriter(partition_path(data_dir, split, p), sizes[key])
@@ -268,7 +294,10 @@ def run_etl(
         parallel_map(
             children,
             _prep_chunk,
-            ((split, params.object_dir(split), rows) for split, _, rows in items),
+            (
+                (plan.split, params.object_dir(plan.split), plan.features, rows)
+                for plan, _, rows in items
+            ),
             on_result,
         )
     except OSError as e:

@@ -106,8 +106,10 @@ class MnistETL(ETLSpec):
         import numpy as np
         from PIL import Image
 
-        path = os.path.join(object_dir or "", row["image"])
-        with Image.open(path) as img:
+        # The ETL has checked row["image"]: a relative path of a file inside object_dir
+        # (test_dir, ...), with no ".." or links out of it. Join it, never open it alone.
+        assert object_dir is not None, "set_features() names a column, so *_dir is set"
+        with Image.open(os.path.join(object_dir, row["image"])) as img:
             pixels = np.asarray(img.convert("L"), dtype=np.float32)
         x = torch.from_numpy(pixels / 255.0).unsqueeze(0)
         return x, (None if mode == "predict" else torch.tensor(int(row["label"])))
