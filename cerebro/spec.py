@@ -48,8 +48,10 @@ class ETLSpec:
     def set_features(self) -> list[str]:
         """Names of the CSV columns whose values are paths of object files (images, ...).
 
-        The paths are relative to the split's ``*_dir`` in ``params``; Cerebro checks that
-        each file exists before any row is processed. Default: no such columns.
+        The paths are relative to the split's ``*_dir`` in ``params``. Before any row is
+        processed, Cerebro checks that each names a regular file inside that folder (links
+        resolved; absolute paths and ``..`` or links out of it are refused), and
+        :meth:`row_prep` gets it normalized. Default: no such columns.
         """
         return []
 
@@ -57,7 +59,9 @@ class ETLSpec:
         """Turn one row into ``(input, label)``.
 
         Args:
-            row: the CSV row as ``{column: value}`` (numbers already parsed).
+            row: the CSV row as ``{column: value}`` (numbers already parsed); an
+                object-file column holds a checked path relative to ``object_dir``: open
+                ``os.path.join(object_dir, row[column])``.
             mode: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``.
             object_dir: the split's ``*_dir`` from ``params`` (``None`` when not given).
 
