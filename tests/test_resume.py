@@ -120,7 +120,12 @@ for split, n in (("train", 400), ("val", 100)):
 
 class ETL(ETLSpec):
     def row_prep(self, row, mode, object_dir):
-        time.sleep(0.002)
+        # While data/hold exists the val rows wait (after touching data/inside): a test
+        # kills the run there, in the ETL, with the train partitions written.
+        if mode == "val" and (root / "hold").exists():
+            (root / "inside").touch()
+            while (root / "hold").exists():
+                time.sleep(0.01)
         return torch.tensor([row["a"]], dtype=torch.float32), torch.tensor(int(row["label"]))
 
 class Spec(MinibatchSpec):
@@ -149,6 +154,7 @@ param_grid = {"lr": [0.05, 0.01, 0.002], "batch_size": [32]}
 num_epochs = 3
 workers = 2
 """
+HOPS = 3 * 2 * 2 * 3  # models x (train, val) x partitions x epochs
 
 
 def _cli_run(folder: Path) -> subprocess.Popen[bytes]:
@@ -161,85 +167,108 @@ def _cli_run(folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def test_driver_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
-    import random
-
-    # An uninterrupted run first: the reference result, and how long a whole run takes
-    # here, so the kills land at random moments of a run (start, ETL, fit) on a fast
-    # machine as on a slow one.
-    clean_dir = tmp_path / "clean"
-    clean_dir.mkdir()
-    (clean_dir / "exp.py").write_text(EXPERIMENT)
-    t0 = time.perf_counter()
-    proc = _cli_run(clean_dir)
-    _, err = proc.communicate(timeout=300)
-    whole = time.perf_counter() - t0
-    assert proc.returncode == 0, err.decode()
-
-    killed_dir = tmp_path / "killed"
-    killed_dir.mkdir()
-    (killed_dir / "exp.py").write_text(EXPERIMENT)
-    rng = random.Random(1234)
-    kills = 0
-    started = time.time()
-    while kills < 6 and time.time() - started < 150:
-        proc = _cli_run(killed_dir)
-        try:
-            # At most half a run: the first two runs are always killed, whatever the
-            # machine's speed (each restart pays its start-up again).
-            proc.wait(timeout=rng.uniform(0.05, 0.5) * whole)
-            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-            break
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # driver, ETL processes and workers
-            proc.wait()
-            kills += 1
-    assert kills >= 2, f"only {kills} kills in a run that takes {whole:.1f} s uninterrupted"
-    run_dir = killed_dir / "run"
-    result = Experiment.resume(run_dir, verbose=False)  # the API, after the last kill
+def _outcome(run_dir: Path) -> tuple[dict[tuple[str, str, int, int], Any], list[tuple[Any, ...]]]:
+    """What a run computed, from its catalog: each completed hop's per-minibatch metrics
+    (by model, kind, partition, epoch; a hop done twice is an error) and every epoch
+    metric (model, epoch, split, name, value)."""
     con = sqlite3.connect(run_dir / "catalog.sqlite")
-    rows = con.execute("SELECT model_id, kind, partition, epoch, status FROM hops").fetchall()
-    con.close()
-    count = Counter((m, k, p, e) for m, k, p, e, s in rows if s == "done")
-    assert len(count) == 3 * 2 * 2 * 3 and set(count.values()) == {1}
-    assert {r[4] for r in rows} <= {"done", "lost"}
-    assert set(result.table["status"]) == {"done"}
+    try:
+        (fits,) = con.execute("SELECT COUNT(*) FROM fits").fetchone()
+        assert fits == 1
+        hops = con.execute(
+            "SELECT model_id, kind, partition, epoch, metrics FROM hops WHERE status='done'"
+        ).fetchall()
+        metrics = con.execute(
+            "SELECT model_id, epoch, split, name, value FROM metrics "
+            "ORDER BY model_id, epoch, split, name"
+        ).fetchall()
+    finally:
+        con.close()
+    count = Counter((m, k, p, e) for m, k, p, e, _ in hops)
+    assert set(count.values()) == {1}, [key for key, n in count.items() if n > 1]
+    return {(m, k, p, e): json.loads(v)["values"] for m, k, p, e, v in hops}, metrics
 
-    # the same as the run that was never interrupted
-    clean = Experiment.resume(clean_dir / "run", verbose=False)  # finished: reads, no work
-    key = ["model_id", "epoch", "split", "metric"]
-    a = result.history.sort_values(key).reset_index(drop=True)
-    b = clean.history.sort_values(key).reset_index(drop=True)
-    assert a.equals(b)
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EXPERIMENT run once, uninterrupted: the reference the killed runs must match."""
+    folder = tmp_path_factory.mktemp("clean")
+    (folder / "exp.py").write_text(EXPERIMENT)
+    proc = _cli_run(folder)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    hops, metrics = _outcome(folder / "run")
+    assert len(hops) == HOPS and len(metrics) == 3 * 3 * 3  # train loss, val loss and acc
+    return folder / "run"
 
 
-def test_run_killed_in_the_etl_resumes_with_cerebro_resume(tmp_path: Path) -> None:
-    # the ETL waits for a gate file, so the kill lands in it every time
-    gated = EXPERIMENT.replace(
-        "        time.sleep(0.002)\n",
-        "        while not (root / 'gate').exists():\n            time.sleep(0.01)\n",
-    )
-    assert gated != EXPERIMENT
-    (tmp_path / "exp.py").write_text(gated)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cerebro.cli", "run", str(tmp_path / "exp.py"), "-q"],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    session = tmp_path / "run" / "experiment.json"
-    deadline = time.time() + 60
-    while not (session.exists() and "etl" in session.read_text()) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before its ETL could be killed"
-        time.sleep(0.05)
-    time.sleep(0.5)  # inside the ETL, blocked on the gate
-    assert proc.poll() is None
+def _session(run_dir: Path) -> bool:
+    return (run_dir / "experiment.json").exists()
+
+
+def _kill_when(proc: subprocess.Popen[bytes], moment: Any, what: str) -> None:
+    """SIGKILL the run (driver, ETL processes, workers) as soon as ``moment()`` holds."""
+    deadline = time.time() + 120
+    while not moment():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        assert time.time() < deadline, f"no {what} within 120 s"
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended at {what}, before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "run" / "data" / "manifest.json").exists()
 
-    (tmp_path / "data" / "gate").touch()
+
+def test_driver_killed_at_random_moments_always_resumes(
+    tmp_path: Path, clean_run: Path
+) -> None:
+    import random
+
+    # Kills at moments chosen by what the run has done, not by the clock, so that they
+    # land where they should on a fast machine as on a slow one: as soon as the session
+    # is recorded (the start, before or in the ETL; the next test kills inside the ETL),
+    # then after a random number of completed hops in the catalog, each higher than the
+    # last (a resumed run never loses done hops, so each target is reached) and at least
+    # 4 below the end (the run is still going when its count comes).
+    rng = random.Random(1234)
+    targets = sorted(rng.sample(range(1, HOPS - 3), 3))
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    run_dir = tmp_path / "run"
+    catalog = run_dir / "catalog.sqlite"
+
+    proc = _cli_run(tmp_path)
+    _kill_when(proc, lambda: _session(run_dir), "the session was recorded")
+    assert _done(catalog) == 0
+    for n in targets:
+        proc = _cli_run(tmp_path)
+        _kill_when(proc, lambda n=n: _done(catalog) >= n, f"{n} hops were done")
+        assert n <= _done(catalog) < HOPS
+
+    result = Experiment.resume(run_dir, verbose=False)  # the API, after the last kill
+    con = sqlite3.connect(catalog)
+    status = {s for (s,) in con.execute("SELECT status FROM hops")}
+    con.close()
+    assert status <= {"done", "lost"}
+    assert set(result.table["status"]) == {"done"}
+    # the very hops and epoch metrics of the run that was never interrupted
+    hops, metrics = _outcome(run_dir)
+    want_hops, want_metrics = _outcome(clean_run)
+    assert hops == want_hops
+    assert metrics == want_metrics
+
+
+def test_run_killed_in_the_etl_resumes_with_cerebro_resume(
+    tmp_path: Path, clean_run: Path
+) -> None:
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    hold = tmp_path / "data" / "hold"
+    hold.parent.mkdir()
+    hold.touch()  # the ETL's val rows wait for it: the kill lands in the ETL every time
+    proc = _cli_run(tmp_path)
+    _kill_when(proc, (tmp_path / "data" / "inside").exists, "the ETL's val rows")
+    assert not (tmp_path / "run" / "data" / "manifest.json").exists()
+    assert _done(tmp_path / "run" / "catalog.sqlite") == 0
+
+    hold.unlink()
     r = subprocess.run(
         [sys.executable, "-m", "cerebro.cli", "resume", str(tmp_path / "run"), "-q"],
         capture_output=True,
@@ -247,7 +276,9 @@ def test_run_killed_in_the_etl_resumes_with_cerebro_resume(tmp_path: Path) -> No
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count(" done") == 3  # the results table: three models, all done
+    # the ETL and the whole fit ran: the same hops and epoch metrics as a run never killed
+    assert (tmp_path / "run" / "data" / "manifest.json").is_file()
+    assert _outcome(tmp_path / "run") == _outcome(clean_run)
 
 
 def test_resume_where_only_the_etl_ran_says_how_to_go_on(
