@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 EXPERIMENT = """
 import numpy as np, pandas as pd, torch
@@ -69,6 +71,28 @@ def _cerebro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    """Everything a fit records: its catalog rows (hops with their pids and timestamps,
+    metrics, models, checkpoints, the fit) and its checkpoint files' sizes and mtimes.
+
+    Not ``fits.finished``: a rerun of a finished fit stamps it again (today's behaviour,
+    though nothing runs)."""
+    con = sqlite3.connect(run_dir / "catalog.sqlite")
+    try:
+        rows = {
+            table: con.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
+            for table in ("models", "hops", "metrics", "checkpoints")
+        }
+        rows["fits"] = con.execute(
+            "SELECT fit_id, signature, config, status, created FROM fits ORDER BY fit_id"
+        ).fetchall()
+    finally:
+        con.close()
+    files = sorted((run_dir / "models").rglob("*"))
+    rows["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return rows
+
+
 def test_run_experiment_file(tmp_path: Path) -> None:
     f = tmp_path / "exp.py"
     f.write_text(EXPERIMENT)
@@ -92,12 +116,18 @@ def test_run_experiment_file(tmp_path: Path) -> None:
     assert lines[1].split()[0] == "m000" and lines[1].split()[-1] == "done"
     assert "best: m0" in r.stdout
     assert (out / "catalog.sqlite").is_file()
-    # the same command again finds the finished fit and recomputes nothing
+    finished = _recorded(out)
+    assert len(finished["hops"]) == 2 * 2 * 2 * 2  # models x (train, val) x partitions x epochs
+    # the same command again finds the finished fit and recomputes nothing: no hop runs
+    # again, no row of the catalog and no checkpoint changes
     again = _cerebro("run", str(f), "--workers", "2", "--output", str(out), "-q", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.splitlines()[:3] == lines[:3]
+    assert again.returncode == 0, again.stderr
+    assert _recorded(out) == finished
+    assert again.stdout.splitlines()[:3] == lines[:3]
     # and the saved run answers resume, test and predict on its own
     resumed = _cerebro("resume", str(out), "-q", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert _recorded(out) == finished
     assert resumed.stdout.splitlines()[:3] == lines[:3]
     tested = _cerebro("test", str(out), "-q", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
