@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -60,9 +62,31 @@ def test_run_predict_writes_sorted_csv(fitted: tuple[Experiment, Any]) -> None:
 
 def test_checkpoint_path_as_tag(fitted: tuple[Experiment, Any]) -> None:
     exp, result = fitted
-    ckpt = result.best["checkpoint"]
+    # the first epoch's checkpoint of the model that is not the best: neither "best" nor
+    # any model's latest state, so only that very file gives these predictions
+    other = next(m for m in ("m000", "m001") if m != result.best["model_id"])
+    db = sqlite3.connect(exp.catalog_path)
+    (ckpt,) = db.execute(
+        "SELECT path FROM checkpoints WHERE model_id=? AND epoch=0", (other,)
+    ).fetchone()
+    db.close()
     path = exp.run_predict(ToySpec(), model_tag=ckpt)
     assert path.name == Path(ckpt).stem + ".csv"
+    got = pd.read_csv(path)
+    # what plain PyTorch predicts from that file's weights, row by row
+    state = torch.load(ckpt, weights_only=False)
+    assert state["model_id"] == other
+    model = ToySpec().create_model_components(state["hyperparams"])["model"]
+    model.load_state_dict(state["components"]["model"])
+    rows = pd.read_csv(exp.params.mains["predict"]).sort_values("id")
+    x = torch.tensor(rows[[f"f{i}" for i in range(6)]].values, dtype=torch.float32)
+    with torch.no_grad():
+        conf, cls = torch.softmax(model.eval()(x), 1).max(1)
+    assert got["row_id"].tolist() == rows["id"].tolist()
+    assert got["output_class"].tolist() == cls.tolist()
+    assert got["confidence"].to_numpy() == pytest.approx(conf.numpy(), rel=1e-6)
+    best = pd.read_csv(exp.run_predict(ToySpec(), model_tag="best"))
+    assert not np.allclose(best["confidence"], got["confidence"])  # another model's output
 
 
 def test_load_model_for_plain_pytorch(fitted: tuple[Experiment, Any]) -> None:
