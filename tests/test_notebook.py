@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,6 @@ def test_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "test_acc" in text and "row_id" in text
-    assert (tmp_path / "run" / "predictions" / "best.csv").is_file()
+    lines = (tmp_path / "run" / "predictions" / "best.csv").read_text().splitlines()
+    assert lines[0] == "row_id,output_class,confidence" and len(lines) > 1
     assert (tmp_path / "run" / "report.html").is_file()
-    assert os.environ["CEREBRO_NOTEBOOK_DIR"] == str(tmp_path)
