@@ -151,8 +151,10 @@ def test_report_after_resume_cuts_out_the_downtime(live: dict[str, Any]) -> None
     st = live["final"]
     wall = max(h["end"] for h in run.hops if h["end"]) - min(h["start"] for h in run.hops)
     downtime = restarts[0] - first_session_end
-    assert downtime > 1.0  # the resumed driver's start-up
-    assert st.active_seconds < wall - 0.9 * downtime
+    assert downtime > 0  # the resumed driver's first hop came after the killed one's last
+    # Each session's hops follow one another closely (no idle stretch of a minute), so the
+    # active time is exactly the wall time less the time no driver ran.
+    assert st.active_seconds == pytest.approx(wall - downtime, rel=1e-9)
     page = write_report(live["run_dir"]).read_text()
     assert "fit is still running" not in page and "interrupted" not in page
     assert (live["run_dir"] / "plots" / "timeline.png").is_file()
