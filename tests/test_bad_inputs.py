@@ -559,6 +559,19 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         r"row_prep returned dtype torch\.\w+ for leaf 1 of this row but \w+ for earlier rows",
     ),
     (
+        "row_prep labels of two structures",
+        _etl(
+            _ETL(
+                lambda r, m: (
+                    torch.zeros(2),
+                    torch.tensor(1) if r["id"] % 2 else (torch.tensor(1), torch.tensor(2)),
+                )
+            )
+        ),
+        UserCodeError,
+        "every row must give the same structure",
+    ),
+    (
         "row_prep raises",
         _etl(_ETL(lambda r, m: r["pixels"])),
         UserCodeError,

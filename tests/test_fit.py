@@ -208,20 +208,6 @@ def test_non_scalar_metric_is_named_before_training(exp: Experiment) -> None:
     assert not _rows(exp, "SELECT * FROM hops")  # no training hop ran
 
 
-class NoOptimizerSpec(ToySpec):
-    def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
-        return {"model": super().create_model_components(hyperparams)["model"]}
-
-
-def test_components_without_optimizer(exp: Experiment) -> None:
-    with pytest.raises(
-        UserCodeError,
-        match=r"NoOptimizerSpec.create_model_components failed "
-        r"for model m000 .*with the key 'optimizer', got \['model'\]",
-    ):
-        exp.run_fit(NoOptimizerSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
-
-
 def test_unknown_objective_is_an_error_before_training(exp: Experiment) -> None:
     with pytest.raises(
         ParamsError,
@@ -246,36 +232,3 @@ class OriginalFormSpec(ToySpec):
 def test_train_may_return_model_and_metrics(exp: Experiment) -> None:
     result = exp.run_fit(OriginalFormSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
     assert result.table["status"].iloc[0] == "done"
-
-
-def test_fit_input_errors(
-    toy_params: dict[str, str], toy_data: dict[str, str], exp: Experiment
-) -> None:
-    with pytest.raises(ParamsError, match="num_epochs must be at least 1, got 0"):
-        exp.run_fit(ToySpec(), GRID, num_epochs=0)
-    with pytest.raises(ParamsError, match="policy must be one of"):
-        exp.run_fit(ToySpec(), GRID, num_epochs=1, policy="fastest")
-    with pytest.raises(ParamsError, match="on_error must be one of"):
-        exp.run_fit(ToySpec(), GRID, num_epochs=1, on_error="ignore")
-    many = Experiment(dict(toy_data, output_dir=exp.params.output_dir), workers=3, verbose=False)
-    with pytest.raises(ParamsError, match="3 workers but the data has 2 partitions"):
-        many.run_fit(ToySpec(), GRID, num_epochs=1)
-    fresh = Experiment(
-        dict(toy_params, output_dir=toy_params["output_dir"] + "-new"), workers=2, verbose=False
-    )
-    with pytest.raises(ParamsError, match=r"call run_etl\(etl_spec\) before run_fit"):
-        fresh.run_fit(ToySpec(), GRID, num_epochs=1)
-
-
-class Unpicklable(ToySpec):
-    def __init__(self) -> None:
-        import threading
-
-        self.lock = threading.Lock()
-
-
-def test_unpicklable_spec(exp: Experiment) -> None:
-    from cerebro import SpecError
-
-    with pytest.raises(SpecError, match="cannot be sent to the worker processes"):
-        exp.run_fit(Unpicklable(), GRID, num_epochs=1)
