@@ -45,8 +45,13 @@ class ETLSpec:
             misc_path: folder holding every file listed under ``params["misc"]``.
         """
 
-    def set_features(self) -> list[str]:
+    def set_features(self) -> list[str] | list[bool]:
         """Names of the CSV columns whose values are paths of object files (images, ...).
+
+        Or, as the original Cerebro had it, one bool per CSV column in header order (``id``
+        included), True for such a column: e.g. ``[False, False, True, False, False]``. The
+        bools are matched against the train CSV's header; other splits use the same
+        columns by name.
 
         The paths are relative to the split's ``*_dir`` in ``params``. Before any row is
         processed, Cerebro checks that each names a regular file inside that folder (links
@@ -137,8 +142,16 @@ class MinibatchSpec:
         hyperparams: dict[str, Any],
         device: Any,
     ) -> dict[str, Any]:
-        """Evaluate one minibatch without updating the model; return ``{name: scalar}``."""
-        raise NotImplementedError
+        """Evaluate one minibatch without updating the model; return ``{name: scalar}``.
+
+        The original's spelling ``val_test`` works too: define either, and this default
+        calls ``val_test``. (Nothing is written onto your class, so the same class and
+        instance serve any number of calls.)
+        """
+        val_test = getattr(type(self), "val_test", None)
+        if val_test is None:
+            raise NotImplementedError
+        return val_test(self, model_object, minibatch, hyperparams, device)  # type: ignore[no-any-return]
 
     def predict(
         self,
@@ -199,19 +212,29 @@ _REQUIRED: dict[type, tuple[str, ...]] = {
     ETLSpec: ("row_prep",),
     MinibatchSpec: ("create_model_components", "train", "valtest"),
 }
-# Names the original or a near-miss might use, mapped to the name we call.
+# Other names a subclass may give a hook (the original's spellings): name -> the hook.
+_ACCEPTED: dict[type, dict[str, str]] = {MinibatchSpec: {"val_test": "valtest"}, ETLSpec: {}}
+# Near-misses that are flagged as misspellings of a hook, not taken for it.
 _ALIASES = {"val_test": "valtest", "initialize_workers": "initialize_worker"}
 
 
-def _adopt_aliases(spec: object) -> None:
-    """Let ``val_test`` (the original's other spelling) stand for ``valtest``."""
-    cls = type(spec)
-    if isinstance(spec, MinibatchSpec) and "val_test" in _defined_names(cls):
-        if "valtest" in _defined_names(cls):
-            raise SpecError(
-                f"{cls.__name__} defines both valtest and val_test; keep one (valtest)."
-            )
-        cls.valtest = cls.val_test  # type: ignore[attr-defined]
+def _hook_names(cls: type, kind: type) -> dict[str, str]:
+    """``{hook: the name cls defines it under}`` for each hook ``cls`` itself defines.
+
+    Raises:
+        SpecError: ``cls`` defines a hook under both of its names.
+    """
+    own = _defined_names(cls)
+    names = {hook: hook for hook in _HOOKS[kind] if hook in own}
+    for other, hook in _ACCEPTED[kind].items():
+        if other in own:
+            if hook in own:
+                raise SpecError(
+                    f"{cls.__name__} defines both {hook} and {other} (two names of one hook); "
+                    f"keep one."
+                )
+            names[hook] = other
+    return names
 
 
 def _defined_names(cls: type) -> set[str]:
@@ -260,17 +283,17 @@ def check_spec(spec: object, kind: type) -> None:
             f"{type(spec).__name__}; declare it as `class {type(spec).__name__}"
             f"({kind.__name__}): ...`."
         )
-    _adopt_aliases(spec)
     cls = type(spec)
     own = _defined_names(cls)
     hooks = _HOOKS[kind]
+    named = _hook_names(cls, kind)
     for name in _REQUIRED[kind]:
-        if name not in own:
+        if name not in named:
             near = _near_miss(name, own, cutoff=0.75)
             hint = f" (found {near!r}: a misspelling?)" if near else ""
             raise SpecError(f"{cls.__name__} must define {kind.__name__}.{name}(){hint}.")
     for name in sorted(own):
-        if name.startswith("_") or name in hooks:
+        if name.startswith("_") or name in hooks or name in _ACCEPTED[kind]:
             continue
         near = _near_miss(name, set(hooks))
         # Flag only same-length-ish names: `predictor` or `trainer` are the user's own.
@@ -279,7 +302,8 @@ def check_spec(spec: object, kind: type) -> None:
                 f"{cls.__name__}.{name} looks like a misspelling of the hook {near!r}; "
                 f"Cerebro would never call it. Rename it to {near}."
             )
-    for name, expected in hooks.items():
+    for hook, expected in hooks.items():
+        name = named.get(hook, hook)
         func = getattr(spec, name, None)
         if not callable(func):
             raise SpecError(f"{cls.__name__}.{name} must be a method, got {type(func).__name__}.")

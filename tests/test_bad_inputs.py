@@ -139,6 +139,19 @@ class _Features(ToyETL):
         return ["f0"]
 
 
+class _Flags(ToyETL):
+    def __init__(self, flags: list[Any]) -> None:
+        self.flags = flags
+
+    def set_features(self) -> Any:
+        return self.flags
+
+
+class _BothValtests(ToySpec):
+    def val_test(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        return {}
+
+
 class _Blob(ToyETL):
     """Opens each row's object file the way our MNIST example does, then the toy row."""
 
@@ -376,6 +389,26 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         lambda c: check_spec(_SigETL(), ETLSpec),
         SpecError,
         r"_SigETL.row_prep takes \(row\)",
+    ),
+    (
+        "valtest and val_test both",
+        lambda c: check_spec(_BothValtests(), MinibatchSpec),
+        SpecError,
+        "_BothValtests defines both valtest and val_test .*keep one",
+    ),
+    (
+        "set_features bools of the wrong count",
+        _etl(_Flags([False, True])),
+        UserCodeError,
+        r"_Flags.set_features failed for ETL: returned 2 bools, but the train CSV .* has 8 "
+        r"columns \('id', 'f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'label'\); return one bool per",
+    ),
+    (
+        "set_features of names and bools",
+        _etl(_Flags(["f0", True])),
+        UserCodeError,
+        r"_Flags.set_features failed for ETL: must return a list of column names or a list of "
+        r"bools .*not a mix: got \['f0', True\]",
     ),
     (
         "unpicklable spec",

@@ -175,6 +175,24 @@ def test_object_files_and_misc(tmp_path: Path) -> None:
     assert rows[7] == [14.0, 14.0, 14.0]
 
 
+class FlagsETL(ImageETL):
+    """The original Cerebro's form of set_features: one bool per column (id, blob, label)."""
+
+    def set_features(self) -> list[bool]:  # type: ignore[override]
+        return [False, True, False]
+
+
+def test_set_features_as_one_bool_per_column(tmp_path: Path) -> None:
+    params = _object_params(tmp_path)
+    (Path(params["train_dir"]) / "7.npy").unlink()  # so the bools must mark 'blob' as paths
+    with pytest.raises(ParamsError, match=r"row id 7, column 'blob': '7.npy' names no file"):
+        Experiment(params, workers=2, verbose=False).run_etl(FlagsETL())
+    np.save(Path(params["train_dir"]) / "7.npy", np.full(3, 7, dtype=np.float32))
+    exp = Experiment(params, workers=2, verbose=False)
+    exp.run_etl(FlagsETL())
+    assert _all_rows(exp.data_dir, "train", 2)[7] == [14.0, 14.0, 14.0]
+
+
 def test_row_prep_gets_the_confined_path(tmp_path: Path) -> None:
     """A path that stays inside reaches row_prep normalized: no "..", no "./", no link."""
     params = _object_params(tmp_path)

@@ -40,3 +40,14 @@ def test_worker_side_imports_stay_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_original_import_paths_give_the_same_classes() -> None:
+    """Ported notebooks import from where the original Cerebro kept its classes."""
+    from cerebro.etl.etl_spec import ETLSpec
+    from cerebro.experiment import Experiment
+    from cerebro.mop.minibatch_spec import MiniBatchSpec
+
+    assert ETLSpec is cerebro.ETLSpec
+    assert MiniBatchSpec is cerebro.MinibatchSpec
+    assert Experiment is cerebro.Experiment

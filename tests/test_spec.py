@@ -48,9 +48,28 @@ def test_val_test_alias_accepted() -> None:
         ) -> dict[str, float]:
             return {"loss": 1.0}
 
+    before = dict(vars(Original))
     spec = Original()
-    check_spec(spec, MinibatchSpec)
+    for _ in range(3):  # every run_fit / run_test / run_predict checks the spec again
+        check_spec(spec, MinibatchSpec)
+        check_spec(Original(), MinibatchSpec)
     assert spec.valtest({}, None, {}, "cpu") == {"loss": 1.0}
+    assert dict(vars(Original)) == before  # nothing is written onto the user's class
+
+
+def test_val_test_signature_is_checked() -> None:
+    class Original(MinibatchSpec):
+        def create_model_components(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+        def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+            return {}
+
+        def val_test(self, model_object: Any, minibatch: Any) -> Any:
+            return {}
+
+    with pytest.raises(SpecError, match=r"Original.val_test takes \(model_object, minibatch\)"):
+        check_spec(Original(), MinibatchSpec)
 
 
 def test_default_metrics_agg_weights_by_batch_size() -> None:

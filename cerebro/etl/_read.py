@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ import pandas as pd
 from cerebro.errors import ParamsError
 from cerebro.etl._paths import BadObjectPath, confine, shorten
 
-__all__ = ["SplitPlan", "bad_object_paths", "object_path_problem", "plan_split"]
+__all__ = [
+    "FeaturesError",
+    "SplitPlan",
+    "bad_object_paths",
+    "feature_columns",
+    "object_path_problem",
+    "plan_split",
+]
 
 _MAX_LISTED = 5
 
@@ -38,11 +46,12 @@ class SplitPlan:
         return out
 
 
-def _read_csv(split: str, path: Path) -> pd.DataFrame:
+def _read_csv(split: str, path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """The CSV (its first ``nrows`` rows), its header checked first."""
     try:
         header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
         _check_header(split, path, header.iloc[0].tolist() if len(header) else [])
-        return pd.read_csv(path)
+        return pd.read_csv(path, nrows=nrows)
     except pd.errors.EmptyDataError as e:
         raise ParamsError(f"{split} CSV {path} is empty; it needs a header row and rows.") from e
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -67,6 +76,47 @@ def _check_header(split: str, path: Path, names: list[str]) -> None:
             f"{split} CSV {path}: the header names column(s) {shown} more than once; give "
             "every column its own name."
         )
+
+
+class FeaturesError(ValueError):
+    """``set_features()`` returned something that names no columns (says why)."""
+
+
+def feature_columns(features: Any, mains: Mapping[str, Path]) -> list[str]:
+    """The object-file column names that ``set_features()``'s return value stands for.
+
+    Either column names, or the original Cerebro's form: one bool per CSV column in header
+    order (``id`` included), matched against the first split's CSV (train when given); the
+    other splits then use those columns by name, so a predict CSV without the label column
+    still works.
+
+    Raises:
+        FeaturesError: neither form, or booleans of the wrong count.
+    """
+    if not isinstance(features, list | tuple):
+        raise FeaturesError(
+            f"must return a list of column names (or one bool per CSV column), got "
+            f"{shorten(features)}"
+        )
+    if all(isinstance(f, str) for f in features):
+        return list(features)
+    if not all(isinstance(f, bool | np.bool_) for f in features):
+        raise FeaturesError(
+            f"must return a list of column names or a list of bools (one per CSV column), "
+            f"not a mix: got {shorten(features)}"
+        )
+    if not mains:
+        raise FeaturesError("returned bools, but there is no CSV to match them against")
+    split, path = next(iter(mains.items()))
+    header = _read_csv(split, path, nrows=0).columns.tolist()
+    if len(features) != len(header):
+        raise FeaturesError(
+            f"returned {len(features)} bools, but the {split} CSV {path} has {len(header)} "
+            f"columns ({', '.join(shorten(str(c)) for c in header[:20])}); return one bool "
+            "per column in that order (True for a column of object-file paths), or the "
+            "column names"
+        )
+    return [str(name) for name, is_path in zip(header, features, strict=True) if is_path]
 
 
 _INT64 = np.iinfo(np.int64)

@@ -17,7 +17,14 @@ from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
 from cerebro.etl._paths import BadObjectPath, confine
-from cerebro.etl._read import SplitPlan, bad_object_paths, object_path_problem, plan_split
+from cerebro.etl._read import (
+    FeaturesError,
+    SplitPlan,
+    bad_object_paths,
+    feature_columns,
+    object_path_problem,
+    plan_split,
+)
 from cerebro.params import SPLITS, Params
 from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
 from cerebro.spec import ETLSpec, check_spec
@@ -339,17 +346,17 @@ def plan_splits(
     Shared by the local and the Ray ETL, so both put the same rows in the same partitions.
     """
     features = _call_driver_hook(spec, "set_features")
-    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
+    try:
+        names = feature_columns(features, params.mains)
+    except FeaturesError as e:
         raise UserCodeError(
-            f"must return a list of column names, got {features!r}",
-            function=f"{type(spec).__name__}.set_features",
-            where="ETL",
-        )
+            str(e), function=f"{type(spec).__name__}.set_features", where="ETL"
+        ) from None
     return [
         plan_split(
             split,
             params.mains[split],
-            list(features),
+            names,
             params.dirs.get(split),
             partitions,
             fraction,
