@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +20,193 @@ from cerebro.errors import ParamsError, UserCodeError
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
 from cerebro.worker import HopOutcome, HopTask
 
-__all__ = ["ModelRef", "evaluate", "resolve_model", "write_predictions"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "ModelFile",
+    "ModelRef",
+    "evaluate",
+    "import_start",
+    "need_batch_size",
+    "read_model_file",
+    "resolve_model",
+    "with_components",
+    "write_predictions",
+]
 
 
 class ModelRef:
-    """A trained model to evaluate: its id, hyperparameters and checkpoint file."""
+    """A trained model to evaluate: its id, hyperparameters and checkpoint file.
 
-    def __init__(self, tag: str, model_id: str, hyperparams: dict[str, Any], checkpoint: str):
+    ``components`` holds the model itself when the file was in the original's format (the
+    whole ``create_model_components`` dict): the workers then use those objects as they are
+    (see :func:`with_components`), and ``checkpoint`` is only the file's name.
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        model_id: str,
+        hyperparams: dict[str, Any],
+        checkpoint: str,
+        components: dict[str, Any] | None = None,
+    ):
         self.tag, self.model_id, self.hyperparams, self.checkpoint = (
             tag,
             model_id,
             hyperparams,
             checkpoint,
         )
+        self.components = components
 
 
-def resolve_model(catalog: Catalog, tag: str, best: Any) -> ModelRef:
-    """``"best"``, a model id of the latest fit, or a checkpoint file path.
+# --- model files a user names: model_tag, models_dir/<model_id>.pt ---------------------------
+
+ACCEPTED_FORMATS = (
+    "a Cerebro checkpoint (as in DIR/models/<model_id>/), a dict of state dicts "
+    "{component: module.state_dict()} with the keys create_model_components returns, or the "
+    "original Cerebro's format: torch.save of the whole create_model_components dict (the "
+    "module and optimizer objects themselves, with the key 'optimizer')"
+)
+
+
+class ModelFile:
+    """A model file read on the driver: ``kind`` is ``"cerebro"`` (a checkpoint a worker
+    wrote), ``"state_dicts"`` or ``"objects"`` (the original's format); ``content`` is
+    what ``torch.load`` gave."""
+
+    def __init__(self, path: Path, kind: str, content: dict[str, Any]):
+        self.path, self.kind, self.content = path, kind, content
+
+
+def read_model_file(path: Path, what: str) -> ModelFile:
+    """Load and classify a model file the user named (``what``: where it was named).
+
+    Loaded with ``weights_only=False``, as the original's whole-object files need: only
+    files a user names, which the README's Trust section asks them to trust.
 
     Raises:
-        ParamsError: an unknown tag, a model with no checkpoint yet, or an unreadable file.
+        ParamsError: the file cannot be loaded, or holds none of the accepted formats.
+    """
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ParamsError(
+            f"{what} {path} could not be loaded with torch.load ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Accepted model files: "
+            f"{ACCEPTED_FORMATS}."
+        ) from e
+    kind, why = _classify(content)
+    if kind is None:
+        raise ParamsError(
+            f"{what} {path} is not a model file Cerebro can use: it holds {why}. Accepted "
+            f"model files: {ACCEPTED_FORMATS}."
+        )
+    return ModelFile(path, kind, content)
+
+
+def _classify(content: Any) -> tuple[str | None, str]:
+    """The kind of a loaded model file, or None and a description of what it holds."""
+    if not isinstance(content, Mapping):
+        return None, f"a {type(content).__name__}"
+    if not content:
+        return None, "an empty dict"
+    if isinstance(content.get("components"), Mapping):
+        return "cerebro", ""
+    values = list(content.values())
+    if any(isinstance(v, torch.nn.Module | torch.optim.Optimizer) for v in values):
+        if "optimizer" not in content:
+            return None, (
+                f"model objects without an optimizer (keys {sorted(map(str, content))}); "
+                "create_model_components' dict has the key 'optimizer'"
+            )
+        return "objects", ""
+    if all(isinstance(v, Mapping) for v in values):
+        return "state_dicts", ""
+    if all(isinstance(v, torch.Tensor) for v in values):
+        return None, (
+            "one module's state_dict (tensors by parameter name); save it under the name "
+            "create_model_components gives the module: torch.save({'model': sd}, path)"
+        )
+    kinds = sorted({type(v).__name__ for v in values})
+    return None, f"a dict of {', '.join(kinds)}"
+
+
+def state_of(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dicts of the original's whole-object components (those that have one)."""
+    return {
+        k: v.state_dict()
+        for k, v in objects.items()
+        if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")
+    }
+
+
+def import_start(path: Path, model_id: str, hyperparams: dict[str, Any], into: Path) -> str:
+    """A starting point ``models_dir/<model_id>.pt`` as a checkpoint the workers load.
+
+    Cerebro checkpoints and state-dict files are used as they are; a file in the original's
+    format becomes a checkpoint of its components' state dicts, written atomically into
+    ``into`` (the model's folder of the run), so that workers load one format and never
+    unpickle the user's objects.
+
+    Raises:
+        ParamsError: the file is none of the accepted formats.
+    """
+    f = read_model_file(path, f"the starting point of model {model_id}:")
+    if f.kind != "objects":
+        return str(path)
+    into.mkdir(parents=True, exist_ok=True)
+    out = into / f"imported-{path.name}"
+    tmp = into / f".{out.name}.tmp-{os.getpid()}"
+    state = {"model_id": model_id, "hyperparams": dict(hyperparams)}
+    torch.save({**state, "components": state_of(f.content)}, tmp)
+    os.replace(tmp, out)
+    return str(out)
+
+
+class SavedComponents:
+    """``create_model_components`` of a model file in the original's format: the file's
+    objects, whatever the hyperparameters (they were pickled with the spec, by value)."""
+
+    def __init__(self, components: dict[str, Any]):
+        self.components = components
+
+    def __call__(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.components)
+
+
+def with_components(spec: MinibatchSpec, components: dict[str, Any]) -> MinibatchSpec:
+    """A copy of ``spec`` whose ``create_model_components`` returns ``components``.
+
+    NOTE [ original model files ]
+    The original saved a model as the whole ``create_model_components`` dict, and its
+    ``run_test`` used those objects: no hyperparameters were needed to rebuild the model.
+    So for such a file the driver loads it once and sends its objects along with the spec;
+    a hop then builds "fresh" from them (no checkpoint), and the workers never read the
+    user's file or need their model classes importable.
+    """
+    out = copy.copy(spec)
+    vars(out)["create_model_components"] = SavedComponents(components)
+    return out
+
+
+def resolve_model(
+    catalog: Catalog, tag: str, best: Any, models_dir: Path | None = None
+) -> ModelRef:
+    """``"best"``, a model id of the latest fit, or a model file's path: absolute, relative to
+    the working directory, or relative to params' ``models_dir``.
+
+    A file that records no hyperparameters (all but Cerebro's checkpoints) gets those of
+    the latest fit's model its name is (``m003.pt``), or none (only ``batch_size``).
+
+    Raises:
+        TypeError: ``tag`` is not a str.
+        ParamsError: an unknown tag, a model with no checkpoint yet, a path that names two
+            different files, or a file in none of the accepted formats.
     """
     if not isinstance(tag, str):
         raise TypeError(f"model_tag must be a str, got {type(tag).__name__} ({tag!r}).")
     fit = catalog.latest_fit()
+    rows = {r["model_id"]: r for r in catalog.models(fit["fit_id"])} if fit is not None else {}
     if tag == "best":
         if fit is None:
             raise ParamsError(
@@ -49,30 +214,43 @@ def resolve_model(catalog: Catalog, tag: str, best: Any) -> ModelRef:
             )
         b = best(fit["fit_id"])
         return ModelRef("best", b["model_id"], b["hyperparams"], b["checkpoint"])
-    if fit is not None:
-        for row in catalog.models(fit["fit_id"]):
-            if row["model_id"] == tag:
-                if row["checkpoint"] is None:
-                    raise ParamsError(
-                        f"model {tag} has no trained checkpoint (status "
-                        f"{row['status']}); pick another model."
-                    )
-                return ModelRef(tag, tag, json.loads(row["hyperparams"]), row["checkpoint"])
-    path = Path(tag)
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            return ModelRef(path.stem, state["model_id"], state["hyperparams"], str(path))
-        except Exception as e:
+    if tag in rows:
+        row = rows[tag]
+        if row["checkpoint"] is None:
             raise ParamsError(
-                f"model_tag {tag!r} is a file but not a Cerebro checkpoint: "
-                f"{type(e).__name__}: {e}"
-            ) from e
-    ids = [r["model_id"] for r in catalog.models(fit["fit_id"])] if fit is not None else []
-    raise ParamsError(
-        f"unknown model_tag {tag!r}: use 'best', a model id of the latest fit "
-        f"({', '.join(ids) or 'none yet'}), or the path of a checkpoint file."
-    )
+                f"model {tag} has no trained checkpoint (status {row['status']}); pick "
+                "another model."
+            )
+        return ModelRef(tag, tag, json.loads(row["hyperparams"]), row["checkpoint"])
+    path = _model_path(tag, models_dir)
+    if path is None:
+        where = f", or a path relative to models_dir {models_dir}" if models_dir else ""
+        raise ParamsError(
+            f"unknown model_tag {tag!r}: use 'best', a model id of the latest fit "
+            f"({', '.join(rows) or 'none yet'}), or the path of a model file{where}."
+        )
+    f = read_model_file(path, f"model_tag {tag!r}:")
+    if f.kind == "cerebro" and "hyperparams" in f.content:
+        model_id = str(f.content.get("model_id", path.stem))
+        return ModelRef(path.stem, model_id, dict(f.content["hyperparams"]), str(path))
+    named = rows.get(path.stem)
+    hyperparams = json.loads(named["hyperparams"]) if named is not None else {}
+    components = f.content if f.kind == "objects" else None
+    return ModelRef(path.stem, path.stem, hyperparams, str(path), components)
+
+
+def _model_path(tag: str, models_dir: Path | None) -> Path | None:
+    """The file ``tag`` names, if any; a relative path is tried in the working directory
+    and in ``models_dir``, and must not name two different files."""
+    here = Path(tag).expanduser()
+    found = [p for p in (here, models_dir / here if models_dir else None) if p and p.is_file()]
+    if len(found) == 2 and not found[0].samefile(found[1]):
+        raise ParamsError(
+            f"model_tag {tag!r} names two files: {found[0].resolve()} (from the working "
+            f"directory) and {found[1]} (in models_dir); give the one you mean as an "
+            "absolute path."
+        )
+    return found[0].resolve() if found else None
 
 
 def check_batch_size(batch_size: int | None) -> None:
@@ -80,6 +258,19 @@ def check_batch_size(batch_size: int | None) -> None:
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ParamsError(f"batch_size must be a positive int, got {batch_size!r}.")
+
+
+def need_batch_size(ref: ModelRef, batch_size: int | None, step: str) -> None:
+    """A model file without hyperparameters has no ``batch_size``: the call must give one.
+
+    Raises:
+        ParamsError: naming the file and the call to make.
+    """
+    if batch_size is None and "batch_size" not in ref.hyperparams:
+        raise ParamsError(
+            f"model file {ref.checkpoint} records no hyperparameters, so {step} needs the "
+            f"batch size: {step}(spec, {ref.checkpoint!r}, batch_size=64), for instance."
+        )
 
 
 def evaluate(
@@ -99,9 +290,9 @@ def evaluate(
             idle.remove(owner[p])
             pending.remove(p)
             busy[owner[p]] = p
-            engine.submit(
-                owner[p], HopTask(ref.model_id, hp, kind, p, 0, ref.checkpoint, None, 0, 0)
-            )
+            # NOTE [ original model files ]: the components travel with the spec instead
+            ckpt = ref.checkpoint if ref.components is None else None
+            engine.submit(owner[p], HopTask(ref.model_id, hp, kind, p, 0, ckpt, None, 0, 0))
         for event in engine.poll(timeout=1.0):
             p = busy.pop(event.worker)
             idle.append(event.worker)

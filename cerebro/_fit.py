@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cerebro._controller import FitState, replay, run_loop
+from cerebro._evaluate import import_start
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.errors import ParamsError, UserCodeError
@@ -73,12 +74,17 @@ def run_fit_loop(
     )
     replay(catalog, state, sched)
     if start_dir is not None:
-        # Pre-trained starting points, as the original's models_dir: <model_id>.pt
+        # Pre-trained starting points, as the original's models_dir: <model_id>.pt, checked
+        # here (a bad file is one error before any work) and, in the original's whole-object
+        # format, turned into a checkpoint in the run (see import_start).
         for model_id, ckpt in state.checkpoint.items():
             start = start_dir / f"{model_id}.pt"
             if ckpt is None and start.is_file():
-                state.checkpoint[model_id] = str(start)
-                state.keep.add(str(start))  # never cleaned up as a superseded step
+                hp = state.configs[model_id].hyperparams
+                path = import_start(start, model_id, hp, models_dir / model_id)
+                state.checkpoint[model_id] = path
+                if path == str(start):
+                    state.keep.add(path)  # the user's file: never cleaned up as a step
     if sched.done:
         catalog.set_fit_status(fit_id, "done")
         return

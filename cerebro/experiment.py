@@ -7,7 +7,7 @@ import os
 import shutil
 import sqlite3
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,10 @@ from cerebro._evaluate import (
     aggregate,
     check_batch_size,
     evaluate,
+    need_batch_size,
     record_test,
     resolve_model,
+    with_components,
     write_predictions,
 )
 from cerebro._fit import run_fit_loop
@@ -30,7 +32,14 @@ from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
 from cerebro.errors import CerebroError, ParamsError, SpecError
-from cerebro.params import ModelConfig, Params, expand_grid, validate_params
+from cerebro.params import (
+    ETL_MARK,
+    ModelConfig,
+    Params,
+    check_etl_dir,
+    expand_grid,
+    validate_params,
+)
 from cerebro.result import FitResult
 from cerebro.scheduler import POLICIES
 from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
@@ -153,6 +162,7 @@ class Experiment:
             raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
         self._lock = RunLock(self.output_dir)
         self._pool: WorkerPool | None = None
+        self._stop_pool: Callable[[], Any] | None = None  # the pool's close, run at most once
         self._closed = False
 
     def __enter__(self) -> Experiment:
@@ -169,7 +179,7 @@ class Experiment:
         if self._pool is None:
             self._pool = WorkerPool(threads_per_worker(self.workers))
             # Stops the processes when this object is collected or the program ends.
-            weakref.finalize(self, self._pool.close)
+            self._stop_pool = weakref.finalize(self, self._pool.close)
         return self._pool
 
     def start(self) -> None:
@@ -183,6 +193,31 @@ class Experiment:
         if pool is not None:
             pool.start(self.workers)
             pool.wait_ready()
+
+    def reset(self) -> None:
+        """Stop the workers and free everything they hold; keep the run and this object.
+
+        The original Cerebro's notebooks restarted the kernel between steps to get the
+        workers' memory back (loaded partitions, models kept between hops, a GPU's cached
+        blocks). ``reset()`` does that without losing the notebook's state: the worker
+        processes exit (with ``engine="ray"``, the actors an ETL left waiting for a fit), and
+        everything on disk stays (data, catalog, checkpoints, predictions). The experiment
+        stays usable: the next ``run_etl``, ``run_fit``, ``run_test``, ``run_predict`` or
+        :meth:`start` launches fresh workers. Unlike :meth:`close`, after which every call
+        raises.
+        """
+        self._check_open()
+        if self._stop_pool is not None:
+            self._stop_pool()  # a finalizer: the pool's close(), once; the next step makes one
+            self._pool = self._stop_pool = None
+        if self.engine == "ray":
+            import sys
+
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                from cerebro.engine._ray_nodes import release_idle
+
+                release_idle(ray)
 
     def close(self) -> None:
         """Stop the worker processes; a later call on this experiment raises."""
@@ -318,26 +353,35 @@ class Experiment:
     ) -> dict[str, Any]:
         """Preprocess every split into partitions (one per worker by default).
 
-        Reuses earlier output when the inputs, spec, fraction, seed and partition count are
-        unchanged; with ``etl_dir`` in params, checks that folder and does nothing else.
+        The output goes to ``etl_dir`` when params has it (created if missing), else to
+        ``DIR/data``. It is reused when the inputs (CSV contents, spec code, fraction, seed,
+        partition count) are unchanged, and replaced when one changed. With ``etl_dir`` but
+        no ``*_main`` CSVs in params, the data already there is read and nothing runs.
 
         Returns:
             The ETL manifest: rows and partition sizes per split.
+
+        Raises:
+            ParamsError: ``etl_dir`` holds something that is not Cerebro's output (see
+                NOTE [ whose etl_dir ] in ``params.py``), or (without CSVs) no finished ETL.
         """
         check_spec(etl_spec, ETLSpec)
         _picklable(etl_spec)
-        if self.params.etl_dir is not None:
+        if self.params.etl_dir is not None and not self.params.mains:
             manifest = etl.load_manifest(self.params.etl_dir)
             if manifest is None:
                 raise ParamsError(
                     f"etl_dir {self.params.etl_dir} holds no finished ETL "
-                    f"({etl.MANIFEST} missing); run run_etl without etl_dir."
+                    f"({etl.MANIFEST} missing). Give the CSVs (train_main ...) in params as "
+                    "well to have run_etl write the data there."
                 )
             return manifest
         settings = self._etl_settings(fraction, seed, partitions)
         parts = settings["partitions"]
-        with self._locked():
-            self._remember("etl", settings, etl_spec)
+        with self._locked(), self._etl_target():
+            if self.params.etl_dir is None:
+                # Only the run's own data is redone by resume; etl_dir may serve other runs.
+                self._remember("etl", settings, etl_spec)
             if self.engine == "ray":
                 from cerebro.engine.ray import ray_etl
 
@@ -369,6 +413,41 @@ class Experiment:
                 progress=self.verbose,
                 pool=pool,
             )
+
+    @contextmanager
+    def _etl_target(self) -> Iterator[None]:
+        """Make :attr:`data_dir` ready for the ETL to write: checked to be Cerebro's (NOTE
+        [ whose etl_dir ]) before anything there is touched, then marked as Cerebro's; an
+        ``etl_dir`` is also locked against a second ETL writing into it at the same time."""
+        d, etl_dir = self.data_dir, self.params.etl_dir
+        if etl_dir is not None:
+            check_etl_dir(etl_dir)  # again: the folder may have changed since Experiment()
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / ETL_MARK).exists():
+                (d / ETL_MARK).write_text("Cerebro's preprocessed data (run_etl).\n")
+        except OSError as e:
+            raise ParamsError(
+                f"cannot write the preprocessed data into {d}: {e}. Choose a writable "
+                "etl_dir (or output_dir)."
+            ) from e
+        if etl_dir is None:
+            yield
+            return
+        lock = RunLock(etl_dir)
+        try:
+            lock.__enter__()
+        except CerebroError:
+            holder = (etl_dir / ".lock").read_text(errors="replace").strip()
+            raise CerebroError(
+                f"etl_dir {etl_dir} is in use by another run's ETL ({holder or 'a process'}). "
+                "Wait for it to finish (then this run reuses its output), or give this run "
+                "another etl_dir."
+            ) from None
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     def _etl_settings(self, fraction: Any, seed: int, partitions: int | None) -> dict[str, Any]:
         """Check ``run_etl``'s arguments before any work."""
@@ -533,7 +612,7 @@ class Experiment:
         def best(fit_id: int) -> dict[str, Any]:
             return FitResult(self.catalog_path, fit_id).best
 
-        return resolve_model(catalog, model_tag, best)
+        return resolve_model(catalog, model_tag, best, self.params.models_dir)
 
     def _eval(
         self, spec: MinibatchSpec, model_tag: str, kind: str, batch_size: int | None
@@ -556,6 +635,9 @@ class Experiment:
                 ref = self._model(catalog, model_tag)
             finally:
                 catalog.close()
+            need_batch_size(ref, batch_size, f"run_{kind}")
+            if ref.components is not None:  # NOTE [ original model files ]
+                spec = with_components(spec, ref.components)
             owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
             for p in parts:
                 owned[p % w].setdefault(kind, []).append(p)
@@ -572,8 +654,13 @@ class Experiment:
 
         Args:
             spec: the Minibatch spec (its ``valtest`` and ``metrics_agg`` are used).
-            model_tag: ``"best"``, a model id such as ``"m003"``, or a checkpoint path.
-            batch_size: overrides the model's ``batch_size``.
+            model_tag: ``"best"``, a model id such as ``"m003"``, or a model file's path
+                (absolute, or relative to the working directory or to ``models_dir``): a
+                Cerebro checkpoint, ``{component: state_dict}``, or the original's
+                ``torch.save`` of the whole ``create_model_components`` dict, whose objects
+                are used as they are.
+            batch_size: overrides the model's ``batch_size``; needed for a file that
+                records no hyperparameters (all but Cerebro's checkpoints).
 
         Returns:
             ``{"test_<metric>": value}``, also stored in the catalog.
@@ -594,7 +681,8 @@ class Experiment:
         """Score the predict split; writes ``DIR/predictions/<tag>.csv`` and returns its path.
 
         The file has one row per predict row, ordered by row id, with the columns
-        ``row_id, output_class, confidence``.
+        ``row_id, output_class, confidence``. ``model_tag`` and ``batch_size`` are those of
+        :meth:`run_test`.
         """
         ref, outcomes = self._eval(spec, model_tag, "predict", batch_size)
         return write_predictions(self.output_dir / "predictions" / f"{ref.tag}.csv", outcomes)

@@ -15,12 +15,31 @@ from typing import Any
 
 from cerebro.errors import ParamsError
 
-__all__ = ["SPLITS", "ModelConfig", "Params", "expand_grid", "validate_params"]
+__all__ = [
+    "ETL_MARK",
+    "SPLITS",
+    "ModelConfig",
+    "Params",
+    "check_etl_dir",
+    "expand_grid",
+    "is_etl_output",
+    "validate_params",
+]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
 _FILE_KEYS = tuple(f"{s}_main" for s in SPLITS)
 _DIR_KEYS = tuple(f"{s}_dir" for s in SPLITS)
 _KNOWN = (*_FILE_KEYS, *_DIR_KEYS, "misc", "etl_dir", "models_dir", "output_dir")
+
+# NOTE [ whose etl_dir ]
+# With the CSVs (*_main) in params, run_etl writes its output into etl_dir, and a rerun with
+# other inputs replaces the partitions there. So it writes only into a folder that is
+# missing, empty, or already Cerebro's: one with a finished ETL's manifest, or with this
+# mark, which run_etl writes before its first partition (so the leftovers of an interrupted
+# ETL are Cerebro's too). Anything else (a data set, another program's output, the run's
+# own output_dir) is refused before a file is touched. Split-named sub-folders alone do
+# not count: a raw image folder has train/ and val/ as well.
+ETL_MARK = ".cerebro-etl"
 
 
 @dataclass(frozen=True)
@@ -101,10 +120,11 @@ def validate_params(params: Mapping[str, Any]) -> Params:
                 )
             dirs[split] = obj
     etl_dir = path_of("etl_dir")
-    if etl_dir is not None and not etl_dir.is_dir():
+    if etl_dir is not None and not mains and not etl_dir.is_dir():
         raise ParamsError(
             f"params['etl_dir'] = {str(params['etl_dir'])!r}: no such folder. It must be the "
-            "data folder of an earlier run (DIR/data)."
+            "data folder of an earlier run (DIR/data), or give the CSVs (train_main ...) "
+            "as well to have run_etl write the data there."
         )
     if "train" not in mains and etl_dir is None:
         raise ParamsError(
@@ -128,7 +148,61 @@ def validate_params(params: Mapping[str, Any]) -> Params:
     out = path_of("output_dir")
     if out is None:
         raise ParamsError("params needs 'output_dir': the folder where the run is written.")
+    if etl_dir is not None and mains:
+        if out == etl_dir or etl_dir in out.parents:
+            raise ParamsError(
+                f"params['output_dir'] = {str(out)!r} is inside params['etl_dir'] = "
+                f"{str(etl_dir)!r}, which run_etl fills with the preprocessed data (replacing "
+                "its sub-folders). Give them separate folders."
+            )
+        check_etl_dir(etl_dir)
     return Params(mains, dirs, tuple(misc), etl_dir, models_dir, out)
+
+
+def check_etl_dir(etl_dir: Path) -> None:
+    """Refuse an ``etl_dir`` that ``run_etl`` may not write into: a file, or a folder holding
+    anything but Cerebro's ETL output (its manifest or :data:`ETL_MARK`, see NOTE
+    [ whose etl_dir ]). A missing or empty folder is fine.
+
+    Raises:
+        ParamsError: naming the folder, a few of the entries found, and what to do.
+    """
+    if not etl_dir.exists():
+        return
+    if not etl_dir.is_dir():
+        raise ParamsError(
+            f"params['etl_dir'] = {str(etl_dir)!r} is a file, not a folder. Point it at the "
+            "folder for the preprocessed data (it is created if missing)."
+        )
+    if is_etl_output(etl_dir):
+        return
+    try:
+        entries = sorted(e.name for e in etl_dir.iterdir())
+    except OSError as e:
+        raise ParamsError(f"params['etl_dir'] = {str(etl_dir)!r} cannot be read: {e}") from e
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if entries[5:] else "")
+        raise ParamsError(
+            f"params['etl_dir'] = {str(etl_dir)!r} holds files that are not Cerebro's "
+            f"preprocessed data ({shown}), and run_etl replaces what it finds there, so it "
+            "leaves the folder alone. Point etl_dir at a new or empty folder, or at the data "
+            "folder of an earlier run (DIR/data); to read such data without running the ETL, "
+            "give etl_dir without the *_main CSVs."
+        )
+
+
+def is_etl_output(folder: Path) -> bool:
+    """Whether ``folder`` holds Cerebro's ETL output, finished (a manifest with Cerebro's
+    keys) or not (:data:`ETL_MARK`, written before the first partition)."""
+    from cerebro.etl._run import MANIFEST  # not at the top: cerebro.etl imports this module
+
+    if (folder / ETL_MARK).is_file():
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"fingerprint", "partitions", "splits"} <= set(manifest)
 
 
 @dataclass(frozen=True)
