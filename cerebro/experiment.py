@@ -106,7 +106,9 @@ class Experiment:
 
     Args:
         params: file locations (see DESIGN.md §2): ``train_main`` ... ``predict_main``,
-            ``*_dir``, ``misc``, ``etl_dir``, ``models_dir``, ``output_dir``.
+            ``*_dir``, ``misc``, ``etl_dir`` (where ``run_etl`` writes the preprocessed
+            data, or with no ``*_main`` where it is read from), ``models_dir`` (starting
+            points, and the root of relative ``model_tag`` paths), ``output_dir``.
         workers: worker processes; each holds one share of the data. Default: the cores.
         engine: ``"local"`` (worker processes on this machine) or ``"ray"`` (Ray actors
             pinned to the nodes that hold their data).
@@ -118,7 +120,8 @@ class Experiment:
     With the local engine the worker processes start with the first ``run_etl``,
     ``run_fit``, ``run_test``, ``run_predict`` or :meth:`start`, and serve every later call
     warm (starting one costs seconds: the interpreter and ``import torch``) until
-    :meth:`close`, the end of a ``with Experiment(...) as exp:`` block, or the program.
+    :meth:`close`, the end of a ``with Experiment(...) as exp:`` block, or the program;
+    :meth:`reset` stops them until the next call.
 
     Example:
         >>> exp = Experiment(params, workers=2)                     # doctest: +SKIP

@@ -73,9 +73,14 @@ class Params:
 def validate_params(params: Mapping[str, Any]) -> Params:
     """Check ``params`` and resolve its paths.
 
+    With CSVs (``*_main``), ``etl_dir`` is where ``run_etl`` will write: it may be missing,
+    but must not hold anything but Cerebro's output (see NOTE [ whose etl_dir ]); without
+    them it is data to read and must exist.
+
     Raises:
         TypeError: ``params`` is not a mapping, or a value has the wrong type.
-        ParamsError: an unknown key, a missing file or folder, or no ``train_main``.
+        ParamsError: an unknown key, a missing file or folder, no ``train_main``, or an
+            ``etl_dir`` that is not Cerebro's or holds ``output_dir``.
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict, got {type(params).__name__}.")
@@ -176,10 +181,7 @@ def check_etl_dir(etl_dir: Path) -> None:
         )
     if is_etl_output(etl_dir):
         return
-    try:
-        entries = sorted(e.name for e in etl_dir.iterdir())
-    except OSError as e:
-        raise ParamsError(f"params['etl_dir'] = {str(etl_dir)!r} cannot be read: {e}") from e
+    entries = sorted(e.name for e in etl_dir.iterdir())
     if entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if entries[5:] else "")
         raise ParamsError(

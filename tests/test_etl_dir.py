@@ -163,6 +163,13 @@ def test_etl_dir_path_errors(tmp_path: Path) -> None:
         r"of an earlier run \(DIR/data\), or give the CSVs",
     ):
         Experiment({"etl_dir": str(tmp_path / "nowhere"), "output_dir": str(tmp_path / "r")})
+    exp = Experiment(dict(csv, etl_dir=str(tmp_path / "file" / "data"), output_dir=str(tmp_path)))
+    with pytest.raises(
+        ParamsError,
+        match=r"cannot write the preprocessed data into .*file/data: .*Choose a writable "
+        r"etl_dir \(or output_dir\)",
+    ):
+        exp.run_etl(ToyETL())
     (tmp_path / "empty").mkdir()
     exp = Experiment({"etl_dir": str(tmp_path / "empty"), "output_dir": str(tmp_path / "r")})
     with pytest.raises(

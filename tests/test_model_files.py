@@ -121,8 +121,9 @@ ACCEPTED = (
         ({"model": torch.nn.Linear(2, 2)}, r"model objects without an optimizer \(keys"),
         (torch.nn.Linear(2, 2).state_dict(), r"one module's state_dict .* torch.save\("),
         ({"epochs": 3, "note": "x"}, r"it holds a dict of int, str"),
+        ({}, r"it holds an empty dict"),
     ],
-    ids=["a pickled list", "a text file", "no optimizer", "a bare state dict", "a dict"],
+    ids=["a pickled list", "a text file", "no optimizer", "a bare state dict", "a dict", "{}"],
 )
 def test_a_file_in_no_accepted_format_is_refused_naming_them(
     fitted: dict[str, Any], content: Any, holds: str
