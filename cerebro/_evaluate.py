@@ -131,7 +131,7 @@ def _classify(content: Any) -> tuple[str | None, str]:
     return None, f"a dict of {', '.join(kinds)}"
 
 
-def state_of(objects: Mapping[str, Any]) -> dict[str, Any]:
+def _state_of(objects: Mapping[str, Any]) -> dict[str, Any]:
     """The state dicts of the original's whole-object components (those that have one)."""
     return {
         k: v.state_dict()
@@ -158,7 +158,7 @@ def import_start(path: Path, model_id: str, hyperparams: dict[str, Any], into: P
     out = into / f"imported-{path.name}"
     tmp = into / f".{out.name}.tmp-{os.getpid()}"
     state = {"model_id": model_id, "hyperparams": dict(hyperparams)}
-    torch.save({**state, "components": state_of(f.content)}, tmp)
+    torch.save({**state, "components": _state_of(f.content)}, tmp)
     os.replace(tmp, out)
     return str(out)
 

@@ -64,3 +64,11 @@ def test_reset_after_close_raises(toy_params: dict[str, str]) -> None:
     exp.close()
     with pytest.raises(CerebroError, match=r"this Experiment was closed .*create a new one"):
         exp.reset()
+
+
+def test_reset_of_a_ray_experiment_that_started_nothing_is_a_no_op(
+    toy_params: dict[str, str],
+) -> None:
+    exp = Experiment(toy_params, workers=2, engine="ray", verbose=False)
+    exp.reset()  # no Ray started for it, no actor parked: nothing to free
+    exp.close()
