@@ -145,18 +145,34 @@ def queue_behind_held(engine: Any, folder: Path, first: HopTask, second: HopTask
 
 
 def poll_until(engine: Any, want: int, within: float = 60) -> list[Any]:
-    """Poll an engine until ``want`` events came (or ``within`` seconds passed)."""
+    """Poll an engine until ``want`` events came; returns them.
+
+    Raises:
+        TimeoutError: fewer than ``want`` events came within ``within`` seconds (the
+            message lists those that did), rather than handing a short list on.
+    """
     events: list[Any] = []
     deadline = time.time() + within
-    while len(events) < want and time.time() < deadline:
+    while len(events) < want:
+        if time.time() >= deadline:
+            raise TimeoutError(
+                f"poll_until: {len(events)} of {want} engine events within {within:g} s: "
+                f"{events!r}"
+            )
         events += engine.poll(timeout=1.0)
     return events
 
 
 def wait_for(path: Path, within: float = 60) -> None:
-    """Wait until ``path`` exists, e.g. a held hop's ``GatedSpec.inside`` file."""
+    """Wait until ``path`` exists, e.g. a held hop's ``GatedSpec.inside`` file.
+
+    Raises:
+        TimeoutError: ``path`` did not appear within ``within`` seconds.
+    """
     deadline = time.time() + within
-    while not path.exists() and time.time() < deadline:
+    while not path.exists():
+        if time.time() >= deadline:
+            raise TimeoutError(f"wait_for: {path} did not appear within {within:g} s")
         time.sleep(0.01)
 
 
