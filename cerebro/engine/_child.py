@@ -9,6 +9,8 @@ when the parent closes the socket.
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import pickle
 import sys
 import traceback
@@ -38,8 +40,25 @@ def _warm_up() -> None:
         pass
 
 
+def _output_ends() -> tuple[int, int] | None:
+    """Flush what the call printed; the sizes of the stdout and stderr files then."""
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        # (the files append, so moving their offset is harmless; and cheaper than fstat)
+        return os.lseek(1, 0, os.SEEK_END), os.lseek(2, 0, os.SEEK_END)
+    except (OSError, ValueError):  # a hook closed them: the parent reads what is there
+        return None
+
+
 def main(fd: int, warm: bool = False) -> None:
     conn = Connection(fd)
+    # Each printed line reaches the file at once: the parent can show it while the call
+    # runs, and it survives a crash. A crash in native code writes its Python traceback.
+    if sys.stdout is not None:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    faulthandler.enable()
     if warm:
         _warm_up()
     state: dict[str, Any] = {}
@@ -50,13 +69,14 @@ def main(fd: int, warm: bool = False) -> None:
             return
         try:
             fn, args = pickle.loads(data)
-            reply: tuple[str, Any] = ("ok", fn(state, *args))
+            status, value = "ok", fn(state, *args)
         except BaseException as e:  # noqa: BLE001 - report everything to the parent
-            reply = ("error", _error(e))
+            status, value = "error", _error(e)
+        ends = _output_ends()
         try:
-            payload = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps((status, value, ends), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # noqa: BLE001 - an unpicklable return value
-            payload = pickle.dumps(("error", _error(e)), protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(("error", _error(e), ends), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             conn.send_bytes(payload)
         except (BrokenPipeError, OSError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-from cerebro.engine._process import Child
+from cerebro.engine._process import Child, Output
 from cerebro.errors import CerebroError
 
 __all__ = ["WorkerPool"]
@@ -29,16 +29,19 @@ class WorkerPool:
     Args:
         threads: torch threads a child starts with (``OMP_NUM_THREADS``); each step's
             set-up call sets its own with ``torch.set_num_threads``.
+        quiet: do not show what the user's code prints in these processes (the
+            ``output.quiet`` switch, which every child taken from here shares).
     """
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, *, quiet: bool = False):
         self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.output = Output(quiet=quiet)
         self._idle: list[Child] = []
         self._lock = threading.Lock()
         self.closed = False
 
     def _launch(self) -> Child:
-        return Child("pooled process", self._env, warm=True)
+        return Child("pooled process", self._env, warm=True, output=self.output)
 
     def start(self, n: int) -> None:
         """Launch processes until ``n`` are idle; returns at once (they warm up alone)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._pool import WorkerPool
-from cerebro.engine._process import Child, ChildDied, RemoteError
+from cerebro.engine._process import Child, ChildDied, Output, RemoteError
 from cerebro.errors import UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
 from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
@@ -50,6 +50,13 @@ class LocalEngine:
         max_restarts: how many times one slot may be restarted before the run stops.
         pool: take the processes from here and give them back at :meth:`shutdown`;
             None starts processes for this engine and stops them at shutdown.
+        quiet: without ``pool``, do not show what the user's code prints (with one, the
+            pool's ``output`` decides).
+
+    What the spec's hooks print in a worker reaches the driver's stdout or stderr,
+    prefixed with the worker and the model: ``[worker 1 · m003] Loss: 0.42`` (NOTE [ a
+    child's output ] in ``_process``); complete lines of a running hop show at each
+    :meth:`poll`.
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class LocalEngine:
         devices: list[str],
         max_restarts: int = 3,
         pool: WorkerPool | None = None,
+        quiet: bool = False,
     ):
         self.workers = len(owned)
         self._spec = spec
@@ -79,14 +87,15 @@ class LocalEngine:
         self._setting_up: set[int] = set()  # slots whose replacement process is starting
         self._children: list[Child] = []
         self._pool = pool
+        self._output = pool.output if pool is not None else Output(quiet=quiet)
         try:
             if pool is not None:
                 self._children = pool.take(self.workers, "worker")
             else:
-                self._children = [Child(f"worker {w}", self._env) for w in range(self.workers)]
+                self._children = [self._child(w) for w in range(self.workers)]
             for w, child in enumerate(self._children):
                 try:
-                    child.submit(setup_worker, *self._setup_args[w])
+                    child.submit(setup_worker, *self._setup_args[w], label="set-up")
                     self._setting_up.add(w)
                 except ChildDied as e:  # a pooled process that died while idle
                     self._restart(w, f"died while idle: {e}")
@@ -96,6 +105,9 @@ class LocalEngine:
         except BaseException:
             self.shutdown()
             raise
+
+    def _child(self, w: int) -> Child:
+        return Child(f"worker {w}", self._env, output=self._output)
 
     def _finish_setup(self, w: int, result: Any) -> dict[str, Any]:
         if isinstance(result, UserFailure):
@@ -128,10 +140,10 @@ class LocalEngine:
                     "and the spec's native code; resume with `cerebro resume DIR` once fixed."
                 )
             self._children[w].kill()
-            child = Child(f"worker {w}", self._env)
+            child = self._child(w)
             self._children[w] = child
             try:
-                child.submit(setup_worker, *self._setup_args[w])
+                child.submit(setup_worker, *self._setup_args[w], label="set-up")
             except ChildDied as e:
                 reason = f"died while starting: {e}"
                 continue
@@ -160,7 +172,7 @@ class LocalEngine:
         """Send one hop to slot ``w``'s process; False if it had died and is being replaced."""
         child = self._children[w]
         try:
-            child.submit(run_hop, task)
+            child.submit(run_hop, task, label=_label(task))
         except ChildDied:
             if child.busy:
                 return True  # died running a hop: poll reports it, and this one, as lost
@@ -190,12 +202,16 @@ class LocalEngine:
         if not busy:
             return []
         events: list[EngineEvent] = []
-        for conn in wait(list(busy), timeout):
+        ready = wait(list(busy), timeout)
+        for conn in ready:
             w = busy[conn]  # type: ignore[index]
             if w in self._setting_up:
                 self._setup_answered(w)  # no event: a replacement is ready (or retried)
             else:
                 self._collect(w, events)
+        for conn, w in busy.items():
+            if conn not in ready and w < len(self._children):
+                self._children[w].stream()  # what a long hop has printed so far
         return events
 
     def _collect(self, w: int, events: list[EngineEvent]) -> None:
@@ -232,6 +248,11 @@ class LocalEngine:
         for child in children:
             if not child.busy:
                 child.close(timeout=5)
+
+
+def _label(task: HopTask) -> str:
+    """How a hop's output is labelled: ``m003`` for a train hop, ``m003 val`` otherwise."""
+    return task.model_id if task.kind == "train" else f"{task.model_id} {task.kind}"
 
 
 def _event(w: int, task: HopTask, result: Any) -> EngineEvent:
