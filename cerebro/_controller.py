@@ -9,17 +9,21 @@ started again runs each remaining hop once and no completed hop twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
+from cerebro.engine._process import Output
 from cerebro.errors import CerebroError, UserCodeError
 from cerebro.params import ModelConfig
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
@@ -55,6 +59,7 @@ class FitState:
     mode: str = "min"
     best: float | None = None  # best objective value so far, for the progress bar
     deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
+    quiet: bool = False  # hide what metrics_agg prints (verbose=False: no progress bar)
     index: dict[str, int] = field(init=False)  # model id -> rank among the ids (seeds)
 
     def __post_init__(self) -> None:
@@ -124,7 +129,8 @@ def _finish_epoch(
         if not sizes:
             continue
         try:
-            agg = state.spec.metrics_agg(kind, hp, MinibatchMetrics(values, sizes))
+            with _shown_as(f"[driver · {end.model_id}]", state.quiet):
+                agg = state.spec.metrics_agg(kind, hp, MinibatchMetrics(values, sizes))
             result[kind] = {str(k): float(v) for k, v in dict(agg).items()}
         except Exception as e:
             raise UserCodeError(
@@ -146,6 +152,24 @@ def _finish_epoch(
     catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
     if end.epoch == state.num_epochs - 1:
         catalog.set_model_status(state.fit_id, end.model_id, "done")
+
+
+@contextlib.contextmanager
+def _shown_as(prefix: str, quiet: bool) -> Iterator[None]:
+    """Show what a user hook run here prints as a worker's output is: prefixed, through
+    ``tqdm.write`` (the progress bar stays whole), or not at all when ``quiet``.
+
+    Python-level only (``sys.stdout``/``sys.stderr``): this is the user's own process,
+    whose file descriptors are theirs.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:  # also when the hook raised: what it printed first helps to see why
+        show = Output(quiet)
+        show.write(prefix, out.getvalue())
+        show.write(prefix, err.getvalue(), stderr=True)
 
 
 def _fail_model(
@@ -180,6 +204,7 @@ def run_loop(
     engine runs a worker's hops in order and reports them in order; a queued hop's result
     is handled only after the one before it (it is not "plainly done" until then).
     """
+    state.quiet = bool(getattr(progress, "disable", False))
     hop_ids: dict[Hop, int] = {}
     events: list[Any] = []
     while True:
