@@ -238,8 +238,8 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         r"params\['misc'\] lists '.*vocab.txt': no such file",
     ),
     (
-        "missing etl_dir",
-        lambda c: c.exp(etl_dir=str(c.tmp / "old")),
+        "missing etl_dir without CSVs",
+        lambda c: Experiment({"etl_dir": str(c.tmp / "old"), "output_dir": str(c.tmp / "run")}),
         ParamsError,
         r"params\['etl_dir'\] = .*: no such folder. It must be the data folder of an earlier",
     ),
