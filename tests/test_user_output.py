@@ -171,7 +171,36 @@ def test_quiet_experiment_shows_nothing_the_user_code_prints(tmp_path: Path) -> 
         assert text not in out, out[-3000:]
 
 
-# --- one engine in this process ------------------------------------------------------------
+# --- one child process, or one engine, in this process -------------------------------------
+
+
+def _say(state: dict[str, Any], text: str) -> None:
+    print(text)
+
+
+def test_each_queued_call_gets_its_own_output_and_idle_files_are_emptied(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_process, "_TRUNCATE_AT", 10)
+    child = _process.Child("child")
+    try:
+        child.call(_say, "warm")
+        child.submit(_say, "first", label="A")
+        child.submit(_say, "second\n\nthird", label="B")
+        time.sleep(1)  # both have run and printed before the first answer is read
+        assert child.result() is None and child.result() is None
+        assert child._streams[0].size() == 0  # read, idle, over the limit: emptied
+        child.call(_say, "again", label="C")
+    finally:
+        child.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "[child] warm",
+        "[child · A] first",
+        "[child · B] second",
+        "[child · B]",
+        "[child · B] third",
+        "[child · C] again",
+    ]
 
 
 @pytest.fixture(scope="module")

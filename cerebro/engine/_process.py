@@ -91,7 +91,9 @@ class Output:
             return
         if text.endswith("\n"):
             text = text[:-1]
-        lines = [prefix + " " + _as_shown(line) for line in text.split("\n")]
+        lines = [
+            f"{prefix} {shown}" if (shown := _as_shown(ln)) else prefix for ln in text.split("\n")
+        ]
         from tqdm.auto import tqdm
 
         fp = sys.stderr if stderr else sys.stdout
