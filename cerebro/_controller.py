@@ -9,14 +9,11 @@ started again runs each remaining hop once and no completed hop twice.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +126,7 @@ def _finish_epoch(
         if not sizes:
             continue
         try:
-            with _shown_as(f"[driver · {end.model_id}]", state.quiet):
+            with Output(state.quiet).capture(f"[driver · {end.model_id}]"):
                 agg = state.spec.metrics_agg(kind, hp, MinibatchMetrics(values, sizes))
             result[kind] = {str(k): float(v) for k, v in dict(agg).items()}
         except Exception as e:
@@ -152,24 +149,6 @@ def _finish_epoch(
     catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
     if end.epoch == state.num_epochs - 1:
         catalog.set_model_status(state.fit_id, end.model_id, "done")
-
-
-@contextlib.contextmanager
-def _shown_as(prefix: str, quiet: bool) -> Iterator[None]:
-    """Show what a user hook run here prints as a worker's output is: prefixed, through
-    ``tqdm.write`` (the progress bar stays whole), or not at all when ``quiet``.
-
-    Python-level only (``sys.stdout``/``sys.stderr``): this is the user's own process,
-    whose file descriptors are theirs.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield
-    finally:  # also when the hook raised: what it printed first helps to see why
-        show = Output(quiet)
-        show.write(prefix, out.getvalue())
-        show.write(prefix, err.getvalue(), stderr=True)
 
 
 def _fail_model(

@@ -27,7 +27,9 @@ one call prints beyond ``_CALL_OUTPUT_LIMIT`` bytes per stream is counted, not s
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
+import io
 import os
 import pickle
 import signal
@@ -35,7 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -102,6 +104,22 @@ class Output:
         with tqdm.external_write_mode(file=fp):
             fp.write("\n".join(lines) + "\n")
             fp.flush()  # before the bar is redrawn: a piped stdout is block-buffered
+
+    @contextlib.contextmanager
+    def capture(self, prefix: str) -> Iterator[None]:
+        """Show what the code in the block prints as a child's output is shown: for the
+        user's hooks that run on the driver (``metrics_agg``).
+
+        Python-level only (``sys.stdout``/``sys.stderr``): this is the user's own process,
+        whose file descriptors are theirs. Shown when the block ends, also if it raised.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
+        finally:
+            self.write(prefix, out.getvalue())
+            self.write(prefix, err.getvalue(), stderr=True)
 
 
 def _as_shown(line: str) -> str:
