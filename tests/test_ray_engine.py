@@ -3,7 +3,9 @@
 Each node gets its own data folder, as if it were its own machine: the ETL writes every
 partition on the node whose worker owns it, the fit's actors read only their own node's
 folder, models travel through the driver, and the result is bit-identical to the local
-engine's. One cluster serves the whole module (Ray starts slowly).
+engine's. One cluster serves the whole module (Ray starts slowly). The fits go through the
+public API, ``Experiment(engine="ray", address=...)``; where a test needs to know where a
+hop ran, its spec records the node of every worker process (:class:`NodeSpec`).
 
 Ray is imported only inside fixtures and tests, never at collection: ``import cerebro``
 must not pull Ray in (``test_public_api``).
@@ -18,6 +20,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -60,6 +63,29 @@ class SlowSpec(ToySpec):
         return super().train(model_object, minibatch, hyperparams, device)
 
 
+class NodeSpec(ToySpec):
+    """Each worker process that sets it up writes its Ray node id to ``folder/<pid>``: with
+    the catalog's pids, that tells which node ran each hop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def initialize_worker(self) -> None:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        Path(self.folder, str(os.getpid())).write_text(node)
+
+
+class SlowNodeSpec(NodeSpec, SlowSpec):
+    pass
+
+
+def _nodes(folder: Path) -> dict[int, str]:
+    """pid -> node id of every worker process a :class:`NodeSpec` ran in."""
+    return {int(f.name): f.read_text() for f in folder.iterdir()}
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A head and a worker node of 1 CPU each, on loopback; the driver connected to it."""
@@ -74,7 +100,9 @@ def cluster() -> Iterator[Any]:
     c = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
     c.add_node(**args)
     c.wait_for_nodes()
-    ray.init(address=c.address)  # the actors import `toy` from the driver's sys.path
+    # The driver joins now (the actors import `toy` from the driver's sys.path); the
+    # experiments are given the same address.
+    ray.init(address=c.address)
     try:
         yield c
     finally:
@@ -106,48 +134,75 @@ def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
         node_data_dir=str(root / "nodes" / "{node_id}"),
         progress=False,
     )
-    return {"params": params, "root": root, "local": local, "manifest": manifest}
+    return {
+        "params": params,
+        "root": root,
+        "local": local,
+        "manifest": manifest,
+        "address": cluster.address,
+    }
 
 
 def _hops(catalog: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(catalog)
+    """The catalog's hops; none while it does not exist yet (read-only: the fit may run)."""
+    try:
+        db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return []
     db.row_factory = sqlite3.Row
     try:
         return db.execute("SELECT * FROM hops ORDER BY hop_id").fetchall()
+    except sqlite3.OperationalError:  # no table yet
+        return []
     finally:
         db.close()
 
 
-def _on_ray(m: pytest.MonkeyPatch, engines: list[Any], wrap: Any = None) -> None:
-    """Make ``Experiment`` run its hops on a RayEngine (the wiring Experiment will get)."""
-    from cerebro.engine.ray import RayEngine
-
-    def make(self: Experiment, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
-        e = RayEngine(spec, str(self.data_dir), owned, str(self._misc_dir()))
-        engines.append(e)
-        return wrap(e) if wrap else e
-
-    m.setattr(Experiment, "_engine", make)
+def _ray_experiment(data: dict[str, Any], name: str, workers: int = 2, **params: Any) -> Any:
+    """``Experiment(engine="ray")`` joined to the module's cluster, output under ``name``."""
+    params = dict(data["params"], output_dir=str(data["root"] / name), **params)
+    return Experiment(
+        params, workers=workers, engine="ray", address=data["address"], verbose=False
+    )
 
 
 def _fit(
-    data: dict[str, Any],
-    name: str,
-    engine: str,
-    monkeypatch: pytest.MonkeyPatch,
-    spec: Any = None,
-    wrap: Any = None,
-) -> tuple[Any, Experiment, list[Any]]:
-    """A real ``run_fit`` (probe, controller loop, catalog) on the local or the Ray engine."""
-    etl_dir = data["local"].data_dir if engine == "local" else data["root"] / "ray" / "data"
-    params = dict(data["params"], output_dir=str(data["root"] / name), etl_dir=str(etl_dir))
-    exp = Experiment(params, workers=2, verbose=False)
-    engines: list[Any] = []
-    with monkeypatch.context() as m:
-        if engine == "ray":
-            _on_ray(m, engines, wrap)
-        result = exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
-    return result, exp, engines
+    data: dict[str, Any], name: str, engine: str, spec: Any = None
+) -> tuple[Any, Experiment]:
+    """A real ``run_fit`` (probe, controller loop, catalog) on the local or the Ray engine,
+    on the local or the Ray ETL's data."""
+    if engine == "local":
+        etl_dir = data["local"].data_dir
+        params = dict(data["params"], output_dir=str(data["root"] / name), etl_dir=str(etl_dir))
+        exp = Experiment(params, workers=2, verbose=False)
+    else:
+        exp = _ray_experiment(data, name, etl_dir=str(data["root"] / "ray" / "data"))
+    result = exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    return result, exp
+
+
+def _watch(until: Any, act: Any) -> threading.Thread:
+    """A thread that does ``act()`` once ``until()`` holds (checked every 10 ms, for at most
+    120 s); join it to learn whether it did (it raises otherwise)."""
+    failed: list[str] = []
+
+    def run() -> None:
+        deadline = time.time() + 120
+        while not until():
+            if time.time() > deadline:
+                failed.append("the condition never held")
+                return
+            time.sleep(0.01)
+        act()
+
+    class Watch(threading.Thread):
+        def join(self, timeout: float | None = None) -> None:
+            super().join(timeout)
+            assert not failed, failed
+
+    t = Watch(target=run, daemon=True)
+    t.start()
+    return t
 
 
 def _same_history(a: Any, b: Any) -> None:
@@ -200,7 +255,15 @@ def test_ray_etl_reuses_its_output(data: dict[str, Any]) -> None:
     exp = Experiment(
         dict(data["params"], output_dir=str(data["root"] / "ray")), workers=2, verbose=False
     )
-    t0 = time.perf_counter()
+
+    def files() -> list[tuple[str, int, int]]:
+        out = []
+        for f in sorted([*(data["root"] / "nodes").rglob("*"), *exp.data_dir.rglob("*")]):
+            st = f.stat()
+            out.append((str(f), st.st_ino, st.st_mtime_ns))
+        return out
+
+    before = files()
     again = ray_etl(
         ToyETL(),
         exp.params,
@@ -213,20 +276,21 @@ def test_ray_etl_reuses_its_output(data: dict[str, Any]) -> None:
         progress=False,
     )
     assert again == data["manifest"]
-    assert time.perf_counter() - t0 < 5
+    assert files() == before  # nothing preprocessed or written again: the same files
 
 
 def test_fit_matches_local_engine_and_reads_only_local_partitions(
-    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    data: dict[str, Any], tmp_path: Path
 ) -> None:
-    reference, local_exp, _ = _fit(data, "fit-local", "local", monkeypatch)
-    result, exp, engines = _fit(data, "fit-ray", "ray", monkeypatch)
-    (engine,) = engines
+    reference, local_exp = _fit(data, "fit-local", "local")
+    result, exp = _fit(data, "fit-ray", "ray", NodeSpec(tmp_path))
+    node_of = _nodes(tmp_path)
     placement = data["manifest"]["ray"]["placement"]
     hops = [h for h in _hops(exp.catalog_path) if h["status"] == "done"]
     assert len(hops) == 4 * 2 * 2 * EPOCHS
+    assert len({h["pid"] for h in hops}) == 2  # one actor per worker slot
     for h in hops:  # every hop ran on the node that holds its partition
-        assert engine.pid_node[h["pid"]] == placement[h["kind"]][h["partition"]]["node_id"]
+        assert node_of[h["pid"]] == placement[h["kind"]][h["partition"]]["node_id"]
         assert h["worker"] == h["partition"] % 2
     # same seed, same grid, same partitions: the very same per-minibatch values (so the same
     # row order in every hop) and the same epoch metrics as the local engine
@@ -236,47 +300,47 @@ def test_fit_matches_local_engine_and_reads_only_local_partitions(
     # the driver holds every model's latest state
     assert Path(result.best["checkpoint"]).is_file()
     # test and predict hops run on the nodes too, with the same results
-    with monkeypatch.context() as m:
-        _on_ray(m, engines)
-        tested = exp.run_test(ToySpec())
-        predicted = exp.run_predict(ToySpec())
+    tested = exp.run_test(ToySpec())
+    predicted = exp.run_predict(ToySpec())
     assert tested == local_exp.run_test(ToySpec())
     assert predicted.read_bytes() == local_exp.run_predict(ToySpec()).read_bytes()
+    local_exp.close()
 
 
-def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    killed: list[int] = []
+def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None:
+    catalog = data["root"] / "fit-kill" / "catalog.sqlite"
+    killed: list[tuple[int, float]] = []
 
-    class KillOnce:
-        """Passes calls through; SIGKILLs worker 1's actor mid-run, once."""
+    def worker_1_busy_after_6_hops() -> bool:
+        rows = _hops(catalog)
+        done = [r for r in rows if r["status"] == "done"]
+        return len(done) >= 6 and any(
+            r["status"] == "running" and r["worker"] == 1 for r in rows
+        ) and any(r["worker"] == 1 for r in done)
 
-        def __init__(self, engine: Any):
-            self.engine, self.workers, self.done = engine, engine.workers, 0
+    def kill_worker_1() -> None:  # its actor: the pid of its hops
+        pid = [r["pid"] for r in _hops(catalog) if r["status"] == "done" and r["worker"] == 1][-1]
+        os.kill(pid, signal.SIGKILL)
+        killed.append((pid, time.time()))
 
-        def submit(self, worker: int, task: Any) -> None:
-            self.engine.submit(worker, task)
-
-        def poll(self, timeout: float | None = None) -> list[Any]:
-            if self.done >= 6 and not killed and 1 in {w for w, _ in _busy(self.engine)}:
-                pid = self.engine.info[1]["pid"]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            events = self.engine.poll(timeout)
-            self.done += len(events)
-            return events
-
-        def shutdown(self) -> None:
-            self.engine.shutdown()
-
-    t0 = time.perf_counter()
-    result, exp, engines = _fit(data, "fit-kill", "ray", monkeypatch, SlowSpec(), KillOnce)
-    (engine,) = engines
-    assert killed and engine.restarts == [0, 1]
-    assert engine.info[1]["pid"] != killed[0]
+    watch = _watch(worker_1_busy_after_6_hops, kill_worker_1)
+    result, exp = _fit(data, "fit-kill", "ray", SlowNodeSpec(tmp_path))
+    watch.join()
+    [(pid, when)] = killed
     rows = _hops(exp.catalog_path)
+    # worker 1 got one new actor (worker 0 none), which ran the rest of worker 1's hops
+    pids = {w: {r["pid"] for r in rows if r["worker"] == w and r["pid"]} for w in (0, 1)}
+    assert len(pids[0]) == 1 and len(pids[1]) == 2 and pid in pids[1]
+    (new,) = pids[1] - {pid}
+    first_new = min(r["start"] for r in rows if r["pid"] == new)
+    assert all(r["start"] < when for r in rows if r["pid"] == pid)
     lost = [r for r in rows if r["status"] == "lost"]
-    # the hop it ran, and the one queued behind it if there was one (not the model's fault)
+    # the hop it ran, and the one queued behind it if there was one (not the model's fault),
+    # each recorded as the actor's death after the kill and before the new actor's first hop
     assert len([r for r in lost if "queued behind" not in r["error"]]) == 1 and len(lost) <= 2
+    for r in lost:
+        assert r["worker"] == 1 and "Ray actor died" in r["error"]
+        assert when <= r["end"] <= first_new
     done = Counter((r["model_id"], r["kind"], r["partition"], r["epoch"]) for r in rows)
     expected = {
         (f"m{i:03d}", k, p, e)
@@ -293,12 +357,13 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], monkeypatch: pytest.Mon
     assert set(finished) == expected and set(finished.values()) == {1}
     assert sum(done.values()) == len(expected) + len(lost)
     placement = data["manifest"]["ray"]["placement"]
+    node_of = _nodes(tmp_path)
+    assert node_of[new] == node_of[pid]  # the replacement stayed on the node with the data
     for r in rows:
-        if r["status"] == "done":  # the replacement stayed on the node with the data
-            assert engine.pid_node[r["pid"]] == placement[r["kind"]][r["partition"]]["node_id"]
-    reference, _, _ = _fit(data, "fit-kill-local", "local", monkeypatch, SlowSpec())
+        if r["status"] == "done":
+            assert node_of[r["pid"]] == placement[r["kind"]][r["partition"]]["node_id"]
+    reference, _ = _fit(data, "fit-kill-local", "local", SlowSpec())
     _same_history(result, reference)
-    assert time.perf_counter() - t0 < 120
 
 
 def _gated_engine(data: dict[str, Any], tmp_path: Path) -> Any:
@@ -430,15 +495,14 @@ def test_errors_name_the_function_and_where(data: dict[str, Any]) -> None:
 
 
 def test_lost_node_stops_the_fit_and_resume_completes(
-    cluster: Any, data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    cluster: Any, data: dict[str, Any], tmp_path: Path
 ) -> None:
     from cerebro import WorkerError
     from cerebro.engine.ray import ray_etl
 
     extra = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    params = dict(data["params"], output_dir=str(data["root"] / "three"))
-    exp = Experiment(params, workers=3, verbose=False)
+    exp = _ray_experiment(data, "three", workers=3)
 
     def etl() -> dict[str, Any]:
         return ray_etl(
@@ -456,34 +520,25 @@ def test_lost_node_stops_the_fit_and_resume_completes(
     placement = etl()["ray"]["placement"]["train"]
     assert extra.node_id in {e["node_id"] for e in placement}
 
-    class RemoveNode:
-        def __init__(self, engine: Any):
-            self.engine, self.workers, self.done = engine, engine.workers, 0
+    # After 5 hops the train hops wait (GatedSpec's hold file) while the node goes away;
+    # then the fit goes on, and stops when it needs the lost node's worker.
+    hold = tmp_path / "hold"
 
-        def submit(self, worker: int, task: Any) -> None:
-            self.engine.submit(worker, task)
+    def remove_node() -> None:
+        hold.touch()
+        cluster.remove_node(extra)
+        hold.unlink()
 
-        def poll(self, timeout: float | None = None) -> list[Any]:
-            if self.done >= 5 and extra in cluster.worker_nodes:
-                cluster.remove_node(extra)
-            events = self.engine.poll(timeout)
-            self.done += len(events)
-            return events
-
-        def shutdown(self) -> None:
-            self.engine.shutdown()
-
-    with monkeypatch.context() as m:
-        _on_ray(m, [], RemoveNode)
-        with pytest.raises(WorkerError, match="left the cluster|not an alive node"):
-            exp.run_fit(ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    grid = {**GRID, "hold": [True]}
+    watch = _watch(lambda: _done(exp.catalog_path) >= 5, remove_node)
+    with pytest.raises(WorkerError, match="left the cluster|not an alive node"):
+        exp.run_fit(GatedSpec(tmp_path), grid, num_epochs=EPOCHS, seed=3)
+    watch.join()
     before = [r for r in _hops(exp.catalog_path) if r["status"] == "done"]
-    assert before
+    assert len(before) >= 5
     # the way out the error names: preprocess again on the nodes left, then resume
     assert etl()["ray"]["placement"]["train"] != placement
-    with monkeypatch.context() as m:
-        _on_ray(m, [])
-        result = exp.run_fit(ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+    result = exp.run_fit(GatedSpec(tmp_path), grid, num_epochs=EPOCHS, seed=3)
     rows = _hops(exp.catalog_path)
     done = Counter(
         (r["model_id"], r["kind"], r["partition"], r["epoch"])
@@ -495,8 +550,8 @@ def test_lost_node_stops_the_fit_and_resume_completes(
     assert set(result.table["status"]) == {"done"}
 
 
-def _busy(engine: Any) -> list[tuple[int, Any]]:
-    return [(w, task) for w, task, *_ in engine._running.values()]
+def _done(catalog: Path) -> int:
+    return sum(1 for r in _hops(catalog) if r["status"] == "done")
 
 
 def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
