@@ -16,6 +16,7 @@ import torch
 
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
+from cerebro.engine._process import Output
 from cerebro.errors import ParamsError, UserCodeError
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
 from cerebro.worker import HopOutcome, HopTask
@@ -311,7 +312,11 @@ def evaluate(
     return [outcomes[p] for p in sorted(outcomes)]
 
 
-def aggregate(spec: MinibatchSpec, ref: ModelRef, outcomes: list[HopOutcome]) -> dict[str, float]:
+def aggregate(
+    spec: MinibatchSpec, ref: ModelRef, outcomes: list[HopOutcome], *, quiet: bool = False
+) -> dict[str, float]:
+    """The test metrics: the user's ``metrics_agg`` over every worker's minibatches, its
+    prints shown as ``[driver · <model>]`` as in a fit (none when ``quiet``)."""
     values: dict[str, list[float]] = {}
     sizes: list[int] = []
     for o in outcomes:
@@ -319,7 +324,8 @@ def aggregate(spec: MinibatchSpec, ref: ModelRef, outcomes: list[HopOutcome]) ->
             values.setdefault(k, []).extend(v)
         sizes.extend(o.batch_sizes)
     try:
-        agg = spec.metrics_agg("test", dict(ref.hyperparams), MinibatchMetrics(values, sizes))
+        with Output(quiet).capture(f"[driver · {ref.model_id}]"):
+            agg = spec.metrics_agg("test", dict(ref.hyperparams), MinibatchMetrics(values, sizes))
         return {f"test_{k}": float(v) for k, v in dict(agg).items()}
     except Exception as e:
         raise UserCodeError(

@@ -180,7 +180,7 @@ class Experiment:
         if self.engine != "local":
             return None
         if self._pool is None:
-            self._pool = WorkerPool(threads_per_worker(self.workers))
+            self._pool = WorkerPool(threads_per_worker(self.workers), quiet=not self.verbose)
             # Stops the processes when this object is collected or the program ends.
             self._stop_pool = weakref.finalize(self, self._pool.close)
         return self._pool
@@ -669,7 +669,7 @@ class Experiment:
             ``{"test_<metric>": value}``, also stored in the catalog.
         """
         ref, outcomes = self._eval(spec, model_tag, "test", batch_size)
-        metrics = aggregate(spec, ref, outcomes)
+        metrics = aggregate(spec, ref, outcomes, quiet=not self.verbose)
         with self._locked():
             catalog = Catalog(self.catalog_path)
             try:

@@ -167,7 +167,9 @@ num_epochs = 2
 '''
 
 
-def test_the_original_notebook_runs_as_written(tmp_path: Path) -> None:
+def test_the_original_notebook_runs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch
 
     paths = _image_data(tmp_path / "data")
@@ -196,8 +198,11 @@ def test_the_original_notebook_runs_as_written(tmp_path: Path) -> None:
     assert len(val) == 4 * num_epochs * 2
 
     model_id = table["model_id"].iloc[1]
+    capsys.readouterr()
     test_metrics = experiment.run_test(spec, model_id, 128)
     assert set(test_metrics) >= {"test_epoch_loss", "test_epoch_top_1_acc"}
+    # metrics_agg's print, on the driver, shown with the model it was for
+    assert f"[driver · {model_id}] test: loss " in capsys.readouterr().out
 
     # A model file as the original wrote it: the whole create_model_components dict.
     components = result.load_model(model_id)

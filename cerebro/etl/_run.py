@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cerebro.engine._pool import WorkerPool
-from cerebro.engine._process import Child, ChildDied, RemoteError, parallel_map
+from cerebro.engine._process import Child, ChildDied, Output, RemoteError, parallel_map
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
 from cerebro.etl._paths import BadObjectPath, confine
 from cerebro.etl._read import (
@@ -254,13 +254,17 @@ def run_etl(
     if pool is not None:
         children = pool.take(n_proc, "ETL process")
     else:
-        children = [Child(f"ETL process {i}", env={"OMP_NUM_THREADS": "1"}) for i in range(n_proc)]
+        output = Output(quiet=not progress)
+        children = [
+            Child(f"ETL process {i}", env={"OMP_NUM_THREADS": "1"}, output=output)
+            for i in range(n_proc)
+        ]
     writers: dict[tuple[str, int], PartitionWriter] = {}
     sizes = {(plan.split, p): s for plan in plans for p, s in enumerate(plan.sizes)}
     bar = _progress(total_rows, progress)
     try:
         for child in children:
-            r = child.call(_setup, spec, str(misc_dir), 1)
+            r = child.call(_setup, spec, str(misc_dir), 1, label="set-up")
             if isinstance(r, RemoteError):
                 raise UserCodeError(
                     f"{r.type_name}: {r.message}",
@@ -306,6 +310,7 @@ def run_etl(
                 for plan, _, rows in items
             ),
             on_result,
+            label=lambda item: str(item[0]),  # the split: row ids repeat across test/predict
         )
     except OSError as e:
         raise CerebroError(
