@@ -119,9 +119,13 @@ class Catalog:
                 db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
 
     def set_fit_status(self, fit_id: int, status: str) -> None:
+        """Set a fit's status; an end status stamps ``finished``, except when the fit was
+        already in it (a finished fit run again computes nothing, so it ended back then)."""
         finished = time.time() if status in ("done", "failed", "stopped") else None
         self.db.execute(
-            "UPDATE fits SET status=?, finished=? WHERE fit_id=?", (status, finished, fit_id)
+            "UPDATE fits SET finished = CASE WHEN status = ? AND finished IS NOT NULL "
+            "THEN finished ELSE ? END, status = ? WHERE fit_id = ?",
+            (status, finished, status, fit_id),
         )
 
     def models(self, fit_id: int) -> list[sqlite3.Row]:

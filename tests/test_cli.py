@@ -73,10 +73,8 @@ def _cerebro(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def _recorded(run_dir: Path) -> dict[str, Any]:
     """Everything a fit records: its catalog rows (hops with their pids and timestamps,
-    metrics, models, checkpoints, the fit) and its checkpoint files' sizes and mtimes.
-
-    Not ``fits.finished``: a rerun of a finished fit stamps it again (today's behaviour,
-    though nothing runs)."""
+    metrics, models, checkpoints, the fit and when it finished) and its checkpoint files'
+    sizes and mtimes."""
     con = sqlite3.connect(run_dir / "catalog.sqlite")
     try:
         rows = {
@@ -84,7 +82,8 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
             for table in ("models", "hops", "metrics", "checkpoints")
         }
         rows["fits"] = con.execute(
-            "SELECT fit_id, signature, config, status, created FROM fits ORDER BY fit_id"
+            "SELECT fit_id, signature, config, status, created, finished FROM fits "
+            "ORDER BY fit_id"
         ).fetchall()
     finally:
         con.close()
