@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cerebro import Experiment
@@ -492,6 +493,59 @@ def test_errors_name_the_function_and_where(data: dict[str, Any]) -> None:
     data_dir = str(data["root"] / "ray" / "data")
     with pytest.raises(UserCodeError, match=r"BadInitSpec.initialize_worker failed for worker"):
         RayEngine(BadInitSpec(), data_dir, owned, str(exp._misc_dir()))
+
+
+class LinkOutETL(ToyETL):
+    """Object paths the driver found inside train_dir, that turn into links out of it while
+    the ETL runs: the first row_prep call of each chunk repoints every other row's file."""
+
+    def set_features(self) -> list[str]:
+        return ["blob"]
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        assert object_dir is not None
+        outside = Path(object_dir).parent / "secret.txt"
+        for f in Path(object_dir).iterdir():
+            if f.name != row["blob"] and not f.is_symlink():
+                tmp = f.with_name(f".{f.name}.{os.getpid()}")
+                tmp.symlink_to(outside)
+                os.replace(tmp, f)
+        return super().row_prep(row, mode, object_dir)
+
+
+def test_object_paths_are_checked_on_the_node_that_runs_row_prep(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    from cerebro import ParamsError
+    from cerebro.engine import _ray_nodes
+    from cerebro.engine.ray import ray_etl
+
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    (tmp_path / "secret.txt").write_text("outside")
+    train = pd.read_csv(data["params"]["train_main"]).iloc[:40]
+    for i in train["id"]:
+        (objs / f"{i}.bin").write_bytes(b"ok")
+    train.assign(blob=[f"{i}.bin" for i in train["id"]]).to_csv(tmp_path / "t.csv", index=False)
+    params = {"train_main": str(tmp_path / "t.csv"), "train_dir": str(objs)}
+    exp = Experiment(dict(params, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
+    with pytest.raises(ParamsError) as e:
+        ray_etl(
+            LinkOutETL(),
+            exp.params,
+            exp.data_dir,
+            exp._misc_dir(),
+            partitions=2,
+            fraction=1.0,
+            seed=1,
+            node_data_dir=str(tmp_path / "nodes" / "{node_id}"),
+            progress=False,
+        )
+    message = str(e.value)
+    assert "column 'blob'" in message and "is a symbolic link" in message
+    assert "where row_prep reads them" in message  # refused on the node, not the driver
+    assert not (exp.data_dir / "manifest.json").exists()
+    assert not _ray_nodes._IDLE
 
 
 def test_lost_node_stops_the_fit_and_resume_completes(
