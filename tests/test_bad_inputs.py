@@ -51,21 +51,18 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def prepared(tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bad")
-    params = write_toy_csvs(root / "csv")
-    params["output_dir"] = str(root / "prep")
-    exp = Experiment(params, workers=2, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
+    exp = Experiment(dict(toy_data, output_dir=str(root / "prep")), workers=2, verbose=False)
     exp.run_fit(ToySpec(), GRID, num_epochs=1)
-    return {"params": params, "data_dir": str(exp.data_dir), "prep": exp}
+    return {"data_dir": toy_data["etl_dir"], "prep": exp}
 
 
 @pytest.fixture
 def ctx(tmp_path: Path, prepared: dict[str, Any]) -> Ctx:
     params = write_toy_csvs(tmp_path / "csv")
     params["output_dir"] = str(tmp_path / "run")
-    data = dict(prepared["params"], etl_dir=prepared["data_dir"], output_dir=str(tmp_path / "fit"))
+    data = {"etl_dir": prepared["data_dir"], "output_dir": str(tmp_path / "fit")}
     return Ctx(tmp_path, params, data, prepared["prep"])
 
 

@@ -12,18 +12,17 @@ import pytest
 import torch
 
 from cerebro import Experiment, ParamsError, UserCodeError
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToySpec
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32]}
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, Any]:
+def fitted(
+    tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
+) -> tuple[Experiment, Any]:
     root = tmp_path_factory.mktemp("eval")
-    params = write_toy_csvs(root / "csv")
-    params["output_dir"] = str(root / "run")
-    exp = Experiment(params, workers=2, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
+    exp = Experiment(dict(toy_data, output_dir=str(root / "run")), workers=2, verbose=False)
     return exp, exp.run_fit(ToySpec(), GRID, num_epochs=2)
 
 
@@ -43,24 +42,26 @@ def test_run_test_best_and_by_id(fitted: tuple[Experiment, Any]) -> None:
     assert (result.best["model_id"], "best", "acc") in rows
 
 
-def test_run_predict_writes_sorted_csv(fitted: tuple[Experiment, Any]) -> None:
+def test_run_predict_writes_sorted_csv(
+    toy_csvs: dict[str, str], fitted: tuple[Experiment, Any]
+) -> None:
     exp, _ = fitted
     path = exp.run_predict(ToySpec(), model_tag="best")
     assert path == exp.output_dir / "predictions" / "best.csv"
     df = pd.read_csv(path)
     assert list(df.columns) == ["row_id", "output_class", "confidence"]
-    expected = sorted(pd.read_csv(exp.params.mains["predict"])["id"])
+    expected = sorted(pd.read_csv(toy_csvs["predict_main"])["id"])
     assert df["row_id"].tolist() == expected
     assert df["confidence"].between(0.5, 1.0).all()
     first = path.read_bytes()
     assert exp.run_predict(ToySpec(), model_tag="best").read_bytes() == first  # deterministic
     # predictions agree with test labels as often as run_test says
-    test = pd.read_csv(exp.params.mains["test"]).set_index("id")
+    test = pd.read_csv(toy_csvs["test_main"]).set_index("id")
     acc = (df.set_index("row_id")["output_class"] == test["label"]).mean()
     assert acc == pytest.approx(exp.run_test(ToySpec())["test_acc"])
 
 
-def test_checkpoint_path_as_tag(fitted: tuple[Experiment, Any]) -> None:
+def test_checkpoint_path_as_tag(toy_csvs: dict[str, str], fitted: tuple[Experiment, Any]) -> None:
     exp, result = fitted
     # the first epoch's checkpoint of the model that is not the best: neither "best" nor
     # any model's latest state, so only that very file gives these predictions
@@ -78,7 +79,7 @@ def test_checkpoint_path_as_tag(fitted: tuple[Experiment, Any]) -> None:
     assert state["model_id"] == other
     model = ToySpec().create_model_components(state["hyperparams"])["model"]
     model.load_state_dict(state["components"]["model"])
-    rows = pd.read_csv(exp.params.mains["predict"]).sort_values("id")
+    rows = pd.read_csv(toy_csvs["predict_main"]).sort_values("id")
     x = torch.tensor(rows[[f"f{i}" for i in range(6)]].values, dtype=torch.float32)
     with torch.no_grad():
         conf, cls = torch.softmax(model.eval()(x), 1).max(1)
@@ -89,11 +90,13 @@ def test_checkpoint_path_as_tag(fitted: tuple[Experiment, Any]) -> None:
     assert not np.allclose(best["confidence"], got["confidence"])  # another model's output
 
 
-def test_load_model_for_plain_pytorch(fitted: tuple[Experiment, Any]) -> None:
+def test_load_model_for_plain_pytorch(
+    toy_csvs: dict[str, str], fitted: tuple[Experiment, Any]
+) -> None:
     exp, result = fitted
     components = result.load_model("best")
     model = components["model"].eval()
-    test = pd.read_csv(exp.params.mains["test"])
+    test = pd.read_csv(toy_csvs["test_main"])
     x = torch.tensor(test[[f"f{i}" for i in range(6)]].values, dtype=torch.float32)
     acc = (model(x).argmax(1).numpy() == test["label"].values).mean()
     assert acc == pytest.approx(exp.run_test(ToySpec())["test_acc"])

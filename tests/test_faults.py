@@ -23,14 +23,12 @@ from cerebro.engine import HopDone, WorkerLost
 from cerebro.engine.local import LocalEngine
 from toy import (
     GatedSpec,
-    ToyETL,
     ToySpec,
     hop_task,
     poll_until,
     queue_behind_held,
     wait_for,
     worker_pids,
-    write_toy_csvs,
 )
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
@@ -74,16 +72,15 @@ def _computed(catalog: Path) -> tuple[dict[tuple[Any, ...], Any], list[tuple[Any
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Any]:
-    """The toy data through the ETL; then, on the same warm workers, the uninterrupted fit
-    that the full-disk test must reproduce (what it computed)."""
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
+) -> tuple[dict[str, str], Any]:
+    """The session's toy data, and the uninterrupted fit that the full-disk test must
+    reproduce (what it computed)."""
     root = tmp_path_factory.mktemp("faults")
-    params = write_toy_csvs(root / "csv")
-    params["output_dir"] = str(root / "etl")
-    with Experiment(params, workers=2, verbose=False) as e:
-        e.run_etl(ToyETL(), seed=1)
+    with Experiment(dict(toy_data, output_dir=str(root / "ref")), workers=2, verbose=False) as e:
         e.run_fit(FillsDisk(root / "never"), GRID, num_epochs=2)
-    return dict(params, etl_dir=str(e.data_dir)), _computed(e.catalog_path)
+    return toy_data, _computed(e.catalog_path)
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,9 @@ from typing import Any
 import pytest
 
 from cerebro import Experiment, ParamsError, UserCodeError
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToySpec
 
 GRID = {"lr": [0.05, 0.01], "hidden": [4, 8], "batch_size": [16, 32]}
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The toy data preprocessed once for the module; each test gets its own run dir."""
-    root = tmp_path_factory.mktemp("toy")
-    params = write_toy_csvs(root / "csv")
-    params["output_dir"] = str(root / "etl-run")
-    e = Experiment(params, workers=2, verbose=False)
-    e.run_etl(ToyETL(), seed=1)
-    return dict(params, etl_dir=str(e.data_dir))
 
 
 @pytest.fixture

@@ -15,20 +15,21 @@ import pytest
 import torch
 
 from cerebro import Experiment, ParamsError
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToySpec
 
 GRID = {"lr": [0.05, 0.01], "hidden": [12], "batch_size": [32]}
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One ETL and one fit, with an (empty at fit time) ``models_dir`` for the files."""
+def fitted(
+    tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """One fit of the session's toy data, with an (empty at fit time) ``models_dir``."""
     root = tmp_path_factory.mktemp("model-files")
     models = root / "SavedModels"
     models.mkdir()
-    params = dict(write_toy_csvs(root / "csv"), models_dir=str(models))
+    params = dict(toy_data, models_dir=str(models))
     exp = Experiment(dict(params, output_dir=str(root / "run")), workers=2, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
     result = exp.run_fit(ToySpec(), GRID, 1)
     yield {"exp": exp, "result": result, "models": models, "root": root}
     exp.close()

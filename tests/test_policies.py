@@ -34,7 +34,7 @@ from cerebro._controller import derive_seed
 from cerebro.engine.local import threads_per_worker
 from cerebro.scheduler import Hop, Scheduler
 from cerebro.worker import HopOutcome, HopTask, run_hop, setup_worker
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToySpec
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
 EPOCHS = 2
@@ -74,14 +74,15 @@ class HaltableSpec(ToySpec):
 
 
 @pytest.fixture(scope="module")
-def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Experiment, str]]:
-    """An experiment whose workers stay warm for every fit of the module, with the toy data
-    preprocessed once (2 partitions); and that data's folder."""
+def warm(
+    tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
+) -> Iterator[tuple[Experiment, str]]:
+    """An experiment whose workers stay warm for every fit of the module, on the session's
+    toy data (2 partitions); and that data's folder."""
     root = tmp_path_factory.mktemp("policies")
-    params = write_toy_csvs(root / "csv")
-    with Experiment(dict(params, output_dir=str(root / "warm")), workers=2, verbose=False) as e:
-        e.run_etl(ToyETL(), seed=1)
-        yield e, str(e.data_dir)
+    with Experiment(dict(toy_data, output_dir=str(root / "warm")), workers=2, verbose=False) as e:
+        e.start()
+        yield e, toy_data["etl_dir"]
 
 
 def _hops(catalog: Path) -> list[sqlite3.Row]:

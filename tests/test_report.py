@@ -21,7 +21,7 @@ from cerebro import Experiment, FitResult
 from cerebro.report import read_status, status_text, write_report, write_tensorboard
 from cerebro.report._summary import active_segments, short_error
 from cerebro.report._timeline import ActiveClock
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # m000..m005: lr x act; lr=0.01 raises in train (failed), lr=0.5 returns NaN (diverged).
@@ -46,13 +46,10 @@ class FlakySpec(ToySpec):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]) -> Path:
     """One finished fit with failed and diverged models, shared by the module (read-only)."""
     root = tmp_path_factory.mktemp("report")
-    params = write_toy_csvs(root / "csv")
-    params["output_dir"] = str(root / "run")
-    exp = Experiment(params, workers=2, verbose=False)
-    exp.run_etl(ToyETL(), seed=1)
+    exp = Experiment(dict(toy_data, output_dir=str(root / "run")), workers=2, verbose=False)
     exp.run_fit(FlakySpec(), GRID, num_epochs=EPOCHS)
     return exp.output_dir
 
