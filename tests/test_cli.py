@@ -82,8 +82,7 @@ def _recorded(run_dir: Path) -> dict[str, Any]:
             for table in ("models", "hops", "metrics", "checkpoints")
         }
         rows["fits"] = con.execute(
-            "SELECT fit_id, signature, config, status, created, finished FROM fits "
-            "ORDER BY fit_id"
+            "SELECT fit_id, signature, config, status, created, finished FROM fits ORDER BY fit_id"
         ).fetchall()
     finally:
         con.close()

@@ -53,7 +53,7 @@ def _image_data(root: Path) -> dict[str, str]:
 
 # --- the notebook's cells, as the original's users wrote them --------------------------------
 
-NOTEBOOK = '''
+NOTEBOOK = """
 from cerebro.etl.etl_spec import ETLSpec
 from cerebro.experiment import Experiment
 from cerebro.mop.minibatch_spec import MiniBatchSpec
@@ -164,7 +164,7 @@ etl_spec = MyETL()
 spec = MySpec()
 param_grid = {"learning_rate": [0.05, 0.01], "batch_size": [16, 32]}
 num_epochs = 2
-'''
+"""
 
 
 def test_the_original_notebook_runs_as_written(

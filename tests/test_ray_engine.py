@@ -167,9 +167,7 @@ def _ray_experiment(data: dict[str, Any], name: str, workers: int = 2, **params:
     )
 
 
-def _fit(
-    data: dict[str, Any], name: str, engine: str, spec: Any = None
-) -> tuple[Any, Experiment]:
+def _fit(data: dict[str, Any], name: str, engine: str, spec: Any = None) -> tuple[Any, Experiment]:
     """A real ``run_fit`` (probe, controller loop, catalog) on the local or the Ray engine,
     on the local or the Ray ETL's data."""
     if engine == "local":
@@ -315,9 +313,11 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None
     def worker_1_busy_after_6_hops() -> bool:
         rows = _hops(catalog)
         done = [r for r in rows if r["status"] == "done"]
-        return len(done) >= 6 and any(
-            r["status"] == "running" and r["worker"] == 1 for r in rows
-        ) and any(r["worker"] == 1 for r in done)
+        return (
+            len(done) >= 6
+            and any(r["status"] == "running" and r["worker"] == 1 for r in rows)
+            and any(r["worker"] == 1 for r in done)
+        )
 
     def kill_worker_1() -> None:  # its actor: the pid of its hops
         pid = [r["pid"] for r in _hops(catalog) if r["status"] == "done" and r["worker"] == 1][-1]

@@ -218,9 +218,7 @@ def _kill_when(proc: subprocess.Popen[bytes], moment: Any, what: str) -> None:
     proc.wait()
 
 
-def test_driver_killed_at_random_moments_always_resumes(
-    tmp_path: Path, clean_run: Path
-) -> None:
+def test_driver_killed_at_random_moments_always_resumes(tmp_path: Path, clean_run: Path) -> None:
     import random
 
     # Kills at moments chosen by what the run has done, not by the clock, so that they
