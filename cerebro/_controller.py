@@ -117,7 +117,11 @@ def _finish_epoch(
     catalog: Catalog, state: FitState, end: EpochEnd, only_if_missing: bool = False
 ) -> None:
     """Aggregate one model's epoch with the user's ``metrics_agg`` and store it."""
+    last = end.epoch == state.num_epochs - 1
     if only_if_missing and catalog.has_epoch_metrics(state.fit_id, end.model_id, end.epoch):
+        # A kill can land between storing the last epoch and marking the model done.
+        if last:
+            catalog.set_model_status(state.fit_id, end.model_id, "done")
         return
     hp = dict(state.configs[end.model_id].hyperparams)
     result: dict[str, dict[str, float]] = {}
@@ -147,7 +151,7 @@ def _finish_epoch(
     if ck is not None:
         state.keep.add(ck)
     catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
-    if end.epoch == state.num_epochs - 1:
+    if last:
         catalog.set_model_status(state.fit_id, end.model_id, "done")
 
 

@@ -13,12 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
 from cerebro import Experiment
 from cerebro.errors import CerebroError
-from toy import ToyETL, ToySpec
+from toy import SlowSpec, ToyETL, ToySpec, computed, done_hops
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
 
@@ -26,30 +27,11 @@ DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
 from cerebro import Experiment
-from test_resume import SlowSpec, GRID
+from test_resume import GRID
+from toy import SlowSpec
 exp = Experiment({params!r}, workers=2, verbose=False)
 exp.run_fit(SlowSpec(), GRID, num_epochs=2, seed=3)
 """
-
-
-class SlowSpec(ToySpec):
-    def train(
-        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
-    ) -> dict[str, float]:
-        time.sleep(0.01)
-        return super().train(model_object, minibatch, hyperparams, device)
-
-
-def _done(db_path: Path) -> int:
-    if not db_path.exists():
-        return 0
-    db = sqlite3.connect(db_path)
-    try:
-        return db.execute("SELECT COUNT(*) FROM hops WHERE status='done'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
 
 
 def test_killed_driver_resumes(toy_params: dict[str, str], tmp_path: Path) -> None:
@@ -58,12 +40,12 @@ def test_killed_driver_resumes(toy_params: dict[str, str], tmp_path: Path) -> No
     script = DRIVER.format(tests=str(Path(__file__).parent), params=toy_params)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.time() + 120
-    while _done(exp.catalog_path) < 10 and time.time() < deadline and proc.poll() is None:
+    while done_hops(exp.catalog_path) < 10 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the fit finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-hop
     proc.wait()
-    before = _done(exp.catalog_path)
+    before = done_hops(exp.catalog_path)
     assert 10 <= before < 32
     db = sqlite3.connect(exp.catalog_path)
     first_ids = {r[0] for r in db.execute("SELECT hop_id FROM hops WHERE status='done'")}
@@ -167,26 +149,14 @@ def _cli_run(folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _outcome(run_dir: Path) -> tuple[dict[tuple[str, str, int, int], Any], list[tuple[Any, ...]]]:
-    """What a run computed, from its catalog: each completed hop's per-minibatch metrics
-    (by model, kind, partition, epoch; a hop done twice is an error) and every epoch
-    metric (model, epoch, split, name, value)."""
+def _outcome(run_dir: Path) -> tuple[dict[tuple[Any, ...], Any], list[tuple[Any, ...]]]:
+    """What the run computed (``toy.computed``), in its one fit."""
     con = sqlite3.connect(run_dir / "catalog.sqlite")
     try:
-        (fits,) = con.execute("SELECT COUNT(*) FROM fits").fetchone()
-        assert fits == 1
-        hops = con.execute(
-            "SELECT model_id, kind, partition, epoch, metrics FROM hops WHERE status='done'"
-        ).fetchall()
-        metrics = con.execute(
-            "SELECT model_id, epoch, split, name, value FROM metrics "
-            "ORDER BY model_id, epoch, split, name"
-        ).fetchall()
+        assert con.execute("SELECT COUNT(*) FROM fits").fetchone() == (1,)
     finally:
         con.close()
-    count = Counter((m, k, p, e) for m, k, p, e, _ in hops)
-    assert set(count.values()) == {1}, [key for key, n in count.items() if n > 1]
-    return {(m, k, p, e): json.loads(v)["values"] for m, k, p, e, v in hops}, metrics
+    return computed(run_dir / "catalog.sqlite")
 
 
 @pytest.fixture(scope="module")
@@ -235,11 +205,11 @@ def test_driver_killed_at_random_moments_always_resumes(tmp_path: Path, clean_ru
 
     proc = _cli_run(tmp_path)
     _kill_when(proc, lambda: _session(run_dir), "the session was recorded")
-    assert _done(catalog) == 0
+    assert done_hops(catalog) == 0
     for n in targets:
         proc = _cli_run(tmp_path)
-        _kill_when(proc, lambda n=n: _done(catalog) >= n, f"{n} hops were done")
-        assert n <= _done(catalog) < HOPS
+        _kill_when(proc, lambda n=n: done_hops(catalog) >= n, f"{n} hops were done")
+        assert n <= done_hops(catalog) < HOPS
 
     result = Experiment.resume(run_dir, verbose=False)  # the API, after the last kill
     con = sqlite3.connect(catalog)
@@ -264,7 +234,7 @@ def test_run_killed_in_the_etl_resumes_with_cerebro_resume(
     proc = _cli_run(tmp_path)
     _kill_when(proc, (tmp_path / "data" / "inside").exists, "the ETL's val rows")
     assert not (tmp_path / "run" / "data" / "manifest.json").exists()
-    assert _done(tmp_path / "run" / "catalog.sqlite") == 0
+    assert done_hops(tmp_path / "run" / "catalog.sqlite") == 0
 
     hold.unlink()
     r = subprocess.run(
@@ -302,3 +272,21 @@ def test_run_on_an_existing_etl_dir_records_only_the_fit(
     assert "fit" in session and "etl" not in session  # the data is someone else's
     again = Experiment.resume(tmp_path / "reuse", verbose=False)  # finished: reads only
     assert again.table.equals(result.table)
+
+
+def test_a_kill_between_the_last_epoch_and_the_model_status_resumes_to_done(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """The last epoch's metrics are stored, then the model is marked done: a kill between
+    the two writes must not leave the model 'running' after resume."""
+    exp = Experiment(dict(toy_data, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
+    first = exp.run_fit(ToySpec(), {"lr": [0.05, 0.01], "batch_size": [32]}, num_epochs=1)
+    db = sqlite3.connect(exp.catalog_path)
+    with db:
+        db.execute("UPDATE models SET status='running' WHERE model_id='m001'")
+        db.execute("UPDATE fits SET status='running', finished=NULL")
+    db.close()
+    again = exp.run_fit(ToySpec(), {"lr": [0.05, 0.01], "batch_size": [32]}, num_epochs=1)
+    assert set(again.table["status"]) == {"done"}
+    pd.testing.assert_frame_equal(again.table, first.table)
+    exp.close()

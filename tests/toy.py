@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,72 @@ class ToySpec(MinibatchSpec):
         p = torch.softmax(model_object["model"](x), 1)
         conf, cls = p.max(1)
         return cls.tolist(), conf.tolist()
+
+
+class SlowSpec(ToySpec):
+    """Hops long enough to be killed, read or interrupted mid-way: each train minibatch
+    sleeps ``delay`` seconds first."""
+
+    delay = 0.01
+
+    def __init__(self, delay: float | None = None) -> None:
+        if delay is not None:
+            self.delay = delay
+
+    def train(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, float]:
+        time.sleep(self.delay)
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+def done_hops(catalog: Path) -> int:
+    """Completed hops in a run's catalog; 0 while it (or its tables) does not exist yet."""
+    if not Path(catalog).exists():
+        return 0
+    db = sqlite3.connect(catalog)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM hops WHERE status='done'").fetchone()[0])
+    except sqlite3.OperationalError:  # no tables yet
+        return 0
+    finally:
+        db.close()
+
+
+def hop_rows(catalog: Path, status: str | None = None) -> list[sqlite3.Row]:
+    """The catalog's hops in the order they were recorded (only those with ``status`` when
+    given); none while it does not exist yet (read-only: the fit may be running)."""
+    try:
+        db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    db.row_factory = sqlite3.Row
+    try:
+        where, args = ("WHERE status=?", (status,)) if status is not None else ("", ())
+        return db.execute(f"SELECT * FROM hops {where} ORDER BY hop_id", args).fetchall()
+    finally:
+        db.close()
+
+
+def computed(catalog: Path) -> tuple[dict[tuple[Any, ...], Any], list[tuple[Any, ...]]]:
+    """What a run's fit computed, from its catalog: each completed hop's per-minibatch
+    metrics by (model, kind, partition, epoch) (a hop done twice is an error) and every
+    epoch metric (model, epoch, split, name, value). Two runs computed the same when these
+    are equal."""
+    db = sqlite3.connect(catalog)
+    try:
+        hops = db.execute(
+            "SELECT model_id, kind, partition, epoch, metrics FROM hops WHERE status='done'"
+        ).fetchall()
+        metrics = db.execute(
+            "SELECT model_id, epoch, split, name, value FROM metrics "
+            "ORDER BY model_id, epoch, split, name"
+        ).fetchall()
+    finally:
+        db.close()
+    count = Counter(h[:4] for h in hops)
+    assert set(count.values()) == {1}, [key for key, n in count.items() if n > 1]
+    return {h[:4]: json.loads(h[4])["values"] for h in hops}, metrics
 
 
 class GatedSpec(ToySpec):
