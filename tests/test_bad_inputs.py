@@ -762,7 +762,10 @@ def test_bad_input(
 @pytest.mark.parametrize(
     "act",
     [
-        _then(lambda c: _csv(c, "val", lambda d: d.assign(id="7" * 20_000_000)), _etl()),
+        _then(
+            lambda c: _csv(c, "val", lambda d: d.assign(id=["7" * 20_000_000, *d["id"][1:]])),
+            _etl(),
+        ),
         _then(lambda c: _header(c, "val", "id,f0,f0" + ",x" * 1000), _etl()),
         _object_path("b" * 5000),
     ],

@@ -216,12 +216,15 @@ def test_row_prep_gets_the_confined_path(tmp_path: Path) -> None:
     assert [rows[i] for i in range(3)] == [[0.0] * 3, [2.0] * 3, [4.0] * 3]
 
 
-def _refusal(params: dict[str, Any], value: str) -> str:
-    df = pd.read_csv(params["train_main"])
+def _refusal(exp: Experiment, value: str) -> str:
+    """The refusal of the ETL whose CSV names ``value`` for row 4 (the id and the value
+    itself taken out)."""
+    path = exp.params.mains["train"]
+    df = pd.read_csv(path)
     df.loc[df["id"] == 4, "blob"] = value
-    df.to_csv(params["train_main"], index=False)
+    df.to_csv(path, index=False)
     with pytest.raises(ParamsError) as e:
-        Experiment(params, workers=2, verbose=False).run_etl(ImageETL())
+        exp.run_etl(ImageETL())
     return str(e.value).replace(repr(value), "VALUE")
 
 
@@ -231,9 +234,10 @@ def test_refusals_do_not_tell_whether_an_outside_file_exists(tmp_path: Path) -> 
     (tmp_path / "secret.txt").write_text("outside")
     (objs / "to_secret").symlink_to(tmp_path / "secret.txt")
     (objs / "to_nothing").symlink_to(tmp_path / "nothing.txt")
-    assert _refusal(params, "../secret.txt") == _refusal(params, "../nothing.txt")
-    assert _refusal(params, "to_secret") == _refusal(params, "to_nothing")
-    assert "leads outside" in _refusal(params, "to_nothing")
+    with Experiment(params, workers=2, verbose=False) as exp:
+        assert _refusal(exp, "../secret.txt") == _refusal(exp, "../nothing.txt")
+        assert _refusal(exp, "to_secret") == _refusal(exp, "to_nothing")
+        assert "leads outside" in _refusal(exp, "to_nothing")
 
 
 class SwapETL(ImageETL):

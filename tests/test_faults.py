@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -23,7 +22,10 @@ from cerebro.engine import HopDone, WorkerLost
 from cerebro.engine.local import LocalEngine
 from toy import (
     GatedSpec,
+    SlowSpec,
     ToySpec,
+    computed,
+    done_hops,
     hop_task,
     poll_until,
     queue_behind_held,
@@ -53,24 +55,6 @@ class FillsDisk(ToySpec):
         return super().train(model_object, minibatch, hyperparams, device)
 
 
-def _computed(catalog: Path) -> tuple[dict[tuple[Any, ...], Any], list[tuple[Any, ...]]]:
-    """Each completed hop's per-minibatch metrics (a hop done twice is an error) and every
-    epoch metric of the catalog's fit."""
-    con = sqlite3.connect(catalog)
-    try:
-        hops = con.execute(
-            "SELECT model_id, kind, partition, epoch, metrics FROM hops WHERE status='done'"
-        ).fetchall()
-        metrics = con.execute(
-            "SELECT model_id, epoch, split, name, value FROM metrics "
-            "ORDER BY model_id, epoch, split, name"
-        ).fetchall()
-    finally:
-        con.close()
-    assert set(Counter(h[:4] for h in hops).values()) == {1}
-    return {h[:4]: json.loads(h[4])["values"] for h in hops}, metrics
-
-
 @pytest.fixture(scope="module")
 def prepared(
     tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
@@ -80,31 +64,12 @@ def prepared(
     root = tmp_path_factory.mktemp("faults")
     with Experiment(dict(toy_data, output_dir=str(root / "ref")), workers=2, verbose=False) as e:
         e.run_fit(FillsDisk(root / "never"), GRID, num_epochs=2)
-    return toy_data, _computed(e.catalog_path)
+    return toy_data, computed(e.catalog_path)
 
 
 @pytest.fixture(scope="module")
 def data(prepared: tuple[dict[str, str], Any]) -> dict[str, str]:
     return prepared[0]
-
-
-def _done(db: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return con.execute("SELECT COUNT(*) FROM hops WHERE status='done'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
-class SlowSpec(ToySpec):
-    def train(
-        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
-    ) -> dict[str, float]:
-        time.sleep(0.005)
-        return super().train(model_object, minibatch, hyperparams, device)
 
 
 def test_killed_worker_is_replaced_and_no_hop_is_lost(
@@ -116,7 +81,7 @@ def test_killed_worker_is_replaced_and_no_hop_is_lost(
     def killer() -> None:
         deadline = time.time() + 60
         while time.time() < deadline and len(kills) < 2:
-            if _done(exp.catalog_path) >= 8 + 12 * len(kills):
+            if done_hops(exp.catalog_path) >= 8 + 12 * len(kills):
                 pids = worker_pids()
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
@@ -125,7 +90,7 @@ def test_killed_worker_is_replaced_and_no_hop_is_lost(
 
     t = threading.Thread(target=killer)
     t.start()
-    result = exp.run_fit(SlowSpec(), GRID, num_epochs=3)
+    result = exp.run_fit(SlowSpec(0.005), GRID, num_epochs=3)
     t.join()
     assert len(kills) == 2
     con = sqlite3.connect(exp.catalog_path)
@@ -377,4 +342,4 @@ def test_full_disk_keeps_the_finished_hops_and_resume_completes_the_fit(
     con.close()
     assert after[: len(kept)] == kept  # the hops done before are kept as they were
     # and the fit computed what one that never ran out of space computes
-    assert _computed(exp.catalog_path) == uninterrupted
+    assert computed(exp.catalog_path) == uninterrupted

@@ -34,7 +34,7 @@ from cerebro._controller import derive_seed
 from cerebro.engine.local import threads_per_worker
 from cerebro.scheduler import Hop, Scheduler
 from cerebro.worker import HopOutcome, HopTask, run_hop, setup_worker
-from toy import ToySpec
+from toy import ToySpec, hop_rows
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
 EPOCHS = 2
@@ -83,15 +83,6 @@ def warm(
     with Experiment(dict(toy_data, output_dir=str(root / "warm")), workers=2, verbose=False) as e:
         e.start()
         yield e, toy_data["etl_dir"]
-
-
-def _hops(catalog: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(catalog)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM hops ORDER BY hop_id").fetchall()
-    finally:
-        db.close()
 
 
 def _done_count(catalog: Path, after: float) -> int:
@@ -251,7 +242,7 @@ def test_dynamic_policy_fit_and_resume(
     clean = exp.run_fit(
         ToySpec(), GRID, num_epochs=EPOCHS, seed=SEED, policy=policy, overwrite=True
     )
-    clean_rows = _hops(exp.catalog_path)
+    clean_rows = hop_rows(exp.catalog_path)
     _check_exactly_once(clean_rows, clean)
     assert {r["status"] for r in clean_rows} == {"done"}
     _check_policy_decided(clean_rows, policy, [])
@@ -281,7 +272,7 @@ def test_dynamic_policy_fit_and_resume(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-hop
         proc.wait()
-    before = _hops(catalog)
+    before = hop_rows(catalog)
     assert _fit_created(catalog) > clean_fit  # the driver's fit replaced the clean one
     done_before = {r["hop_id"]: r["metrics"] for r in before if r["status"] == "done"}
     assert KILL_AT <= len(done_before) < TOTAL
@@ -298,7 +289,7 @@ def test_dynamic_policy_fit_and_resume(
         policy=policy,
         overwrite=True,
     )
-    rows = _hops(catalog)
+    rows = hop_rows(catalog)
     _check_exactly_once(rows, resumed)
     after = {r["hop_id"]: r for r in rows}
     for hop_id, metrics in done_before.items():  # kept as they were, not run again

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,8 +35,11 @@ from cerebro import Experiment
 from cerebro.partitions import partition_path
 from toy import (
     GatedSpec,
+    SlowSpec,
     ToyETL,
     ToySpec,
+    done_hops,
+    hop_rows,
     hop_task,
     poll_until,
     queue_behind_held,
@@ -52,16 +54,6 @@ pytestmark = pytest.mark.skipif(
 
 GRID: dict[str, list[Any]] = {"lr": [0.05, 0.01], "batch_size": [32, 64]}
 EPOCHS = 2
-
-
-class SlowSpec(ToySpec):
-    """Hops long enough to be killed mid-way."""
-
-    def train(
-        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
-    ) -> dict[str, float]:
-        time.sleep(0.02)
-        return super().train(model_object, minibatch, hyperparams, device)
 
 
 class NodeSpec(ToySpec):
@@ -79,7 +71,7 @@ class NodeSpec(ToySpec):
 
 
 class SlowNodeSpec(NodeSpec, SlowSpec):
-    pass
+    delay = 0.02
 
 
 def _nodes(folder: Path) -> dict[int, str]:
@@ -144,21 +136,6 @@ def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     }
 
 
-def _hops(catalog: Path) -> list[sqlite3.Row]:
-    """The catalog's hops; none while it does not exist yet (read-only: the fit may run)."""
-    try:
-        db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
-    except sqlite3.OperationalError:
-        return []
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM hops ORDER BY hop_id").fetchall()
-    except sqlite3.OperationalError:  # no table yet
-        return []
-    finally:
-        db.close()
-
-
 def _ray_experiment(data: dict[str, Any], name: str, workers: int = 2, **params: Any) -> Any:
     """``Experiment(engine="ray")`` joined to the module's cluster, output under ``name``."""
     params = dict(data["params"], output_dir=str(data["root"] / name), **params)
@@ -214,7 +191,7 @@ def _same_history(a: Any, b: Any) -> None:
 def _per_hop_metrics(catalog: Path) -> dict[tuple[str, str, int, int], Any]:
     return {
         (r["model_id"], r["kind"], r["partition"], r["epoch"]): json.loads(r["metrics"])
-        for r in _hops(catalog)
+        for r in hop_rows(catalog)
         if r["status"] == "done"
     }
 
@@ -285,7 +262,7 @@ def test_fit_matches_local_engine_and_reads_only_local_partitions(
     result, exp = _fit(data, "fit-ray", "ray", NodeSpec(tmp_path))
     node_of = _nodes(tmp_path)
     placement = data["manifest"]["ray"]["placement"]
-    hops = [h for h in _hops(exp.catalog_path) if h["status"] == "done"]
+    hops = hop_rows(exp.catalog_path, "done")
     assert len(hops) == 4 * 2 * 2 * EPOCHS
     assert len({h["pid"] for h in hops}) == 2  # one actor per worker slot
     for h in hops:  # every hop ran on the node that holds its partition
@@ -311,7 +288,7 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None
     killed: list[tuple[int, float]] = []
 
     def worker_1_busy_after_6_hops() -> bool:
-        rows = _hops(catalog)
+        rows = hop_rows(catalog)
         done = [r for r in rows if r["status"] == "done"]
         return (
             len(done) >= 6
@@ -320,7 +297,7 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None
         )
 
     def kill_worker_1() -> None:  # its actor: the pid of its hops
-        pid = [r["pid"] for r in _hops(catalog) if r["status"] == "done" and r["worker"] == 1][-1]
+        pid = [r["pid"] for r in hop_rows(catalog, "done") if r["worker"] == 1][-1]
         os.kill(pid, signal.SIGKILL)
         killed.append((pid, time.time()))
 
@@ -328,7 +305,7 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None
     result, exp = _fit(data, "fit-kill", "ray", SlowNodeSpec(tmp_path))
     watch.join()
     [(pid, when)] = killed
-    rows = _hops(exp.catalog_path)
+    rows = hop_rows(exp.catalog_path)
     # worker 1 got one new actor (worker 0 none), which ran the rest of worker 1's hops
     pids = {w: {r["pid"] for r in rows if r["worker"] == w and r["pid"]} for w in (0, 1)}
     assert len(pids[0]) == 1 and len(pids[1]) == 2 and pid in pids[1]
@@ -363,7 +340,7 @@ def test_killed_actor_loses_no_hop(data: dict[str, Any], tmp_path: Path) -> None
     for r in rows:
         if r["status"] == "done":
             assert node_of[r["pid"]] == placement[r["kind"]][r["partition"]]["node_id"]
-    reference, _ = _fit(data, "fit-kill-local", "local", SlowSpec())
+    reference, _ = _fit(data, "fit-kill-local", "local", SlowSpec(0.02))
     _same_history(result, reference)
 
 
@@ -584,16 +561,16 @@ def test_lost_node_stops_the_fit_and_resume_completes(
         hold.unlink()
 
     grid = {**GRID, "hold": [True]}
-    watch = _watch(lambda: _done(exp.catalog_path) >= 5, remove_node)
+    watch = _watch(lambda: done_hops(exp.catalog_path) >= 5, remove_node)
     with pytest.raises(WorkerError, match="left the cluster|not an alive node"):
         exp.run_fit(GatedSpec(tmp_path), grid, num_epochs=EPOCHS, seed=3)
     watch.join()
-    before = [r for r in _hops(exp.catalog_path) if r["status"] == "done"]
+    before = hop_rows(exp.catalog_path, "done")
     assert len(before) >= 5
     # the way out the error names: preprocess again on the nodes left, then resume
     assert etl()["ray"]["placement"]["train"] != placement
     result = exp.run_fit(GatedSpec(tmp_path), grid, num_epochs=EPOCHS, seed=3)
-    rows = _hops(exp.catalog_path)
+    rows = hop_rows(exp.catalog_path)
     done = Counter(
         (r["model_id"], r["kind"], r["partition"], r["epoch"])
         for r in rows
@@ -602,10 +579,6 @@ def test_lost_node_stops_the_fit_and_resume_completes(
     assert len(done) == 4 * 2 * 3 * EPOCHS and set(done.values()) == {1}
     assert {r["hop_id"] for r in before} <= {r["hop_id"] for r in rows if r["status"] == "done"}
     assert set(result.table["status"]) == {"done"}
-
-
-def _done(catalog: Path) -> int:
-    return sum(1 for r in _hops(catalog) if r["status"] == "done")
 
 
 def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

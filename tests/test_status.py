@@ -26,15 +26,10 @@ TOTAL = MODELS * EPOCHS * (2 + 2)  # every epoch: 2 train + 2 val partitions per
 DRIVER = """
 import sys, time
 from cerebro import Experiment
-from toy import ToySpec
-
-class SlowSpec(ToySpec):
-    def train(self, model_object, minibatch, hyperparams, device):
-        time.sleep(0.015)
-        return super().train(model_object, minibatch, hyperparams, device)
+from toy import SlowSpec
 
 exp = Experiment({params!r}, workers=2, verbose=False)
-exp.run_fit(SlowSpec(), {{"lr": [0.1, 0.05], "hidden": [4, 8], "batch_size": [16]}},
+exp.run_fit(SlowSpec(0.015), {{"lr": [0.1, 0.05], "hidden": [4, 8], "batch_size": [16]}},
             num_epochs={epochs}, seed=2)
 """
 

@@ -20,7 +20,7 @@ import torch
 
 from cerebro import Experiment, FitResult
 from cerebro.engine.local import default_devices, threads_per_worker
-from toy import ToyETL, ToySpec, write_toy_csvs
+from toy import ToyETL, ToySpec, hop_rows, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32]}
 OFFSET = 7.25  # the content of the misc file
@@ -64,15 +64,6 @@ class EnvSpec(ToySpec):
     ) -> dict[str, float]:
         out = super().valtest(model_object, minibatch, hyperparams, device)
         return {**out, **self._env(device)}
-
-
-def _done_hops(catalog: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(catalog)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM hops WHERE status='done' ORDER BY hop_id").fetchall()
-    finally:
-        db.close()
 
 
 def _values(row: sqlite3.Row, name: str) -> set[float]:
@@ -128,7 +119,7 @@ def test_fit_workers_train_with_cores_over_workers_threads_and_their_device(
 ) -> None:
     result: FitResult = data["result"]
     assert set(result.table["status"]) == {"done"}
-    hops = _done_hops(data["exp"].catalog_path)
+    hops = hop_rows(data["exp"].catalog_path, "done")
     assert {h["worker"] for h in hops} == {0, 1}
     want_threads = max(1, (os.cpu_count() or 1) // 2)  # cores ÷ workers
     devices = default_devices(2)  # "cpu" here; "cuda:<i mod n>" on a GPU machine
@@ -145,7 +136,7 @@ def test_read_misc_once_per_fit_worker_and_its_file_reaches_the_hooks(
 ) -> None:
     result: FitResult = data["result"]
     exp: Experiment = data["exp"]
-    hops = _done_hops(exp.catalog_path)
+    hops = hop_rows(exp.catalog_path, "done")
     assert all(_values(h, "offset") == {OFFSET} for h in hops)  # train and valtest
     history = result.history
     offset = history[history["metric"] == "offset"]
@@ -169,7 +160,7 @@ def test_read_misc_on_ray_workers(data: dict[str, Any]) -> None:
         exp = Experiment(params, workers=2, engine="ray", verbose=False)
         result = exp.run_fit(EnvSpec(str(log)), {"lr": [0.05], "batch_size": [32]}, 1, seed=1)
         assert set(result.table["status"]) == {"done"}
-        hops = _done_hops(exp.catalog_path)
+        hops = hop_rows(exp.catalog_path, "done")
         assert {h["kind"] for h in hops} == {"train", "val"}
         assert all(_values(h, "offset") == {OFFSET} for h in hops)
         # one read_misc per actor, each given its node's own copy of the misc folder

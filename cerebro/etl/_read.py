@@ -112,11 +112,17 @@ def feature_columns(features: Any, mains: Mapping[str, Path]) -> list[str]:
     if len(features) != len(header):
         raise FeaturesError(
             f"returned {len(features)} bools, but the {split} CSV {path} has {len(header)} "
-            f"columns ({', '.join(shorten(str(c)) for c in header[:20])}); return one bool "
+            f"columns ({_columns(header)}); return one bool "
             "per column in that order (True for a column of object-file paths), or the "
             "column names"
         )
     return [str(name) for name, is_path in zip(header, features, strict=True) if is_path]
+
+
+def _columns(names: list[Any], most: int = 20) -> str:
+    """A header for an error message: the first ``most`` names, each cut short."""
+    shown = ", ".join(shorten(str(n)) for n in names[:most])
+    return shown + (", …" if len(names) > most else "")
 
 
 _INT64 = np.iinfo(np.int64)
@@ -130,11 +136,9 @@ def _bad_id(value: Any) -> bool:
 
 def _check_ids(split: str, path: Path, df: pd.DataFrame) -> None:
     if "id" not in df.columns:
-        columns = ", ".join(shorten(str(c)) for c in df.columns[:20])
         raise ParamsError(
-            f"{split} CSV {path} has no 'id' column (columns: {columns}"
-            f"{', …' if len(df.columns) > 20 else ''}). Add a column 'id' holding a unique "
-            "integer per row."
+            f"{split} CSV {path} has no 'id' column (columns: {_columns(list(df.columns))}). "
+            "Add a column 'id' holding a unique integer per row."
         )
     ids = df["id"]
     if ids.dtype != np.int64:  # int64 holds no bool and nothing out of range; check the rest
