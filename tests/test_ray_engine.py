@@ -105,28 +105,34 @@ def cluster() -> Iterator[Any]:
         ray_constants.ENABLE_RAY_CLUSTER = True
 
 
-@pytest.fixture(scope="module")
-def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The toy data through the local ETL and through the Ray ETL (one folder per node)."""
+def _ray_etl(spec: Any, exp: Experiment, nodes: Path) -> dict[str, Any]:
+    """``exp``'s data through the Ray ETL into 2 partitions (seed 1), each node writing its
+    own under ``nodes/<node id>``, as if every node were its own machine."""
     from cerebro.engine.ray import ray_etl
 
-    root = tmp_path_factory.mktemp("ray")
-    params = write_toy_csvs(root / "csv")
-    local = Experiment(dict(params, output_dir=str(root / "local")), workers=2, verbose=False)
-    local.run_etl(ToyETL(), seed=1)
-    exp = Experiment(dict(params, output_dir=str(root / "ray")), workers=2, verbose=False)
-    manifest = ray_etl(
-        ToyETL(),
+    return ray_etl(
+        spec,
         exp.params,
         exp.data_dir,
         exp._misc_dir(),
         partitions=2,
         fraction=1.0,
         seed=1,
-        workers=2,
-        node_data_dir=str(root / "nodes" / "{node_id}"),
+        node_data_dir=str(nodes / "{node_id}"),
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def data(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The toy data through the local ETL and through the Ray ETL (one folder per node)."""
+
+    root = tmp_path_factory.mktemp("ray")
+    params = write_toy_csvs(root / "csv")
+    local = Experiment(dict(params, output_dir=str(root / "local")), workers=2, verbose=False)
+    local.run_etl(ToyETL(), seed=1)
+    exp = Experiment(dict(params, output_dir=str(root / "ray")), workers=2, verbose=False)
+    manifest = _ray_etl(ToyETL(), exp, root / "nodes")
     return {
         "params": params,
         "root": root,
@@ -226,7 +232,6 @@ def test_ray_etl_writes_each_partition_on_its_own_node(data: dict[str, Any]) -> 
 
 
 def test_ray_etl_reuses_its_output(data: dict[str, Any]) -> None:
-    from cerebro.engine.ray import ray_etl
 
     exp = Experiment(
         dict(data["params"], output_dir=str(data["root"] / "ray")), workers=2, verbose=False
@@ -240,17 +245,7 @@ def test_ray_etl_reuses_its_output(data: dict[str, Any]) -> None:
         return out
 
     before = files()
-    again = ray_etl(
-        ToyETL(),
-        exp.params,
-        exp.data_dir,
-        exp._misc_dir(),
-        partitions=2,
-        fraction=1.0,
-        seed=1,
-        node_data_dir=str(data["root"] / "nodes" / "{node_id}"),
-        progress=False,
-    )
+    again = _ray_etl(ToyETL(), exp, data["root"] / "nodes")
     assert again == data["manifest"]
     assert files() == before  # nothing preprocessed or written again: the same files
 
@@ -447,23 +442,13 @@ class BadInitSpec(ToySpec):
 def test_errors_name_the_function_and_where(data: dict[str, Any]) -> None:
     from cerebro import UserCodeError
     from cerebro.engine import _ray_nodes
-    from cerebro.engine.ray import RayEngine, ray_etl
+    from cerebro.engine.ray import RayEngine
 
     exp = Experiment(
         dict(data["params"], output_dir=str(data["root"] / "bad")), workers=2, verbose=False
     )
     with pytest.raises(UserCodeError, match=r"BadETL.row_prep failed for split 'train', row id"):
-        ray_etl(
-            BadETL(),
-            exp.params,
-            exp.data_dir,
-            exp._misc_dir(),
-            partitions=2,
-            fraction=1.0,
-            seed=1,
-            node_data_dir=str(data["root"] / "bad-nodes" / "{node_id}"),
-            progress=False,
-        )
+        _ray_etl(BadETL(), exp, data["root"] / "bad-nodes")
     assert not (exp.data_dir / "manifest.json").exists()
     assert not _ray_nodes._IDLE  # a failed ETL's actors are killed, not kept for a fit
     owned = [{"train": [0]}, {"train": [1]}]
@@ -495,7 +480,6 @@ def test_object_paths_are_checked_on_the_node_that_runs_row_prep(
 ) -> None:
     from cerebro import ParamsError
     from cerebro.engine import _ray_nodes
-    from cerebro.engine.ray import ray_etl
 
     objs = tmp_path / "objs"
     objs.mkdir()
@@ -507,17 +491,7 @@ def test_object_paths_are_checked_on_the_node_that_runs_row_prep(
     params = {"train_main": str(tmp_path / "t.csv"), "train_dir": str(objs)}
     exp = Experiment(dict(params, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
     with pytest.raises(ParamsError) as e:
-        ray_etl(
-            LinkOutETL(),
-            exp.params,
-            exp.data_dir,
-            exp._misc_dir(),
-            partitions=2,
-            fraction=1.0,
-            seed=1,
-            node_data_dir=str(tmp_path / "nodes" / "{node_id}"),
-            progress=False,
-        )
+        _ray_etl(LinkOutETL(), exp, tmp_path / "nodes")
     message = str(e.value)
     assert "column 'blob'" in message and "is a symbolic link" in message
     assert "where row_prep reads them" in message  # refused on the node, not the driver
