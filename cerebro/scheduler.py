@@ -103,6 +103,12 @@ class EpochEnd:
 # grid (models 1-10x apart in size) it costs a little: 1.007 -> 1.010 mean. Under "lrf",
 # whose train hops are not pinned, it did worse on that grid and is not used.
 #
+# NOTE [ Models that join ]
+# A search asks for models while the fit runs, so models join a running scheduler. A new
+# model is the last in every tie-break that uses the index, and its "fixed" order depends on
+# its own index only: what the models already there do never changes when one joins. It
+# is indexed as a candidate at once, so an idle worker gets it at the next `assign`.
+#
 # NOTE [ Determinism ]
 # Decisions never depend on the iteration order of a set of strings (hash-randomized per
 # process): models are ints internally, "sets" are insertion-ordered dicts, worker order
@@ -184,30 +190,56 @@ class Scheduler:
         self._train_owner = {p: train_owner[p] for p in sorted(train_owner)}
         self._val_owner = {p: val_owner[p] for p in sorted(val_owner)}
         self._workers = sorted(set(self._train_owner.values()) | set(self._val_owner.values()))
-        self._models = [_Model(m, i) for i, m in enumerate(model_ids)]
-        self._by_id = {m.id: m for m in self._models}
+        self._models: list[_Model] = []
+        self._by_id: dict[str, _Model] = {}
         self._cand: dict[int, dict[int, None]] = {w: {} for w in self._workers}
-        self._in_cand: list[list[int]] = [[] for _ in self._models]
+        self._in_cand: list[list[int]] = []
         self._idle: dict[int, None] = dict.fromkeys(self._workers)
         self._running: dict[int, Hop] = {}  # worker -> hop running on it
         self._queued: dict[int, Hop] = {}  # worker -> hop to run after it (NOTE [ Next hops ])
-        self._work = [0.0] * len(self._models)  # model -> cost of its hops not completed
+        self._work: list[float] = []  # model -> cost of its hops not completed
         self._load = dict.fromkeys(self._workers, 0.0)  # remaining cost pinned on a worker
         self._bases: dict[int, list[int]] = {}  # epoch -> base order of "fixed"
         self._train_workers = len(set(self._train_owner.values()))
-        self._unfinished = len(self._models)
+        self._unfinished = 0
         self._assigned = False
-        for m in self._models:
-            self._start_epoch(m)
-            for hop in self._pending(m):
-                c = self._cost(hop)
-                self._work[m.index] += c
-                self._load[self.owner(hop)] += c
-            self._index(m)
+        for model_id in model_ids:
+            self.add_model(model_id)
+
+    def add_model(self, model_id: str) -> None:
+        """A model joins the fit, at epoch 0, behind every model given so far.
+
+        A search asks for models while hops run (NOTE [ Models that join ]); the
+        constructor's ``model_ids`` are added the same way. The model's index, which fixes
+        its visiting order under ``"fixed"``, is the number of models added before it, so
+        adding models never changes the order of those already there.
+
+        Raises:
+            TypeError: ``model_id`` is not a str.
+            ParamsError: a model with that id was added before.
+        """
+        if not isinstance(model_id, str):
+            raise TypeError(
+                f"model ids should be str, but got {model_id!r} ({type(model_id).__name__})"
+            )
+        if model_id in self._by_id:
+            raise ParamsError(f"duplicate model id {model_id!r}; give every model a distinct id")
+        m = _Model(model_id, len(self._models))
+        self._models.append(m)
+        self._by_id[model_id] = m
+        self._in_cand.append([])
+        self._work.append(0.0)
+        self._unfinished += 1
+        self._start_epoch(m)
+        for hop in self._pending(m):
+            c = self._cost(hop)
+            self._work[m.index] += c
+            self._load[self.owner(hop)] += c
+        self._index(m)
 
     @property
     def model_ids(self) -> list[str]:
-        """Every model, live or dropped, in constructor order."""
+        """Every model, live or dropped, in the order they were added."""
         return [m.id for m in self._models]
 
     @property
@@ -222,7 +254,8 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        """Whether every live model has finished ``num_epochs`` epochs."""
+        """Whether every live model has finished ``num_epochs`` epochs (True with none:
+        whether more will join is the search's to say)."""
         return self._unfinished == 0
 
     @property
@@ -265,7 +298,7 @@ class Scheduler:
         return later + sum(len(m.train_todo) + len(m.val_todo) for m in live)
 
     def total_hops(self) -> int:
-        """Hops of every model, live or dropped, as planned at the start."""
+        """Hops of every model added so far, live or dropped, as planned when added."""
         per_epoch = len(self._train_owner) + len(self._val_owner)
         return len(self._models) * self._num_epochs * per_epoch
 

@@ -137,13 +137,15 @@ def drive(
     fail_p: float = 0.0,
     drop_p: float = 0.0,
     lookahead: bool = False,
+    joins: dict[int, list[str]] | None = None,
 ) -> Trace:
     """Run ``s`` to the end in virtual time, with random worker failures and model drops.
 
     ``trace`` starts with the plan, and with what an earlier run completed if that was
     replayed into ``s``; the run's events are added to it and every rule checked. With
     ``lookahead``, busy workers also get queued hops (``assign_next``), which start when
-    the hop before them ends, and a worker's death loses its queued hop too.
+    the hop before them ends, and a worker's death loses its queued hop too. ``joins``
+    adds models (as a search does) once that many hops have completed.
     """
     rng = rng or random.Random(0)
     ends_at: dict[Hop, tuple[float, int, int]] = {}  # running hop -> (end, seq, worker)
@@ -174,6 +176,9 @@ def drive(
             trace.completed.append((worker, hop))
             trace.ends += ends
             check_epoch_end(s, hop, ends, trace)
+            for model_id in (joins or {}).get(len(trace.completed), []):
+                s.add_model(model_id)
+                trace.planned |= set(s.pending_hops(model_id))
         if victim is not None:  # the model failed (in this hop, or elsewhere)
             ends_at = {h: v for h, v in ends_at.items() if h.model_id != victim}
             s.drop_model(victim)
@@ -715,3 +720,52 @@ def test_fixed_gives_each_model_the_same_hops_whatever_the_durations(
             assert train_a == [h for h in other.sequence(m) if h.kind == "train"]
             # Val hops do not change the model; their order within an epoch is free.
             assert sorted(a.sequence(m)) == sorted(other.sequence(m))
+
+
+# -- models that join a running fit (a search asks for them) -----------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_models_that_join_a_running_fit_get_every_hop_once(policy: str, lookahead: bool) -> None:
+    s = make(2, 3, train_per_worker=2, num_epochs=2, policy=policy, seed=3)
+    trace = Trace.of(s, policy)
+    joins = {1: ["j0"], 4: ["j1", "j2"], 20: ["j3"]}
+    drive(s, trace, random_durations(5), rng=random.Random(2), lookahead=lookahead, joins=joins)
+    check_final(s, trace)
+    assert s.model_ids == ["m0", "m1", "j0", "j1", "j2", "j3"]
+    assert s.total_hops() == 6 * 2 * (6 + 3)
+
+
+def test_a_joining_model_runs_at_once_on_an_idle_worker() -> None:
+    s = make(1, 2, num_epochs=1)
+    (first,) = s.assign()
+    assert s.idle_workers() == [1 - first.worker]
+    s.add_model("new")
+    assert [a.hop.model_id for a in s.assign()] == ["new"]
+    assert not s.done
+    with pytest.raises(ParamsError, match="duplicate model id 'new'"):
+        s.add_model("new")
+    with pytest.raises(TypeError, match="str"):
+        s.add_model(3)  # type: ignore[arg-type]
+
+
+def test_under_fixed_a_joining_model_changes_no_earlier_model_s_hops() -> None:
+    """NOTE [ Models that join ]: the models already there train in the same order (val
+    order is free under every policy), and a joining model trains in the order it would
+    have had from the start."""
+
+    def run(num_models: int, joins: dict[int, list[str]]) -> Trace:
+        s = make(num_models, 2, train_per_worker=3, num_epochs=3, policy="fixed", seed=7)
+        return drive(s, Trace.of(s, "fixed"), random_durations(1), joins=joins)
+
+    def train(t: Trace, m: str) -> list[tuple[int, int]]:
+        return [(h.epoch, h.partition) for h in t.sequence(m) if h.kind == "train"]
+
+    alone = run(3, {})
+    joined = run(3, {2: ["a", "b"], 9: ["c"]})
+    for m in ("m0", "m1", "m2"):
+        assert train(joined, m) == train(alone, m)
+    there = run(6, {})
+    for new, old in (("a", "m3"), ("b", "m4"), ("c", "m5")):
+        assert train(joined, new) == train(there, old)
