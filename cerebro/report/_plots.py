@@ -19,12 +19,22 @@ from matplotlib.lines import Line2D
 from cerebro.report._data import RunData
 from cerebro.report._summary import DROPPED, RunStatus, fmt_value, objective_value
 
-__all__ = ["plot_hyperparams", "plot_learning_curves", "save_figure"]
+__all__ = [
+    "hyperparams_figure",
+    "learning_curve_figures",
+    "plot_hyperparams",
+    "plot_learning_curves",
+    "save_figure",
+]
 
 BEST_COLOR = "#111111"
 FAILED_COLOR = "#C44E52"
+MODEL_COLOR = "#4C72B0"
 # Past this many models the legend names the best ones only; the rest are drawn in grey.
 LEGEND_LIMIT = 20
+# A curve with more points than this is a plain line: at 200 epochs markers merge into a
+# blob that hides the curve's shape (and the other models' curves under it).
+MARKER_LIMIT = 30
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -62,10 +72,26 @@ def _ranked(st: RunStatus) -> list[str]:
     return [m.model_id for m in sorted(st.models, key=key)]
 
 
+def _marker(n_points: int) -> str:
+    """``"o"`` for a curve short enough that its points stay apart, else no marker."""
+    return "o" if n_points <= MARKER_LIMIT else ""
+
+
 def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tuple[str, Path]]:
     """One figure per metric: train and val panels, every model, the best one highlighted.
 
     Returns ``[(metric name, png path)]``.
+    """
+    return [
+        (name, save_figure(fig, out_dir / f"curves_{safe_name(name)}.png"))
+        for name, fig in learning_curve_figures(run, st)
+    ]
+
+
+def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figure]]:
+    """The figures of :func:`plot_learning_curves`, unsaved: ``[(metric name, figure)]``.
+
+    Points carry a marker only while a curve has at most ``MARKER_LIMIT`` of them.
     """
     series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]] = {}
     for m in run.metrics:
@@ -111,14 +137,14 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
                     color=colors[mid] if mid in named else "#BBBBBB",
                     lw=1.3,
                     ls=":" if dropped else "-",
-                    marker="o",
+                    marker=_marker(len(pts)),
                     ms=3,
                     alpha=0.85,
                 )
             if best in curves:
                 pts = sorted(curves[best])
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                ax.plot(xs, ys, color=BEST_COLOR, lw=3.0, marker="o", ms=5, zorder=5)
+                ax.plot(xs, ys, color=BEST_COLOR, lw=2.6, marker=_marker(len(pts)), ms=5, zorder=5)
                 low, high = ranges[name]
                 above = ys[-1] <= (low + high) / 2  # the label goes where there is room
                 ax.annotate(
@@ -148,8 +174,7 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
             title="models (best first)",
             title_fontsize=8,
         )
-        path = save_figure(fig, out_dir / f"curves_{safe_name(name)}.png")
-        out.append((name, path))
+        out.append((name, fig))
     return out
 
 
@@ -206,7 +231,21 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
 
     Numbers are placed on a numeric axis (log when they span 20x or more), anything else
     as categories. A failed or diverged model with no objective value is an ``x`` along the
-    top edge, so hyperparameter values that break training stand out.
+    top edge, so hyperparameter values that break training stand out. ``None`` when
+    nothing varies or no model has a value yet.
+    """
+    fig = hyperparams_figure(run, st)
+    return None if fig is None else save_figure(fig, out_dir / "hyperparams.png")
+
+
+def hyperparams_figure(run: RunData, st: RunStatus) -> Figure | None:
+    """The figure of :func:`plot_hyperparams`, unsaved.
+
+    NOTE [ the best model's star hides nothing ]
+        Every model is a dot, the best one included (black, smaller); the best also gets a
+        hollow star, and both are drawn *behind* the other models' dots, so a model with
+        (nearly) the same value stays visible inside the star instead of disappearing
+        under a filled one.
     """
     names = [
         n
@@ -261,9 +300,11 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
                     )
                 continue
             if m.model_id == best:
-                ax.plot(x, y, "*", color=BEST_COLOR, ms=16, zorder=5)
+                ax.plot(x, y, "*", ms=20, mfc="none", mec=BEST_COLOR, mew=1.4, zorder=2)
+                ax.plot(x, y, "o", color=BEST_COLOR, ms=6, zorder=2.5)
             else:
-                ax.plot(x, y, "o", color=FAILED_COLOR if dropped else "#4C72B0", ms=7, alpha=0.8)
+                color = FAILED_COLOR if dropped else MODEL_COLOR
+                ax.plot(x, y, "o", color=color, ms=7, alpha=0.75, zorder=3)
         if any(objective_value(m, st.objective) is None for m in st.models):
             ax.margins(y=0.16)  # room for the failed models' x along the top
         ax.set_xlabel(name)
@@ -273,8 +314,18 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
         ax.set_visible(False)
     fig.legend(
         handles=[
-            Line2D([], [], ls="", marker="o", color="#4C72B0", label="model"),
-            Line2D([], [], ls="", marker="*", ms=12, color=BEST_COLOR, label=f"best ({best})"),
+            Line2D([], [], ls="", marker="o", color=MODEL_COLOR, label="model"),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="*",
+                ms=14,
+                mfc="none",
+                mec=BEST_COLOR,
+                mew=1.2,
+                label=f"best ({best})",
+            ),  # fmt: skip
             Line2D([], [], ls="", marker="x", mew=2, color=FAILED_COLOR, label="failed/diverged"),
         ],
         loc="outside upper center",
@@ -282,4 +333,4 @@ def plot_hyperparams(run: RunData, st: RunStatus, out_dir: Path) -> Path | None:
         fontsize=9,
         frameon=False,
     )
-    return save_figure(fig, out_dir / "hyperparams.png")
+    return fig

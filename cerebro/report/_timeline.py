@@ -7,12 +7,22 @@ idle workers, so the time axis counts *active* seconds only: the gap before a re
 driver's first hop (its workers have new pids), and any gap longer than ``RESUME_GAP``,
 is cut out and marked with a dashed line saying how long it was. Idle time inside a
 session, which is what a user wants to see, is drawn to scale.
+
+NOTE [ many hops are drawn as busy shares ]
+A long run has thousands of hops per worker: drawn one bar each, every bar is thinner than
+a pixel and the white edge between bars turns the lanes into dust. When the median hop is
+narrower than ``1 / MAX_HOPS_ACROSS`` of the axis, each worker's lane is cut into
+``BINS`` equal stretches of (active) time instead, and each stretch is a stacked column:
+how much of it the worker spent training, validating, building/loading/saving models,
+on failed or lost hops, and (the empty rest) idle. The legend says how long a stretch is.
 """
 
 from __future__ import annotations
 
 import bisect
+import statistics
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -21,7 +31,7 @@ from cerebro.report._data import RunData
 from cerebro.report._plots import save_figure
 from cerebro.report._summary import active_segments, driver_restarts, fmt_seconds, hop_intervals
 
-__all__ = ["ActiveClock", "plot_timeline"]
+__all__ = ["ActiveClock", "plot_timeline", "timeline_figure"]
 
 COLORS = {
     "train": "#4C72B0",
@@ -31,6 +41,18 @@ COLORS = {
     "running": "#A6D96A",
     "overhead": "#C7CED8",
 }
+NAMES = {
+    "train": "train hop",
+    "val": "validation hop",
+    "failed": "failed/diverged",
+    "lost": "lost (worker or driver died)",
+    "running": "running now",
+    "overhead": "model build/load and save",
+}
+# Past this many hops across the axis (median width), hops are drawn as busy shares.
+MAX_HOPS_ACROSS = 250
+BINS = 120
+LANE = 0.76  # a worker lane's height (workers are 1 apart)
 
 
 class ActiveClock:
@@ -70,6 +92,19 @@ def _category(status: str, kind: str) -> str:
 
 def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
     """Hops per worker over (active) time, train and val hops in different colours."""
+    fig = timeline_figure(run)
+    return None if fig is None else save_figure(fig, out_dir / "timeline.png")
+
+
+Span = tuple[float, float, int, str]  # (x0, x1) in active seconds, worker, category
+
+
+def timeline_figure(run: RunData) -> Figure | None:
+    """The figure of :func:`plot_timeline`, unsaved; ``None`` before any hop started.
+
+    One bar per hop, or per-worker busy shares when hops are too many to see (see the NOTE
+    at the top of this module).
+    """
     hops = [h for h in run.hops if h["start"] is not None]
     if not hops:
         return None
@@ -77,31 +112,78 @@ def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
     intervals = dict(zip((h["hop_id"] for h in hops), hop_intervals(run), strict=True))
     workers = sorted({int(h["worker"]) for h in hops} | set(range(run.workers)))
     total = max(clock(max(e for _, e in intervals.values())), 1e-9)
-    bars: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    spans: list[Span] = []
+    overhead: list[Span] = []  # the parts of done hops spent on the model, by hop category
     labels: list[tuple[float, float, int, str, str]] = []
     for h in hops:
         s, e = intervals[h["hop_id"]]
         x0, x1 = clock(s), clock(e)
-        cat = _category(h["status"], h["kind"])
         w = int(h["worker"])
-        bars.setdefault((w, cat), []).append((x0, max(x1 - x0, total * 1e-4)))
+        spans.append((x0, x1, w, _category(h["status"], h["kind"])))
         load = save = 0.0
         if h["status"] == "done":  # building/loading and saving the model: overhead, lighter
             load = min(float(h["load_seconds"] or 0.0), x1 - x0)
             save = min(float(h["save_seconds"] or 0.0), x1 - x0 - load)
-            for start, width in ((x0, load), (x1 - save, save)):
-                if width > total * 2e-3:
-                    bars.setdefault((w, "overhead"), []).append((start, width))
+            cat = _category(h["status"], h["kind"])
+            overhead += [(x0, x0 + load, w, cat), (x1 - save, x1, w, cat)]
         pale = load + save > (x1 - x0) / 2
         labels.append((x0, x1, w, h["model_id"], "#1d2125" if pale else "white"))
     height = max(2.6, 0.55 * len(workers) + 1.6)
     fig = Figure(figsize=(13.0, height), layout="constrained")
     ax = fig.subplots()
+    median = statistics.median(x1 - x0 for x0, x1, _, _ in spans)
+    binned = median * MAX_HOPS_ACROSS < total
+    if binned:
+        present = _draw_shares(ax, spans, overhead, total)
+        note = f"; each column: what a worker did in {_fmt_bin(total / BINS)} (empty: idle)"
+    else:
+        present = _draw_hops(ax, spans, overhead, labels, total)
+        note = ""
+    for pos, gap in clock.gaps():
+        ax.axvline(pos, color="#333333", ls="--", lw=1)
+        ax.text(
+            pos, 1.0, f" resumed after {fmt_seconds(gap)}", transform=ax.get_xaxis_transform(),
+            fontsize=8, va="bottom", ha="left",
+        )  # fmt: skip
+    ax.set_yticks(workers, [f"worker {w}" for w in workers])
+    ax.set_ylim(max(workers) + 0.6, min(workers) - 0.6)
+    ax.set_xlim(0, total * 1.01)
+    cut = " (gaps cut out)" if clock.gaps() else ""
+    ax.set_xlabel(f"seconds since the first hop{cut}{note}")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(
+        handles=[Patch(color=COLORS[c], label=NAMES[c]) for c in COLORS if c in present],
+        loc="outside lower center",
+        ncols=6,
+        fontsize=9,
+        frameon=False,
+    )
+    return fig
+
+
+def _fmt_bin(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else fmt_seconds(seconds)
+
+
+def _draw_hops(
+    ax: Any,
+    spans: list[Span],
+    overhead: list[Span],
+    labels: list[tuple[float, float, int, str, str]],
+    total: float,
+) -> set[str]:
+    """One bar per hop (overhead lighter at its ends), model ids in the wide ones."""
+    bars: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for x0, x1, w, cat in spans:
+        bars.setdefault((w, cat), []).append((x0, max(x1 - x0, total * 1e-4)))
+    for x0, x1, w, _ in overhead:
+        if x1 - x0 > total * 2e-3:
+            bars.setdefault((w, "overhead"), []).append((x0, x1 - x0))
     order = list(COLORS)
-    for (w, cat), spans in sorted(bars.items(), key=lambda kv: order.index(kv[0][1])):
+    for (w, cat), bar in sorted(bars.items(), key=lambda kv: order.index(kv[0][1])):
         ax.broken_barh(
-            spans,
-            (w - 0.38, 0.76),
+            bar,
+            (w - LANE / 2, LANE),
             facecolors=COLORS[cat],
             edgecolors="white",
             linewidth=0.4,
@@ -115,26 +197,41 @@ def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
                 (x0 + x1) / 2, w, mid, ha="center", va="center", fontsize=7, color=color,
                 clip_on=True,
             )  # fmt: skip
-    for pos, gap in clock.gaps():
-        ax.axvline(pos, color="#333333", ls="--", lw=1)
-        ax.text(
-            pos, 1.0, f" resumed after {fmt_seconds(gap)}", transform=ax.get_xaxis_transform(),
-            fontsize=8, va="bottom", ha="left",
-        )  # fmt: skip
-    ax.set_yticks(workers, [f"worker {w}" for w in workers])
-    ax.set_ylim(max(workers) + 0.6, min(workers) - 0.6)
-    ax.set_xlim(0, total * 1.01)
-    ax.set_xlabel("seconds since the first hop" + (" (gaps cut out)" if clock.gaps() else ""))
-    ax.grid(axis="x", alpha=0.3)
-    present = {cat for _, cat in bars}
-    names = {"train": "train hop", "val": "validation hop", "failed": "failed/diverged",
-             "lost": "lost (worker or driver died)", "running": "running now",
-             "overhead": "model build/load and save"}  # fmt: skip
-    fig.legend(
-        handles=[Patch(color=COLORS[c], label=names[c]) for c in COLORS if c in present],
-        loc="outside lower center",
-        ncols=5,
-        fontsize=9,
-        frameon=False,
-    )
-    return save_figure(fig, out_dir / "timeline.png")
+    return {cat for _, cat in bars}
+
+
+def _draw_shares(ax: Any, spans: list[Span], overhead: list[Span], total: float) -> set[str]:
+    """Per worker and stretch of time, a column stacked by what the worker was doing."""
+    width = total / BINS
+    seconds: dict[tuple[int, str], list[float]] = {}
+
+    def add(x0: float, x1: float, w: int, cat: str, sign: float = 1.0) -> None:
+        acc = seconds.setdefault((w, cat), [0.0] * BINS)
+        i = min(int(x0 / width), BINS - 1)
+        while x0 < x1 and i < BINS:
+            end = min(x1, (i + 1) * width)
+            acc[i] += sign * max(end - x0, 0.0)
+            x0, i = end, i + 1
+
+    for x0, x1, w, cat in spans:
+        add(x0, x1, w, cat)
+    for x0, x1, w, cat in overhead:  # part of its hop: moved from the hop's category
+        add(x0, x1, w, "overhead")
+        add(x0, x1, w, cat, -1.0)
+    lefts = [i * width for i in range(BINS)]
+    present: set[str] = set()
+    for w in sorted({w for w, _ in seconds}):
+        base = [0.0] * BINS
+        for cat in COLORS:
+            shares = [max(v, 0.0) / width for v in seconds.get((w, cat), [])]
+            if not any(shares):
+                continue
+            present.add(cat)
+            heights = [min(LANE * sh, LANE - b) for sh, b in zip(shares, base, strict=True)]
+            bottoms = [w + LANE / 2 - b - hgt for b, hgt in zip(base, heights, strict=True)]
+            ax.bar(
+                lefts, heights, width=width, bottom=bottoms, align="edge", color=COLORS[cat],
+                linewidth=0, hatch="//" if cat == "running" else None,
+            )  # fmt: skip
+            base = [b + hgt for b, hgt in zip(base, heights, strict=True)]
+    return present
