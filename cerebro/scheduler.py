@@ -165,8 +165,9 @@ class Scheduler:
         cost: estimated cost of a hop (e.g. its expected seconds); default 1 per hop.
 
     Raises:
-        ParamsError: (a ``ValueError``) for an unknown policy, ``num_epochs < 1``, no models,
-            duplicate model ids or no train partitions.
+        ParamsError: (a ``ValueError``) for an unknown policy, ``num_epochs < 1``,
+            duplicate model ids or no train partitions. No models is fine: a search adds
+            them (:meth:`add_model`).
         TypeError: for a model id that is not a string or a non-integer ``num_epochs``.
     """
 
@@ -257,6 +258,11 @@ class Scheduler:
         """Whether every live model has finished ``num_epochs`` epochs (True with none:
         whether more will join is the search's to say)."""
         return self._unfinished == 0
+
+    @property
+    def live(self) -> int:
+        """Models added and neither finished nor dropped (a search keeps this bounded)."""
+        return self._unfinished
 
     @property
     def running(self) -> list[Assignment]:
@@ -641,8 +647,6 @@ def _check_args(
         raise ParamsError(f"num_epochs should be at least 1, but got {num_epochs}")
     if isinstance(model_ids, str):
         raise TypeError(f"model_ids should be a sequence of ids, but got the str {model_ids!r}")
-    if not model_ids:
-        raise ParamsError("no models to schedule: pass at least one model id in model_ids")
     bad = [m for m in model_ids if not isinstance(m, str)]
     if bad:
         raise TypeError(f"model ids should be str, but got {bad[0]!r} ({type(bad[0]).__name__})")

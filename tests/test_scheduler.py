@@ -237,7 +237,6 @@ def check_final(s: Scheduler, trace: Trace) -> None:
         ({"policy": "fastest"}, ParamsError, ["'fastest'", "fixed", "lrf", "random"]),
         ({"num_epochs": 0}, ParamsError, ["num_epochs", "at least 1", "0"]),
         ({"num_epochs": 2.5}, TypeError, ["num_epochs", "int", "2.5"]),
-        ({"model_ids": []}, ParamsError, ["no models", "model_ids"]),
         ({"model_ids": ["a", "b", "a"]}, ParamsError, ["duplicate", "'a'", "distinct"]),
         ({"model_ids": "abc"}, TypeError, ["sequence", "'abc'"]),
         ({"model_ids": ["a", 7]}, TypeError, ["str", "7", "int"]),
@@ -738,6 +737,10 @@ def test_models_that_join_a_running_fit_get_every_hop_once(policy: str, lookahea
 
 
 def test_a_joining_model_runs_at_once_on_an_idle_worker() -> None:
+    empty = make(0, 2)
+    assert empty.done and empty.live == 0 and empty.assign() == []
+    empty.add_model("first")
+    assert not empty.done and empty.live == 1 and len(empty.assign()) == 1
     s = make(1, 2, num_epochs=1)
     (first,) = s.assign()
     assert s.idle_workers() == [1 - first.worker]
