@@ -305,8 +305,9 @@ def hyperparams_figure(run: RunData, st: RunStatus) -> Figure | None:
             else:
                 color = FAILED_COLOR if dropped else MODEL_COLOR
                 ax.plot(x, y, "o", color=color, ms=7, alpha=0.75, zorder=3)
-        if any(objective_value(m, st.objective) is None for m in st.models):
-            ax.margins(y=0.16)  # room for the failed models' x along the top
+        # Room for the best's star at an edge, and for the failed models' x along the top.
+        failed = any(objective_value(m, st.objective) is None for m in st.models)
+        ax.margins(x=0.08, y=0.16 if failed else 0.1)
         ax.set_xlabel(name)
         ax.set_ylabel(st.objective)
         ax.grid(alpha=0.3)

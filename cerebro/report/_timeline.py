@@ -11,10 +11,11 @@ session, which is what a user wants to see, is drawn to scale.
 NOTE [ many hops are drawn as busy shares ]
 A long run has thousands of hops per worker: drawn one bar each, every bar is thinner than
 a pixel and the white edge between bars turns the lanes into dust. When the median hop is
-narrower than ``1 / MAX_HOPS_ACROSS`` of the axis, each worker's lane is cut into
-``BINS`` equal stretches of (active) time instead, and each stretch is a stacked column:
-how much of it the worker spent training, validating, building/loading/saving models,
-on failed or lost hops, and (the empty rest) idle. The legend says how long a stretch is.
+narrower than ``1 / MAX_HOPS_ACROSS`` of the axis and some worker ran more than
+``MIN_BINNED_HOPS`` hops, each worker's lane is cut into ``BINS`` equal stretches of
+(active) time instead, and each stretch is a stacked column: how much of it the worker
+spent training, validating, building/loading/saving models, on failed or lost hops, and
+(the empty rest) idle. The x-axis label says how long a stretch is.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ NAMES = {
 }
 # Past this many hops across the axis (median width), hops are drawn as busy shares.
 MAX_HOPS_ACROSS = 250
+MIN_BINNED_HOPS = 100  # ... and a worker ran more hops than this (each then >= ~12 px)
 BINS = 120
 LANE = 0.76  # a worker lane's height (workers are 1 apart)
 
@@ -132,7 +134,8 @@ def timeline_figure(run: RunData) -> Figure | None:
     fig = Figure(figsize=(13.0, height), layout="constrained")
     ax = fig.subplots()
     median = statistics.median(x1 - x0 for x0, x1, _, _ in spans)
-    binned = median * MAX_HOPS_ACROSS < total
+    per_worker = max(sum(1 for _, _, w, _ in spans if w == v) for v in workers)
+    binned = per_worker > MIN_BINNED_HOPS and median * MAX_HOPS_ACROSS < total
     if binned:
         present = _draw_shares(ax, spans, overhead, total)
         note = f"; each column: what a worker did in {_fmt_bin(total / BINS)} (empty: idle)"
