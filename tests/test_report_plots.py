@@ -148,8 +148,10 @@ def _bars(fig: Figure) -> tuple[list[PolyCollection], list[Rectangle]]:
     return hops, shares
 
 
-def test_timeline_few_hops_one_bar_each(tmp_path: Path, saved: list[Figure]) -> None:
-    run = make_run(tmp_path, 3)  # 48 hops, 24 per worker
+@pytest.mark.parametrize("hop", [0.01, 0.0])
+def test_timeline_few_hops_one_bar_each(tmp_path: Path, saved: list[Figure], hop: float) -> None:
+    """48 hops, 24 per worker: one bar each, even when hops take no measurable time."""
+    run = make_run(tmp_path, 3, hop=hop)
     _timeline.plot_timeline(run, tmp_path)
     hops, shares = _bars(saved[0])
     train_val = [c for c in hops if len(c.get_paths()) and _is_hop_color(c)]
