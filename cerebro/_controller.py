@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cerebro import _ranking
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
@@ -27,7 +28,7 @@ from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
 from cerebro.worker import HopTask, UserFailure
 
-__all__ = ["FitState", "derive_seed", "replay", "run_loop"]
+__all__ = ["FitState", "derive_seed", "postfix", "replay", "run_loop"]
 
 
 @functools.lru_cache(maxsize=1 << 16)  # called for every hop with a few distinct inputs
@@ -52,9 +53,9 @@ class FitState:
     train_hops: dict[str, int] = field(default_factory=dict)
     keep: set[str] = field(default_factory=set)  # epoch-end checkpoints: never deleted
     failures: list[str] = field(default_factory=list)
-    objective: str | None = None
+    objective: str | None = None  # None: _ranking.default_objective of the first metrics
     mode: str = "min"
-    best: float | None = None  # best objective value so far, for the progress bar
+    best: _ranking.Best | None = None  # the fit's best so far (catalog included), for the bar
     deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
     quiet: bool = False  # hide what metrics_agg prints (verbose=False: no progress bar)
     index: dict[str, int] = field(init=False)  # model id -> rank among the ids (seeds)
@@ -86,7 +87,21 @@ def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
         n += 1
     for model_id in dropped:
         sched.drop_model(model_id)
+    _replay_best(catalog, state)
     return n
+
+
+def _replay_best(catalog: Catalog, state: FitState) -> None:
+    """The best of the whole fit so far, from every epoch the catalog holds (a resumed
+    fit's progress bar shows it, not only this session's), ranked as ``FitResult`` does."""
+    metrics = [dict(r) for r in catalog.metrics(state.fit_id)]
+    if state.objective is None and metrics:
+        state.objective = _ranking.default_objective(
+            {f"{m['split']}_{m['name']}" for m in metrics}
+        )
+    if state.objective is not None:
+        ranked = _ranking.rank(metrics, state.objective, state.mode)
+        state.best = ranked[0] if ranked else None
 
 
 def _task(state: FitState, hop: Hop) -> HopTask:
@@ -137,16 +152,22 @@ def _finish_epoch(
             raise UserCodeError(
                 f"{type(e).__name__}: {e} (it must return {{name: float}})",
                 function=f"{type(state.spec).__name__}.metrics_agg",
-                where=f"{_where(state, end.model_id)}, epoch {end.epoch}, mode {kind!r}",
+                where=f"{_where(state, end.model_id)}, epoch {end.epoch + 1}, mode {kind!r}",
                 user_traceback=traceback.format_exc(),
             ) from e
-    objective = state.objective or ("val_loss" if "val" in result else "train_loss")
-    split, _, name = objective.partition("_")
-    value = result.get(split, {}).get(name)
-    if value is not None and (
-        state.best is None or (value < state.best if state.mode == "min" else value > state.best)
-    ):
-        state.best = value
+    if state.objective is None and result:
+        state.objective = _ranking.default_objective(
+            f"{split}_{name}" for split, values in result.items() for name in values
+        )
+    if state.objective is not None:
+        rows = [
+            {"model_id": end.model_id, "epoch": end.epoch, "split": k, "name": n, "value": v}
+            for k, values in result.items()
+            for n, v in values.items()
+        ]
+        for b in _ranking.rank(rows, state.objective, state.mode):
+            if _ranking.better(b, state.best, state.mode):
+                state.best = b
     ck = state.checkpoint[end.model_id]
     if ck is not None:
         state.keep.add(ck)
@@ -266,13 +287,19 @@ def _progress(state: FitState, sched: Scheduler, progress: Any) -> None:
     """One more hop on the bar, with the slowest live model's epoch and the best so far."""
     if getattr(progress, "disable", False):
         return  # verbose=False: skip even computing the postfix
+    progress.set_postfix_str(postfix(state, sched), refresh=False)
+    progress.update(1)
+
+
+def postfix(state: FitState, sched: Scheduler) -> str:
+    """``epoch 2/5, best val_loss=0.1438 (min)``: the slowest live model's epoch (from 1)
+    and the fit's best value so far, named with its metric and direction."""
     live = [m for m in state.configs if sched.remaining_hops(m) > 0]
     epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
-    info = {"epoch": f"{epoch + 1}/{state.num_epochs}"}
-    if state.best is not None:
-        info["best"] = f"{state.best:.4g}"
-    progress.set_postfix(info, refresh=False)
-    progress.update(1)
+    text = f"epoch {epoch + 1}/{state.num_epochs}"
+    if state.best is not None and state.objective is not None:
+        text += f", best {state.objective}={state.best.value:.4g} ({state.mode})"
+    return text
 
 
 def _record_event(
@@ -321,7 +348,8 @@ def _on_failure(
     failure: UserFailure,
 ) -> None:
     where = (
-        f"{_where(state, hop.model_id)}, epoch {hop.epoch}, {hop.kind} partition {hop.partition}"
+        f"{_where(state, hop.model_id)}, epoch {hop.epoch + 1}, {hop.kind} partition "
+        f"{hop.partition}"
     )
     if failure.system:
         # NOTE [ system failures stop the fit ] A full disk or a broken worker is not the
@@ -349,7 +377,7 @@ def _on_done(
     if outcome.nonfinite is not None:
         msg = (
             f"{_where(state, hop.model_id)} diverged: metric {outcome.nonfinite!r} became "
-            f"NaN or infinite in epoch {hop.epoch}, {hop.kind} partition {hop.partition}"
+            f"NaN or infinite in epoch {hop.epoch + 1}, {hop.kind} partition {hop.partition}"
         )
         catalog.hop_ended(hop_id, "diverged", msg)
         _fail_model(catalog, state, sched, hop.model_id, "diverged", msg)

@@ -99,6 +99,7 @@ def run_fit_loop(
         run_loop(catalog, state, sched, engine, progress)
     except BaseException:
         catalog.set_fit_status(fit_id, "stopped")
+        progress.leave = False  # cleared, not left with a newline: the error follows directly
         raise
     finally:
         progress.close()

@@ -1,4 +1,8 @@
-"""What a fit returns: a table of models, the best one, and the learning-curve history."""
+"""What a fit returns: a table of models, the best one, and the learning-curve history.
+
+Epochs a user reads here are 1-based (``epoch`` 1 is the first pass over the data); the
+catalog counts from 0 inside. "Best" is NOTE [ one meaning of best ] in ``_ranking.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from cerebro import _ranking
 from cerebro.catalog import Catalog
 
 __all__ = ["FitResult"]
@@ -19,12 +24,24 @@ class FitResult:
     Args:
         catalog_path: the run's ``catalog.sqlite``.
         fit_id: which fit of that catalog.
-        objective: metric that ranks models, ``"<split>_<name>"``, e.g. ``"val_loss"``.
-        mode: ``"min"`` or ``"max"``.
+        objective: metric that ranks models, ``"<split>_<name>"``, e.g. ``"val_acc"``.
+            Default: the one the fit was run with, else a validation metric
+            (``val_loss``, else the first ``val_*`` metric whose name contains ``loss``,
+            else the first ``val_*`` metric); a train metric only without a validation
+            split. :attr:`objective` says which.
+        mode: ``"min"`` or ``"max"``; default: the fit's, else ``"min"``.
+
+    Attributes:
+        objective, mode: what ranks the models here (given or chosen as above), the same
+            ranking ``cerebro status`` and the report use.
     """
 
     def __init__(
-        self, catalog_path: Path, fit_id: int, objective: str | None = None, mode: str = "min"
+        self,
+        catalog_path: Path,
+        fit_id: int,
+        objective: str | None = None,
+        mode: str | None = None,
     ):
         self.catalog_path = Path(catalog_path)
         self.fit_id = fit_id
@@ -48,8 +65,11 @@ class FitResult:
             cat.close()
         self.config: dict[str, Any] = json.loads(fit["config"])
         self.status: str = fit["status"]
-        self.objective = objective or self._default_objective()
-        self.mode = mode
+        names = {f"{m['split']}_{m['name']}" for m in self._metrics}
+        self.objective, self.mode = _ranking.choose(
+            objective, mode, names, self.catalog_path.parent, fit["signature"]
+        )
+        self._ranked = _ranking.rank(self._metrics, self.objective, self.mode)
         self.spec: Any = None  # the spec that trained these models, when known
 
     def load_model(self, model_id: str = "best", spec: Any = None) -> dict[str, Any]:
@@ -82,45 +102,28 @@ class FitResult:
             components[name].load_state_dict(sd)
         return dict(components)
 
-    def _default_objective(self) -> str:
-        names = {f"{m['split']}_{m['name']}" for m in self._metrics}
-        for candidate in ("val_loss", "train_loss"):
-            if candidate in names:
-                return candidate
-        return sorted(names)[0] if names else "val_loss"
-
     @property
     def history(self) -> pd.DataFrame:
-        """One row per model × epoch × split × metric."""
+        """One row per model × epoch × split × metric; ``epoch`` counts from 1."""
         cols = ["model_id", "epoch", "split", "metric", "value"]
         rows = [
-            (m["model_id"], m["epoch"], m["split"], m["name"], m["value"]) for m in self._metrics
+            (m["model_id"], m["epoch"] + 1, m["split"], m["name"], m["value"])
+            for m in self._metrics
         ]
         return pd.DataFrame(rows, columns=cols)
 
-    def _best_epoch(self, model_id: str) -> tuple[int, float] | None:
-        """(epoch, value) where this model's objective was best; ties: earliest epoch."""
-        split, _, name = self.objective.partition("_")
-        values = [
-            (m["epoch"], m["value"])
-            for m in self._metrics
-            if m["model_id"] == model_id
-            and m["split"] == split
-            and m["name"] == name
-            and m["value"] is not None
-        ]
-        if not values:
-            return None
-        sign = 1 if self.mode == "min" else -1
-        return min(values, key=lambda ev: (sign * ev[1], ev[0]))
-
     @property
     def table(self) -> pd.DataFrame:
-        """One row per model: hyperparameters, last epoch's metrics, the best value of the
-        objective and its epoch, training seconds (sum of its hops) and status."""
+        """One row per model: hyperparameters, epochs done, last epoch's metrics, the best
+        value of the objective (column ``best_<objective>``) and the epoch it was reached
+        (``best_epoch``, from 1), training seconds (sum of its hops), status and error.
+
+        ``table.attrs`` holds the ``objective`` and ``mode`` that ranked it.
+        """
         last: dict[str, int] = {}
         for m in self._metrics:
             last[m["model_id"]] = max(last.get(m["model_id"], -1), m["epoch"])
+        bests = {b.model_id: b for b in self._ranked}
         rows = []
         for model in self._models:
             mid = model["model_id"]
@@ -129,58 +132,77 @@ class FitResult:
             for m in self._metrics:
                 if m["model_id"] == mid and m["epoch"] == last.get(mid):
                     row[f"{m['split']}_{m['name']}"] = m["value"]
-            best = self._best_epoch(mid)
-            row[f"best_{self.objective}"] = best[1] if best else None
-            row["best_epoch"] = best[0] if best else None
+            best = bests.get(mid)
+            row[f"best_{self.objective}"] = best.value if best else None
+            row["best_epoch"] = best.epoch + 1 if best else None
             row["train_seconds"] = round(self._seconds.get(mid, 0.0), 3)
             row["status"] = model["status"]
             row["error"] = model["error"]
             rows.append(row)
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        table.attrs.update(objective=self.objective, mode=self.mode)
+        return table
 
     @property
     def best(self) -> dict[str, Any]:
-        """The model with the best objective at any epoch (ties: lowest model id).
+        """The model with the best objective at any epoch (ties: earliest epoch, then
+        lowest model id).
 
         Returns:
-            ``model_id``, ``hyperparams``, ``objective``, ``value``, ``epoch`` (where the
-            value was reached), ``metrics`` (all of that epoch) and ``checkpoint`` (the
-            model's state at the end of that epoch).
+            ``model_id``, ``hyperparams``, ``objective``, ``mode``, ``value``, ``epoch``
+            (where the value was reached, from 1), ``metrics`` (all of that epoch) and
+            ``checkpoint`` (the model's state at the end of that epoch).
 
         Raises:
             ValueError: no model has a value for the objective (every model failed, or the
                 metric is not one the spec returns).
         """
-        sign = 1 if self.mode == "min" else -1
-        found = [
-            (sign * b[1], m["model_id"], b[0], m)
-            for m in self._models
-            if (b := self._best_epoch(m["model_id"])) is not None
-        ]
-        if not found:
+        if not self._ranked:
             have = sorted({f"{m['split']}_{m['name']}" for m in self._metrics})
             raise ValueError(
                 f"no model has a value for the objective {self.objective!r}; metrics "
                 f"recorded: {have or 'none (did every model fail? see result.table)'}"
             )
-        _, model_id, epoch, model = min(found, key=lambda t: (t[0], t[1]))
+        top = self._ranked[0]
+        model = next(m for m in self._models if m["model_id"] == top.model_id)
         metrics = {
             f"{m['split']}_{m['name']}": float(m["value"])
             for m in self._metrics
-            if m["model_id"] == model_id and m["epoch"] == epoch and m["value"] is not None
+            if m["model_id"] == top.model_id and m["epoch"] == top.epoch and m["value"] is not None
         }
         return {
-            "model_id": model_id,
+            "model_id": top.model_id,
             "hyperparams": json.loads(model["hyperparams"]),
             "objective": self.objective,
-            "value": metrics[self.objective],
-            "epoch": epoch,
+            "mode": self.mode,
+            "value": top.value,
+            "epoch": top.epoch + 1,
             "metrics": metrics,
-            "checkpoint": self._checkpoints.get((model_id, epoch), model["checkpoint"]),
+            "checkpoint": self._checkpoints.get((top.model_id, top.epoch), model["checkpoint"]),
         }
+
+    def report(self) -> Path:
+        """Write this fit's HTML report, ranked by this result's objective and mode.
+
+        The same page as ``cerebro report DIR`` (without the TensorBoard files): a
+        summary with the best model, learning curves, hyperparameter plots, the hop
+        timeline and a table of every model, in ``DIR/report.html`` with its plots in
+        ``DIR/plots/`` (see :func:`cerebro.report.write_report`).
+
+        Returns:
+            The path of ``report.html``.
+
+        Example:
+            >>> result = exp.run_fit(spec, grid, num_epochs=5)  # doctest: +SKIP
+            >>> result.report()  # doctest: +SKIP
+            PosixPath('runs/digits/report.html')
+        """
+        from cerebro.report import write_report
+
+        return write_report(self.catalog_path.parent, self.objective, self.mode)
 
     def __repr__(self) -> str:
         return (
             f"FitResult(fit_id={self.fit_id}, models={len(self._models)}, "
-            f"status={self.status!r}, objective={self.objective!r})"
+            f"status={self.status!r}, objective={self.objective!r}, mode={self.mode!r})"
         )

@@ -7,10 +7,12 @@ real: the scheduler, a SQLite catalog on disk, the user's spec.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tqdm import tqdm
 
 from cerebro._controller import FitState, run_loop
 from cerebro.catalog import Catalog
@@ -176,4 +178,16 @@ def test_a_hop_lost_while_queued_behind_a_killing_hop_is_not_blamed(tmp_path: Pa
     lost = [h for h in catalog.hops(state.fit_id) if h["status"] == "lost"]
     assert {h["model_id"] for h in lost} - {"m001"}  # others were lost behind it...
     assert {hop.model_id for hop in state.deaths} == {"m001"}  # ...and not counted
+    catalog.close()
+
+
+def test_the_progress_bar_names_its_metric_and_counts_epochs_from_1(tmp_path: Path) -> None:
+    catalog, state, sched = _fit(tmp_path, on_error="continue", epochs=2)
+    out = io.StringIO()
+    bar = tqdm(total=sched.total_hops(), file=out, mininterval=0, ascii=True)
+    run_loop(catalog, state, sched, ScriptedEngine(fail=set()), bar)
+    bar.close()
+    text = out.getvalue()
+    assert "epoch 1/2, best val_loss=0.5 (min)" in text
+    assert "16/16" in text and "epoch 2/2, best val_loss=0.5 (min)" in text
     catalog.close()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cerebro import Experiment, ParamsError, UserCodeError
+from cerebro.report import read_status, status_text
 from toy import ToySpec
 
 GRID = {"lr": [0.05, 0.01], "hidden": [4, 8], "batch_size": [16, 32]}
@@ -133,7 +134,16 @@ def test_checkpoints_are_kept_per_epoch(exp: Experiment) -> None:
     assert all(Path(c["path"]).is_file() for c in ckpts)
     files = sorted(p.name for p in (exp.output_dir / "models" / "m000").iterdir())
     assert files == ["step-00002.pt", "step-00004.pt"]  # intermediate states cleaned up
-    assert result.best["checkpoint"] == ckpts[result.best["epoch"]]["path"]
+    # epochs a user reads count from 1; the catalog counts from 0 inside
+    assert set(result.history["epoch"]) == {1, 2}
+    assert result.best["epoch"] in (1, 2)
+    assert result.table["best_epoch"].iloc[0] == result.best["epoch"]
+    assert result.best["checkpoint"] == ckpts[result.best["epoch"] - 1]["path"]
+    st = read_status(exp.output_dir)
+    assert st.best is not None and st.best["epoch"] == result.best["epoch"]
+    assert [m.epochs_done for m in st.models] == [2]
+    text = status_text(exp.output_dir)
+    assert f"epoch {result.best['epoch']} of 2" in text and " 2/2 " in text
 
 
 class BrokenSpec(ToySpec):
@@ -188,9 +198,16 @@ class BadMetricsSpec(ToySpec):
         return {"loss": [1.0, 2.0]}
 
 
-def test_non_scalar_metric_is_named_before_training(exp: Experiment) -> None:
+def test_non_scalar_metric_is_named_before_training(
+    exp: Experiment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp.verbose = True  # the progress bar is shown, then cleared by the error
     with pytest.raises(UserCodeError) as err:
         exp.run_fit(BadMetricsSpec(), {"lr": [0.05], "batch_size": [32]}, num_epochs=1)
+    bar = capsys.readouterr().err
+    assert "MOP hops" in bar
+    # no line of its own left behind: the error follows where the bar was
+    assert "\n" not in bar[bar.rindex("MOP hops") :] and bar.endswith("\r")
     assert "BadMetricsSpec.valtest failed for model m000" in str(err.value)
     assert "returned metric 'loss' = list" in str(err.value)
     assert "checked on one minibatch before training" in str(err.value)

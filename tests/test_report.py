@@ -135,6 +135,23 @@ def test_plots_are_real_pngs(run_dir: Path, report: Path) -> None:
         assert float(img[..., :3].std()) > 0.01, f"{name} is blank"
 
 
+def test_the_table_names_train_seconds_and_best_values_as_fitresult(
+    run_dir: Path, report: Path
+) -> None:
+    text = report.read_text()
+    assert "hop time" not in text
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", text.split("id=models")[1])
+    assert heads[:6] == ["model", "status", "epochs", "hops", "best val_loss", "best epoch"]
+    assert "train_seconds" in heads
+    table = FitResult(run_dir / "catalog.sqlite", 1).table.set_index("model_id")
+    rows = {r[0].replace("★", "").strip(): r for r in _parse(report).rows if r}
+    col = heads.index("train_seconds")
+    for mid in ("m000", "m001"):
+        assert float(rows[mid][col]) == pytest.approx(table.loc[mid, "train_seconds"], abs=2e-3)
+        assert float(rows[mid][4]) == pytest.approx(table.loc[mid, "best_val_loss"], rel=1e-3)
+        assert int(rows[mid][5]) == table.loc[mid, "best_epoch"]
+
+
 def test_every_model_is_in_the_table_with_its_status(run_dir: Path, report: Path) -> None:
     rows = [r for r in _parse(report).rows if r]
     ids = [r[0].replace("★", "").strip() for r in rows]
@@ -178,6 +195,11 @@ def test_rewriting_the_report_replaces_it(run_dir: Path, report: Path, tmp_path:
     out = write_report(copy, objective="val_acc", mode="max")
     assert "best model by val_acc (max)" in out.read_text()
     assert not (copy / "plots" / "curves_gone_metric.png").exists()
+    out.unlink()
+    result = FitResult(copy / "catalog.sqlite", 1, "val_loss", "max")  # a ranking of its own
+    assert result.report() == out  # the fit's report, ranked as this result ranks
+    assert "best model by val_loss (max)" in out.read_text()
+    assert f'{result.best["model_id"]} <span class="obj">val_loss' in out.read_text()
 
 
 def _scalars(path: Path) -> dict[str, list[Any]]:

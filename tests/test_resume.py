@@ -235,6 +235,15 @@ def test_run_killed_in_the_etl_resumes_with_cerebro_resume(
     _kill_when(proc, (tmp_path / "data" / "inside").exists, "the ETL's val rows")
     assert not (tmp_path / "run" / "data" / "manifest.json").exists()
     assert done_hops(tmp_path / "run" / "catalog.sqlite") == 0
+    status = subprocess.run(
+        [sys.executable, "-m", "cerebro.cli", "status", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # a run directory, not "not a Cerebro run directory"
+    assert status.returncode == 0, status.stderr
+    assert "interrupted during its ETL" in status.stdout
+    assert f"`cerebro resume {tmp_path / 'run'}` continues it" in status.stdout
 
     hold.unlink()
     r = subprocess.run(

@@ -16,7 +16,7 @@ from cerebro.catalog import Catalog
 from cerebro.report import NoFitError, RunStatus, read_status, status_text, write_report
 from cerebro.report._data import load_run
 from cerebro.report._summary import driver_restarts
-from toy import ToyETL, write_toy_csvs
+from toy import ToyETL, ToySpec, write_toy_csvs
 
 TESTS = Path(__file__).resolve().parent
 MODELS, EPOCHS = 4, 3
@@ -112,13 +112,19 @@ def test_status_reads_a_live_fit_and_numbers_only_grow(live: dict[str, Any]) -> 
     _assert_grows(first + [live["killed"]] + second + [live["final"]])
 
 
-def test_status_after_a_kill_says_running_with_hops_left(live: dict[str, Any]) -> None:
+def test_status_after_a_kill_says_interrupted_with_hops_left(live: dict[str, Any]) -> None:
     st = live["killed"]
-    assert st.fit_status == "running" and TOTAL // 3 <= st.hops_done < TOTAL
-    assert "fit 1: running" in live["killed_text"]
-    assert st.driver_alive is False
+    assert st.fit_status == "running" and TOTAL // 3 <= st.hops_done < TOTAL  # the catalog
+    assert st.driver_alive is False and st.state == "interrupted"
+    assert "fit 1: interrupted" in live["killed_text"]
     assert "is not running on this machine" in live["killed_text"]
+    assert "cerebro resume" in live["killed_text"]
     assert "The fit was interrupted" in live["killed_report"]
+    # nothing runs once the driver is dead: no model and no hop is called running
+    assert st.hops_running == 0
+    assert {m.status for m in st.models} <= {"interrupted", "done"}
+    assert "running" not in live["killed_text"].replace("is not running on this", "")
+    assert 'class="st st-running"' not in live["killed_report"]
     assert all(
         s.driver_alive for s in live["first"] if s.driver_pid == live["first"][-1].driver_pid
     )
@@ -135,7 +141,8 @@ def test_status_after_resume_is_complete(live: dict[str, Any]) -> None:
     assert f"hops {TOTAL}/{TOTAL} (100%)" in text
     for i in range(MODELS):
         assert f"m{i:03d}" in text
-    assert f"best: {st.best['model_id']} val_loss=" in text
+    assert f"best by val_loss (min): {st.best['model_id']} val_loss=" in text
+    assert f"epoch {st.best['epoch']} of {EPOCHS}" in text
 
 
 def test_report_after_resume_cuts_out_the_downtime(live: dict[str, Any]) -> None:
@@ -167,3 +174,52 @@ def test_no_catalog_is_a_clear_error(tmp_path: Path) -> None:
         status_text(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run directory"):
         status_text(tmp_path / "missing")
+
+
+class StopSpec(ToySpec):
+    """ToySpec whose train raises for lr=0.01: with on_error="stop" the fit stops."""
+
+    def train(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, float]:
+        if hyperparams["lr"] == 0.01:
+            raise ValueError("boom")
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+def test_a_stopped_fit_has_no_running_models(toy_data: dict[str, str], tmp_path: Path) -> None:
+    from cerebro import Experiment, UserCodeError
+
+    run_dir = tmp_path / "run"
+    with Experiment(dict(toy_data, output_dir=str(run_dir)), workers=2, verbose=False) as exp:
+        with pytest.raises(UserCodeError, match="boom"):
+            grid = {"lr": [0.05, 0.01, 0.02, 0.03], "batch_size": [32]}
+            exp.run_fit(StopSpec(), grid, num_epochs=2, on_error="stop")
+    st = read_status(run_dir)
+    status = {m.model_id: m.status for m in st.models}
+    assert status.pop("m001") == "failed"
+    assert set(status.values()) == {"stopped"}  # the catalog still says running / pending
+    assert st.fit_status == st.state == "stopped" and st.hops_running == 0
+    text = status_text(run_dir)
+    assert f"`cerebro resume {run_dir}`" in text
+    text = text.replace(str(run_dir), "DIR")
+    assert "fit 1: stopped" in text and "running" not in text and "pending" not in text
+    page = write_report(run_dir).read_text()
+    assert 'class="st st-running"' not in page and "3 stopped" in page
+
+
+def test_a_run_killed_in_its_etl_is_a_run_directory(tmp_path: Path) -> None:
+    """What `Experiment.run` leaves when killed in the ETL: experiment.json, no catalog (the
+    kill itself is tests/test_resume.py's; this is the state it leaves, from the real API)."""
+    from cerebro._rundir import save_experiment
+
+    save_experiment(tmp_path, {"etl": {"seed": 1}, "fit": {"num_epochs": 1}}, "etl", ToyETL())
+    text = status_text(tmp_path)
+    assert "interrupted during its ETL" in text and f"`cerebro resume {tmp_path}`" in text
+    assert "not a Cerebro run directory" not in text
+    with pytest.raises(FileNotFoundError, match="interrupted during its ETL.*cerebro resume"):
+        write_report(tmp_path)
+    Catalog(tmp_path / "catalog.sqlite").close()  # a catalog, still no fit
+    assert "interrupted during its ETL" in status_text(tmp_path)
+    with pytest.raises(NoFitError, match="interrupted during its ETL"):
+        read_status(tmp_path)

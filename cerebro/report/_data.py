@@ -12,16 +12,19 @@ report or ``cerebro status`` can run beside a live fit, after it finished, or af
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cerebro._rundir import load_experiment
 from cerebro.catalog import Catalog
 from cerebro.errors import CerebroError
 
-__all__ = ["NoFitError", "RunData", "catalog_path", "load_run"]
+__all__ = ["NoFitError", "RunData", "catalog_path", "driver", "load_run", "unstarted"]
 
 CATALOG = "catalog.sqlite"
 # Hop columns without the per-minibatch metrics JSON (large; only TensorBoard needs it).
@@ -138,11 +141,96 @@ def catalog_path(run_dir: str | Path) -> Path:
     if not path.is_file():
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"no run directory {run_dir}")
+        note = unstarted(run_dir)
+        if note is not None:
+            raise FileNotFoundError(f"{note} (it has no {CATALOG} yet)")
         raise FileNotFoundError(
             f"{run_dir} has no {CATALOG}: not a Cerebro run directory (pass the output_dir "
             "of a run_fit or `cerebro run`)"
         )
     return path
+
+
+def driver(run_dir: str | Path) -> dict[str, Any]:
+    """Who holds the run directory: the pid ``DIR/.lock`` names, and whether it is alive.
+
+    Only a hint (the lock file is never locked or written here): the pid is checked on
+    this machine, with signal 0, which tells whether the process exists and does nothing.
+    Returns ``{"driver_pid", "driver_alive"}`` (``None``: cannot tell), or ``{}``.
+    """
+    try:
+        text = (Path(run_dir) / ".lock").read_text(errors="replace")
+    except OSError:
+        return {}
+    match = re.match(r"process (\d+)", text.strip())
+    if match is None:
+        return {}
+    pid = int(match.group(1))
+    try:
+        os.kill(pid, 0)
+        alive: bool | None = True
+    except ProcessLookupError:
+        alive = False
+    except (PermissionError, OSError):
+        alive = None  # exists but not ours, or cannot tell
+    return {"driver_pid": pid, "driver_alive": alive}
+
+
+def _has_fit(path: Path) -> bool:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return db.execute("SELECT 1 FROM fits LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # no tables yet
+        return False
+    finally:
+        db.close()
+
+
+def unstarted(run_dir: str | Path) -> str | None:
+    """What a run directory whose fit has not started holds, for a user; else ``None``.
+
+    ``Experiment.run`` (``cerebro run``) records the ETL and the fit in
+    ``DIR/experiment.json`` before either starts, so a run killed in its ETL has that file
+    and no fit in a catalog (often no catalog at all): it is a run directory, and
+    ``cerebro resume DIR`` continues it.
+    """
+    run_dir = Path(run_dir)
+    session = load_experiment(run_dir)
+    if session is None or _has_fit(run_dir / CATALOG):
+        return None
+    who = driver(run_dir)
+    running = who.get("driver_alive") is True
+    etl_done = (run_dir / "data" / "manifest.json").is_file()
+    if "fit" in session:
+        if running:
+            return (
+                f"{run_dir}: the run is starting (process {who['driver_pid']}): "
+                + ("its fit begins" if etl_done else "its ETL runs")
+                + "; no model has trained yet"
+            )
+        if etl_done:
+            return (
+                f"{run_dir}: the run was interrupted after its ETL, before the fit began; "
+                f"`cerebro resume {run_dir}` continues it"
+            )
+        return (
+            f"{run_dir}: the run was interrupted during its ETL, before the fit began; "
+            f"`cerebro resume {run_dir}` continues it (the ETL, then the fit)"
+        )
+    if running:
+        return f"{run_dir}: its ETL runs (process {who['driver_pid']}); no fit is recorded here"
+    if etl_done:
+        return (
+            f"{run_dir}: only run_etl ran here, no fit is recorded: call run_fit (or "
+            "Experiment.run) with this output_dir"
+        )
+    return (
+        f"{run_dir}: its ETL was interrupted and no fit is recorded here: run run_etl (or "
+        "the script that called it) again"
+    )
 
 
 def load_run(run_dir: str | Path, hop_metrics: bool = False) -> RunData:
@@ -162,11 +250,10 @@ def load_run(run_dir: str | Path, hop_metrics: bool = False) -> RunData:
     try:
         db.execute("BEGIN")  # one read transaction: a consistent snapshot of every table
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "fits" not in tables:
-            raise NoFitError(f"{run_dir}: the catalog has no fit yet (is the run starting?)")
-        fit_row = cat.latest_fit()
+        fit_row = cat.latest_fit() if "fits" in tables else None
         if fit_row is None:
-            raise NoFitError(f"{run_dir}: the catalog has no fit yet (is the run starting?)")
+            note = unstarted(run_dir)
+            raise NoFitError(note or f"{run_dir}: the catalog has no fit yet (is it starting?)")
         fit = dict(fit_row)
         fid = fit["fit_id"]
         models = [dict(r) for r in cat.models(fid)]

@@ -35,7 +35,9 @@ PLOTS = "plots"
 REPORT = "report.html"
 
 
-def write_report(run_dir: str | Path, objective: str | None = None, mode: str = "min") -> Path:
+def write_report(
+    run_dir: str | Path, objective: str | None = None, mode: str | None = None
+) -> Path:
     """Write ``run_dir/report.html`` and its plots under ``run_dir/plots/``.
 
     The page has a summary (models, epochs, the best model and its hyperparameters, total
@@ -47,8 +49,9 @@ def write_report(run_dir: str | Path, objective: str | None = None, mode: str = 
     Args:
         run_dir: a run directory (the ``output_dir`` of a fit).
         objective: the metric that ranks models, ``"<split>_<name>"``; default as
-            :class:`cerebro.FitResult` (lowest ``val_loss``).
-        mode: ``"min"`` or ``"max"``.
+            :class:`cerebro.FitResult`: the fit's own, else a validation metric
+            (``val_loss`` first). Each model ranks by its best value at any epoch.
+        mode: ``"min"`` or ``"max"``; default: the fit's, else ``"min"``.
 
     Returns:
         The path of ``report.html``.
@@ -155,11 +158,16 @@ def _summary(run: RunData, st: RunStatus) -> str:
             f"<tr><th>{_e(k)}</th><td>{_e(fmt_value(v))}</td></tr>"
             for k, v in st.best["hyperparams"].items()
         )
+        at = (
+            f"<div class=sub>at epoch {st.best['epoch']} of {st.num_epochs} (its best epoch)</div>"
+            if st.best["epoch"]
+            else ""
+        )
         best = (
             f'<div class="bestcard"><div class="k">best model by {_e(st.objective)} '
             f'({_e(st.mode)})</div><div class="v">{_e(st.best["model_id"])} '
             f'<span class="obj">{_e(st.objective)} = {_e(fmt_value(st.best["value"]))}</span>'
-            f'</div><table class="hp">{hp}</table>{tests}</div>'
+            f'</div>{at}<table class="hp">{hp}</table>{tests}</div>'
         )
     else:
         best = (
@@ -205,9 +213,12 @@ def _tests(run: RunData, st: RunStatus) -> str:
         names = sorted({k for g in groups.values() for k in g["values"]})
         head = "".join(f"<th>{_e(h)}</th>" for h in ["model", "tag", *names, "checkpoint"])
         rows = []
+        best_id = st.best["model_id"] if st.best else None
         for (mid, tag, ck), g in groups.items():
             stale = ck not in ("None", current.get(mid))
             note = " (not the model's latest checkpoint)" if stale else ""
+            if tag == "best" and mid != best_id:
+                tag = f"best when tested (now {best_id or 'none'})"
             rows.append(
                 f"<tr><td><b>{_e(mid)}</b></td><td>{_e(tag)}</td>"
                 + "".join(_cell(g["values"].get(n)) for n in names)
@@ -265,9 +276,11 @@ def _row(
         "</span></td>",
         _cell(m.epochs_done),
         _cell(m.hops_done),
+        _cell(m.best_value),
+        _cell(m.best_epoch),
         *(_cell(m.hyperparams.get(k)) for k in hp_names),
         *(_cell(vals.get(k)) for k in names),
-        _cell(round(m.hop_seconds, 2)),
+        _cell(round(m.hop_seconds, 3)),
     ]
     if errors:
         cells.append(f'<td class="err" title="{_e(err)}">{_e(short_error(err)[:160])}</td>')
@@ -278,13 +291,18 @@ def _table(run: RunData, st: RunStatus) -> str:
     hp_names = run.hyperparam_names()
     names = _metric_names(st)
     errors = any(m.error for m in st.models)  # the error column only when there are errors
-    head = ["model", "status", "epochs", "hops", *hp_names, *names, "hop time (s)"]
-    head += ["error"] if errors else []
-    ths = "".join(f'<th class="{"obj" if h == st.objective else ""}">{_e(h)}</th>' for h in head)
+    best_col = f"best {st.objective}"
+    head = ["model", "status", "epochs", "hops", best_col, "best epoch", *hp_names, *names]
+    head += ["train_seconds"] + (["error"] if errors else [])
+    ths = "".join(
+        f'<th class="{"obj" if h in (st.objective, best_col) else ""}">{_e(h)}</th>' for h in head
+    )
     rows = "".join(_row(m, st, hp_names, names, errors) for m in st.models)
     return (
-        f"<section><h2>All models</h2><p class=hint>Metrics at each model's last epoch; click "
-        f"a column header to sort.</p><div class=scroll><table class=sortable id=models>"
+        f"<section><h2>All models</h2><p class=hint>{_e(best_col)} is each model's best "
+        f"value at any epoch ({_e(st.mode)}), which ranks it; the other metrics are at its "
+        "last epoch; train_seconds is the time its hops ran (as in FitResult.table). Click a "
+        "column header to sort.</p><div class=scroll><table class=sortable id=models>"
         f"<thead><tr>{ths}</tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
@@ -310,7 +328,10 @@ def _page(
             "<code>cerebro report DIR</code> again to update it.</p>"
         )
     elif st.fit_status == "stopped":
-        live = '<p class="live">The fit stopped before it finished; rerun it to resume.</p>'
+        live = (
+            '<p class="live">The fit stopped before it finished: <code>cerebro resume '
+            f"{_e(run.run_dir)}</code> (or the same command) resumes it.</p>"
+        )
     sections = [_summary(run, st), live, _tests(run, st), _failures(st)]
     if curves:
         imgs = "".join(_img(p, f"learning curves: {n}") for n, p in curves)
@@ -322,7 +343,7 @@ def _page(
     if hp is not None:
         sections.append(
             f"<section><h2>Hyperparameters against {_e(st.objective)}</h2><p class=hint>"
-            "Each model's value at its last epoch; x marks along the top are failed or "
+            "Each model's best value at any epoch; x marks along the top are failed or "
             f"diverged models without a value.</p>{_img(hp, 'hyperparameters')}</section>"
         )
     if timeline is not None:
@@ -335,7 +356,7 @@ def _page(
     return TEMPLATE.format(
         title=_e(title),
         run_dir=_e(run.run_dir.resolve()),
-        status=_e(st.fit_status),
+        status=_e(st.state),
         when=_e(when),
         body="\n".join(s for s in sections if s),
         css=CSS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cerebro.report._data import NoFitError, catalog_path, load_run
+from cerebro.report._data import NoFitError, catalog_path, load_run, unstarted
 from cerebro.report._summary import RunStatus, fmt_seconds, fmt_value, sort_metrics, summarize
 
 __all__ = ["read_status", "status_text"]
@@ -13,13 +13,16 @@ __all__ = ["read_status", "status_text"]
 STALE_SECONDS = 300.0
 
 
-def read_status(run_dir: str | Path, objective: str | None = None, mode: str = "min") -> RunStatus:
+def read_status(
+    run_dir: str | Path, objective: str | None = None, mode: str | None = None
+) -> RunStatus:
     """The progress of the latest fit in ``run_dir``, read-only (safe beside a live fit).
 
     Args:
         run_dir: a run directory (``output_dir``).
-        objective: metric that ranks models, e.g. ``"val_acc"``; default as ``FitResult``.
-        mode: ``"min"`` or ``"max"``.
+        objective: metric that ranks models, e.g. ``"val_acc"``; default as ``FitResult``:
+            the fit's own, else a validation metric (``val_loss`` first).
+        mode: ``"min"`` or ``"max"``; default: the fit's, else ``"min"``.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no catalog.
@@ -28,12 +31,14 @@ def read_status(run_dir: str | Path, objective: str | None = None, mode: str = "
     return summarize(load_run(run_dir), objective, mode)
 
 
-def status_text(run_dir: str | Path, objective: str | None = None, mode: str = "min") -> str:
+def status_text(run_dir: str | Path, objective: str | None = None, mode: str | None = None) -> str:
     """A plain-text progress report of the fit in ``run_dir`` (what ``cerebro status`` prints).
 
-    Per model: status, epochs done, hops done / total, last metrics (val first), test
-    results when the catalog has them, and the hyperparameters; then the run's hops done /
-    total, elapsed time, ETA, worker busy share and the best objective so far.
+    Per model: status, epochs done, hops done / total, its best objective value and the
+    epoch of it, last metrics (val first), test results when the catalog has them, and the
+    hyperparameters; then the run's hops done / total, elapsed time, ETA, worker busy share
+    and the best model so far, with the objective and mode that ranked it. A run directory
+    whose ETL was interrupted before the fit began says so (and how to continue it).
 
     Example:
         >>> print(status_text("runs/digits"))  # doctest: +SKIP
@@ -41,6 +46,9 @@ def status_text(run_dir: str | Path, objective: str | None = None, mode: str = "
     Raises:
         FileNotFoundError: ``run_dir`` has no catalog.
     """
+    note = unstarted(run_dir)
+    if note is not None:
+        return note + "\n"
     catalog_path(run_dir)
     try:
         st = read_status(run_dir, objective, mode)
@@ -51,7 +59,7 @@ def status_text(run_dir: str | Path, objective: str | None = None, mode: str = "
 
 def format_status(st: RunStatus) -> str:
     lines = [
-        f"run {st.run_dir}  fit {st.fit_id}: {st.fit_status}  "
+        f"run {st.run_dir}  fit {st.fit_id}: {st.state}  "
         f"({len(st.models)} models x {st.num_epochs} epochs, {st.workers} workers)",
     ]
     pct = 100.0 * st.hops_done / st.hops_total if st.hops_total else 0.0
@@ -64,10 +72,10 @@ def format_status(st: RunStatus) -> str:
     if st.busy is not None:
         parts.append(f"workers busy {100 * st.busy:.0f}%")
     lines.append("  ".join(parts))
-    if st.fit_status == "running" and st.driver_alive is False:
+    if st.state == "interrupted":
         lines.append(
             f"the fit's driver (process {st.driver_pid}) is not running on this machine: it "
-            "was interrupted; rerun the same command to resume"
+            f"was interrupted; `cerebro resume {st.run_dir}` (or the same command) resumes it"
         )
     elif st.fit_status == "running" and st.last_activity is not None:
         idle = st.now - st.last_activity
@@ -77,16 +85,20 @@ def format_status(st: RunStatus) -> str:
                 " rerun the same command to resume"
             )
     elif st.fit_status == "stopped":
-        lines.append("the fit stopped before it finished: rerun the same command to resume")
+        lines.append(
+            "the fit stopped before it finished: `cerebro resume "
+            f"{st.run_dir}` (or the same command) resumes it"
+        )
     if st.best is not None:
         hp = ", ".join(f"{k}={fmt_value(v)}" for k, v in st.best["hyperparams"].items())
-        label = "best so far" if st.fit_status == "running" else "best"
+        label = "best so far" if st.state == "running" else "best"
+        at = f", epoch {st.best['epoch']} of {st.num_epochs}" if st.best["epoch"] else ""
         lines.append(
-            f"{label}: {st.best['model_id']} {st.objective}={fmt_value(st.best['value'])} "
-            f"({st.mode}, after {st.best['epoch']} epochs) {hp}"
+            f"{label} by {st.objective} ({st.mode}): {st.best['model_id']} "
+            f"{st.objective}={fmt_value(st.best['value'])}{at}  {hp}"
         )
     else:
-        lines.append(f"best: none (no model has {st.objective} yet)")
+        lines.append(f"best by {st.objective} ({st.mode}): none (no model has a value yet)")
     lines.append("")
     lines.extend(_table(st))
     failed = st.failed
@@ -108,7 +120,8 @@ def _table(st: RunStatus) -> list[str]:
     hp_names: list[str] = []
     for m in st.models:
         hp_names.extend(k for k in m.hyperparams if k not in hp_names)
-    header = ["model", "status", "epochs", "hops", *names, *hp_names]
+    best_col = f"best {st.objective}"
+    header = ["model", "status", "epochs", "hops", best_col, "best epoch", *names, *hp_names]
     rows = [header]
     for m in st.models:
         vals = {**m.metrics, **m.test}
@@ -118,6 +131,8 @@ def _table(st: RunStatus) -> list[str]:
                 m.status,
                 f"{m.epochs_done}/{st.num_epochs}",
                 f"{m.hops_done}/{m.hops_total}",
+                "-" if m.best_value is None else fmt_value(m.best_value),
+                "-" if m.best_epoch is None else str(m.best_epoch),
                 *(fmt_value(vals[k]) if k in vals else "-" for k in names),
                 *(fmt_value(m.hyperparams.get(k, "-")) for k in hp_names),
             ]
@@ -125,5 +140,8 @@ def _table(st: RunStatus) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if st.best is not None:
-        out.append(f"* best by {st.objective} ({st.mode})")
+        out.append(
+            f"* best by {st.objective} ({st.mode}) at any epoch; the other metrics are each "
+            "model's last epoch's"
+        )
     return out

@@ -1,22 +1,32 @@
 """Numbers a user acts on, computed from one catalog snapshot: progress, timing, the best model.
 
 NOTE [ the best model is FitResult's best ]
-The objective defaults to what :class:`cerebro.FitResult` picks (``val_loss``, else
-``train_loss``, else the first metric by name) and models are ranked the same way: each
-model's value at its last recorded epoch, ``mode`` min or max, ties to the lowest model id.
-An objective ``test_<name>`` ranks by the ``evaluations`` table when it has rows.
+Models are ranked by ``cerebro._ranking`` (NOTE [ one meaning of best ] there), exactly as
+:class:`cerebro.FitResult` ranks them: each model's best value of the objective at any
+recorded epoch, ``mode`` min or max, ties to the earliest epoch and then the lowest model
+id. The objective and mode default to those the fit was run with (``DIR/experiment.json``),
+else to a validation metric (``val_loss``, else a ``val_*`` metric with ``loss`` in its
+name, else the first ``val_*`` one) and ``min``. An objective ``test_<name>`` ranks by the
+``evaluations`` table (each model's latest value). Epochs shown to a user count from 1.
+
+NOTE [ a fit that is not running has no running models ]
+The catalog leaves models ``running`` (and hops in flight ``running``) when a fit stops on
+an error or Ctrl-C (fit ``stopped``) or its driver is killed (fit still ``running``, driver
+dead). :func:`summarize` shows those models as ``stopped`` or ``interrupted`` and counts no
+hop as running, since nothing runs until ``cerebro resume DIR``.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cerebro import _ranking
 from cerebro.report._data import RunData
+from cerebro.report._data import driver as lock_holder
 
 __all__ = ["ModelProgress", "RunStatus", "active_segments", "driver_restarts", "summarize"]
 
@@ -29,7 +39,11 @@ DROPPED = ("failed", "diverged")
 
 @dataclass
 class ModelProgress:
-    """One model's state: where it is in the fit and its latest metrics."""
+    """One model's state: where it is in the fit and its latest metrics.
+
+    ``best_value`` and ``best_epoch`` (from 1) are its best value of the run's objective
+    at any epoch: what ranks it (see NOTE [ the best model is FitResult's best ]).
+    """
 
     model_id: str
     status: str
@@ -41,6 +55,9 @@ class ModelProgress:
     metrics: dict[str, float] = field(default_factory=dict)  # last epoch, "<split>_<name>"
     test: dict[str, float] = field(default_factory=dict)  # evaluations, "test_<name>"
     hop_seconds: float = 0.0  # wall time of its done hops
+    best_value: float | None = None
+    best_epoch: int | None = None  # from 1; None for a test objective or no value yet
+    ranked_by: str = ""  # the objective best_value is of
 
 
 @dataclass
@@ -56,7 +73,10 @@ class RunStatus:
         eta: seconds left, from the mean train and val hop times; ``None`` when unknown
             (no hop done yet) and 0 when the fit is not running.
         busy: the workers' busy fraction while the fit was active, ``None`` before any hop.
-        best: ``{"model_id", "value", "hyperparams", "epoch"}`` or ``None``.
+        objective, mode: what ranks the models (given, else the fit's, else the default).
+        best: ``{"model_id", "value", "hyperparams", "epoch", "status"}`` or ``None``;
+            ``epoch`` (from 1) is where the value was reached (``None`` for a test
+            objective).
         last_activity: the time (``time.time()``) of the last hop start or end.
         driver_pid: the process that last held the run directory (``DIR/.lock``), if known.
         driver_alive: whether that process runs on this machine (``None``: unknown).
@@ -87,13 +107,13 @@ class RunStatus:
     def failed(self) -> list[ModelProgress]:
         return [m for m in self.models if m.status in DROPPED]
 
-
-def default_objective(run: RunData) -> str:
-    names = {f"{m['split']}_{m['name']}" for m in run.metrics}
-    for candidate in ("val_loss", "train_loss"):
-        if candidate in names:
-            return candidate
-    return sorted(names)[0] if names else "val_loss"
+    @property
+    def state(self) -> str:
+        """``running``, ``interrupted`` (the catalog says running, its driver is dead),
+        ``stopped`` or ``done``."""
+        if self.fit_status == "running" and self.driver_alive is False:
+            return "interrupted"
+        return self.fit_status
 
 
 def active_segments(
@@ -167,11 +187,34 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> RunStatus:
-    """Progress, timing and the best model of ``run``."""
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    objective = objective or default_objective(run)
+def _ranking_rows(run: RunData) -> list[dict[str, Any]]:
+    """Per-epoch metrics, plus each model's latest test results at its last epoch."""
+    last: dict[str, int] = {}
+    for m in run.metrics:
+        last[m["model_id"]] = max(last.get(m["model_id"], 0), int(m["epoch"]))
+    rows = list(run.metrics)
+    for mid, values in run.test_metrics().items():
+        for key, v in values.items():
+            split, name = _ranking.split_objective(key)
+            epoch = last.get(mid, 0)
+            rows.append(
+                {"model_id": mid, "epoch": epoch, "split": split, "name": name, "value": v}
+            )
+    return rows
+
+
+def summarize(run: RunData, objective: str | None = None, mode: str | None = None) -> RunStatus:
+    """Progress, timing and the best model of ``run``.
+
+    ``objective`` and ``mode`` default as NOTE [ the best model is FitResult's best ] says.
+    """
+    names = {f"{m['split']}_{m['name']}" for m in run.metrics}
+    objective, mode = _ranking.choose(objective, mode, names, run.run_dir, run.signature)
+    driver = _driver(run)
+    stopped = run.fit["status"] == "stopped"
+    dead = run.fit["status"] == "running" and driver.get("driver_alive") is False
+    order = _ranking.rank(_ranking_rows(run), objective, mode)
+    ranked = {b.model_id: b for b in order}
     last = run.last_epoch_metrics()
     tests = run.test_metrics()
     done_hops = [h for h in run.hops if h["status"] == "done"]
@@ -185,14 +228,19 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
     for mrow in run.metrics:
         mid = mrow["model_id"]
         epochs_done[mid] = max(epochs_done.get(mid, 0), int(mrow["epoch"]) + 1)
+    test_objective = objective.startswith("test_")
     models = []
     for row in run.models:
         mid = row["model_id"]
         c = per_model.get(mid, {})
+        status = row["status"]
+        if status in LIVE and (stopped or dead):  # NOTE [ a fit that is not running ... ]
+            status = "stopped" if stopped else "interrupted"
+        b = ranked.get(mid)
         models.append(
             ModelProgress(
                 model_id=mid,
-                status=row["status"],
+                status=status,
                 error=row["error"],
                 hyperparams=row["hyperparams"],
                 epochs_done=epochs_done.get(mid, 0),
@@ -201,6 +249,9 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
                 metrics=last.get(mid, {}),
                 test=tests.get(mid, {}),
                 hop_seconds=seconds.get(mid, 0.0),
+                best_value=b.value if b else None,
+                best_epoch=b.epoch + 1 if b and not test_objective else None,
+                ranked_by=objective,
             )
         )
     hops_done = len(done_hops)
@@ -229,7 +280,6 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
     if intervals and active > 0:
         busy = min(sum(e - s for s, e in intervals) / (run.workers * active), 1.0)
     stamps = [float(t) for h in run.hops for t in (h["start"], h["end"]) if t is not None]
-    driver = _driver(run)
     elapsed = max(run.end_time - float(run.fit["created"]), 0.0)
     if not run.finished and driver.get("driver_alive") is False:  # interrupted: frozen
         eta = None
@@ -243,14 +293,16 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
         models=models,
         hops_done=hops_done,
         hops_total=hops_total,
-        hops_running=sum(1 for h in run.hops if h["status"] == "running"),
+        hops_running=0
+        if stopped or dead
+        else sum(1 for h in run.hops if h["status"] == "running"),
         elapsed=elapsed,
         eta=eta,
         busy=busy,
         active_seconds=active,
         objective=objective,
         mode=mode,
-        best=best_model(models, objective, mode),
+        best=best_model(models, order[0] if order else None),
         last_activity=max(stamps) if stamps else None,
         now=run.now,
         **driver,
@@ -258,47 +310,29 @@ def summarize(run: RunData, objective: str | None = None, mode: str = "min") -> 
 
 
 def _driver(run: RunData) -> dict[str, Any]:
-    """Who holds the run directory: the pid ``DIR/.lock`` names, and whether it is alive.
-
-    Only a hint (the lock file is never locked or written here): the pid is checked on
-    this machine, with signal 0, which tells whether the process exists and does nothing.
-    """
-    try:
-        text = (run.run_dir / ".lock").read_text(errors="replace")
-    except OSError:
-        return {}
-    match = re.match(r"process (\d+)", text.strip())
-    if match is None:
-        return {}
-    pid = int(match.group(1))
-    try:
-        os.kill(pid, 0)
-        alive: bool | None = True
-    except ProcessLookupError:
-        alive = False
-    except (PermissionError, OSError):
-        alive = None  # exists but not ours, or cannot tell
-    return {"driver_pid": pid, "driver_alive": alive}
+    """Who holds the run directory (``DIR/.lock``), and whether it is alive."""
+    return lock_holder(run.run_dir)
 
 
 def objective_value(m: ModelProgress, objective: str) -> float | None:
+    """The value that ranks ``m`` by ``objective``: its best at any epoch for the run's
+    objective (``m.ranked_by``), else its last epoch's (or test) value; finite or None."""
+    if objective == m.ranked_by:
+        return m.best_value
     v = m.metrics.get(objective, m.test.get(objective))
     return v if v is not None and math.isfinite(v) else None
 
 
-def best_model(models: list[ModelProgress], objective: str, mode: str) -> dict[str, Any] | None:
-    """The best model by ``objective`` at its last epoch (ties: lowest model id)."""
-    scored = [(objective_value(m, objective), m) for m in models]
-    ok = [(v, m) for v, m in scored if v is not None]
-    if not ok:
+def best_model(models: list[ModelProgress], top: _ranking.Best | None) -> dict[str, Any] | None:
+    """The ``RunStatus.best`` dict of ``top``, the first model :mod:`cerebro._ranking` ranks."""
+    m = next((m for m in models if top is not None and m.model_id == top.model_id), None)
+    if m is None:
         return None
-    sign = 1.0 if mode == "min" else -1.0
-    v, m = min(ok, key=lambda t: (sign * t[0], t[1].model_id))
     return {
         "model_id": m.model_id,
-        "value": v,
+        "value": m.best_value,
         "hyperparams": m.hyperparams,
-        "epoch": m.epochs_done,
+        "epoch": m.best_epoch,
         "status": m.status,
     }
 
