@@ -5,6 +5,13 @@ Only the controller process writes; readers (``cerebro status``, the report) ope
 read connections, which WAL mode lets run beside the writer without blocking it. Every
 state change that must stay consistent (a hop done + the model's new checkpoint + its hop
 count) is one transaction, so a killed driver leaves the catalog at a hop boundary.
+
+NOTE [ WAL only while writing ]
+The writer turns WAL on when it opens the catalog and, closing it, checkpoints the log into
+the database and turns it back off. A finished run's directory then holds ``catalog.sqlite``
+alone: no ``-wal``/``-shm`` files, which a read-only connection (status, report, results)
+would otherwise create and, being read-only, never remove. A killed writer leaves the log,
+which the next connection reads as usual.
 """
 
 from __future__ import annotations
@@ -63,12 +70,29 @@ class Catalog:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._journal("wal")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+        self.readonly = readonly
         self.db.row_factory = sqlite3.Row
 
+    def _journal(self, mode: str) -> None:
+        """Switch the journal mode; a reader that holds the file a moment makes SQLite keep
+        the old one, so try for a second before going on in it (NOTE [ WAL only while
+        writing ])."""
+        for _ in range(20):
+            if self.db.execute(f"PRAGMA journal_mode={mode}").fetchone()[0] == mode:
+                return
+            time.sleep(0.05)
+
     def close(self) -> None:
+        """Close the connection; the writer first folds the log into the database."""
+        if not self.readonly:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._journal("delete")
+            except sqlite3.Error:
+                pass  # a full disk, say: the log stays and the next open reads it
         self.db.close()
 
     @contextmanager
@@ -112,6 +136,24 @@ class Catalog:
                 [(fit_id, m, json.dumps(hp), "pending") for m, hp in models],
             )
         return fit_id
+
+    def fit_code(self, fit_id: int) -> str | None:
+        """The fingerprint of the Minibatch spec code the fit was trained with (None for a
+        catalog from before fits recorded it)."""
+        code = json.loads(self.fit(fit_id)["config"]).get("code")
+        return None if code is None else str(code)
+
+    def set_fit_code(self, fit_id: int, code: str) -> None:
+        config = json.loads(self.fit(fit_id)["config"])
+        config["code"] = code
+        self.db.execute("UPDATE fits SET config=? WHERE fit_id=?", (json.dumps(config), fit_id))
+
+    def done_hop_count(self, fit_id: int) -> int:
+        """How many hops of the fit completed: 0 for a fit that trained nothing."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM hops WHERE fit_id=? AND status='done'", (fit_id,)
+        ).fetchone()
+        return int(row[0])
 
     def delete_fit(self, fit_id: int) -> None:
         with self.transaction() as db:
