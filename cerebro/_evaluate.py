@@ -17,14 +17,15 @@ import torch
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
-from cerebro.errors import ParamsError, UserCodeError
-from cerebro.spec import MinibatchMetrics, MinibatchSpec
+from cerebro.errors import ParamsError, SpecError, UserCodeError
+from cerebro.spec import MinibatchMetrics, MinibatchSpec, defines_hook
 from cerebro.worker import HopOutcome, HopTask
 
 __all__ = [
     "ACCEPTED_FORMATS",
     "ModelFile",
     "ModelRef",
+    "check_predict",
     "evaluate",
     "import_start",
     "need_batch_size",
@@ -252,6 +253,22 @@ def _model_path(tag: str, models_dir: Path | None) -> Path | None:
             "absolute path."
         )
     return found[0].resolve() if found else None
+
+
+def check_predict(spec: MinibatchSpec) -> None:
+    """``run_predict`` needs the optional ``predict`` hook: checked on the driver before any
+    worker starts, rather than as a worker's ``NotImplementedError``.
+
+    Raises:
+        SpecError: the spec's class does not define ``predict``.
+    """
+    if not defines_hook(spec, "predict"):
+        name = type(spec).__name__
+        raise SpecError(
+            f"{name} has no predict hook, which run_predict calls once per minibatch of the "
+            f"predict split: define predict(self, model_object, minibatch, hyperparams, "
+            f"device) in {name}, returning (classes, confidences), one of each per row."
+        )
 
 
 def check_batch_size(batch_size: int | None) -> None:

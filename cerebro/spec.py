@@ -14,7 +14,7 @@ from typing import Any
 
 from cerebro.errors import SpecError
 
-__all__ = ["ETLSpec", "MinibatchMetrics", "MinibatchSpec", "check_spec"]
+__all__ = ["ETLSpec", "MinibatchMetrics", "MinibatchSpec", "check_spec", "defines_hook"]
 
 
 class ETLSpec:
@@ -235,6 +235,13 @@ def _hook_names(cls: type, kind: type) -> dict[str, str]:
                 )
             names[hook] = other
     return names
+
+
+def defines_hook(spec: object, hook: str) -> bool:
+    """Whether the user's spec class defines ``hook`` (under any of its names) rather than
+    inheriting the base class's default; for the optional hooks, such as ``predict``."""
+    kind = MinibatchSpec if isinstance(spec, MinibatchSpec) else ETLSpec
+    return hook in _hook_names(type(spec), kind)
 
 
 def _defined_names(cls: type) -> set[str]:
