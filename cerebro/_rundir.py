@@ -1,4 +1,5 @@
-"""The run directory's lock and the saved experiment that ``resume`` needs.
+"""The run directory's lock, the saved experiment that ``resume`` needs, and which fit of
+its catalog a ``run_fit`` call continues.
 
 NOTE [ run lock ]
 One process at a time may run ETL, a fit, a test or a prediction in a run directory. The
@@ -11,16 +12,33 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import cloudpickle
 
-from cerebro.errors import CerebroError
+from cerebro.catalog import Catalog
+from cerebro.errors import CerebroError, ParamsError
+from cerebro.params import ModelConfig
 
-__all__ = ["RunLock", "load_experiment", "save_experiment"]
+__all__ = [
+    "FitPlan",
+    "RunLock",
+    "code_fingerprint",
+    "load_experiment",
+    "open_fit",
+    "plan_fit",
+    "reading",
+    "save_experiment",
+]
+
+_CLI_FLAGS = "(cerebro: --allow-changed-code, --overwrite, --output)"
 
 _SESSION = "experiment.json"
 
@@ -86,9 +104,130 @@ def load_experiment(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def code_fingerprint(spec: object) -> str:
+    """A hash of a spec's code (methods, by bytecode) and simple attributes.
+
+    The very function the ETL fingerprints its spec with, so a spec unpickled by value
+    (``resume``) hashes as the class it was pickled from; a fit records it to tell a
+    resume with edited code from one with the same code.
+    """
+    from cerebro.etl._run import _spec_fingerprint
+
+    return _spec_fingerprint(spec)  # type: ignore[arg-type]
+
+
 def load_spec(run_dir: Path, section: str) -> Any:
     """The spec saved for ``section`` (``"etl"`` or ``"fit"``)."""
     import pickle
 
     with open(Path(run_dir) / "specs" / f"{section}.pkl", "rb") as f:
         return pickle.load(f)
+
+
+# --- which fit a call continues: decided before anything is written ---------------------------
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What a ``run_fit`` call does with the catalog's fits, decided before it writes.
+
+    ``fit_id``: the fit it continues (None: it creates one); ``replace``: the fit it deletes
+    first; ``code_changed``: the continued fit's recorded spec code is to be replaced.
+    """
+
+    fit_id: int | None
+    replace: int | None
+    code_changed: bool
+
+
+@contextmanager
+def reading(catalog_path: Path) -> Iterator[Catalog | None]:
+    """The catalog opened read-only (None when there is none): a check writes nothing."""
+    if not catalog_path.is_file():
+        yield None
+        return
+    catalog = Catalog(catalog_path, readonly=True)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+def plan_fit(
+    catalog: Catalog | None,
+    run_dir: Path,
+    signature: str | None,
+    code: str,
+    overwrite: bool,
+    allow_changed_code: bool,
+) -> FitPlan:
+    """Decide which fit a ``run_fit`` call continues, replaces or creates.
+
+    NOTE [ fit identity ]
+    A fit is its signature (grid, epochs, seed, policy, spec class, data, workers): a
+    call with the same one continues it. Its spec's code (``code_fingerprint``) is
+    recorded beside it: continuing with other code would mix two versions of the code
+    in one fit, so it is refused unless ``allow_changed_code`` (the new code is then
+    recorded) or ``overwrite`` (the fit starts over). A fit with no completed hop
+    trained nothing, so any call may replace it: fixing the spec the probe rejected
+    and running again just works. ``signature`` None: the data is yet to be made, so
+    no fit there can be this one.
+
+    Raises:
+        ParamsError: a different fit that trained something is there (and no
+            ``overwrite``), or this one trained with other code.
+    """
+    if catalog is None:
+        return FitPlan(None, None, False)
+    fit_id = catalog.find_fit(signature) if signature is not None else None
+    if fit_id is not None:
+        stored = catalog.fit_code(fit_id)
+        changed = stored is not None and stored != code
+        hops = catalog.done_hop_count(fit_id)
+        if not changed or hops == 0 or allow_changed_code:
+            return FitPlan(fit_id, None, changed)
+        if overwrite:
+            return FitPlan(None, fit_id, False)
+        status = catalog.fit(fit_id)["status"]
+        raise ParamsError(
+            f"{run_dir} holds this fit (fit {fit_id}, {status}, {hops} hops done) "
+            "trained with other code: a method or attribute of the Minibatch spec changed "
+            "since, and going on would mix the two versions in one fit. Pass "
+            "allow_changed_code=True to go on with the new code anyway, or "
+            f"overwrite=True or a new output_dir to start over {_CLI_FLAGS}."
+        )
+    latest = catalog.latest_fit()
+    if latest is None:
+        return FitPlan(None, None, False)
+    hops = catalog.done_hop_count(latest["fit_id"])
+    if hops and not overwrite:
+        data = " (on other data: the ETL's inputs changed)" if signature is None else ""
+        raise ParamsError(
+            f"{run_dir} already holds a different fit (fit {latest['fit_id']}, "
+            f"{latest['status']}, {hops} hops done){data}: other grid, epochs, seed, "
+            "policy, workers, spec class or data. Use a new output_dir to keep it, or "
+            "pass overwrite=True to discard it (cerebro: --output, --overwrite); or "
+            "repeat that fit's own call to continue it."
+        )
+    return FitPlan(None, latest["fit_id"], False)
+
+
+def open_fit(
+    catalog: Catalog,
+    plan: FitPlan,
+    run_dir: Path,
+    signature: str,
+    code: str,
+    configs: list[ModelConfig],
+    workers: int,
+) -> int:
+    """Carry out ``plan``: the id of the fit to run, created when there is none."""
+    if plan.fit_id is not None:
+        if plan.code_changed:
+            catalog.set_fit_code(plan.fit_id, code)
+        return plan.fit_id
+    if plan.replace is not None:
+        catalog.delete_fit(plan.replace)
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+    config = {"models": len(configs), "workers": workers, "code": code}
+    return catalog.create_fit(signature, config, [(c.model_id, c.hyperparams) for c in configs])

@@ -18,6 +18,7 @@ from cerebro import etl
 from cerebro._evaluate import (
     aggregate,
     check_batch_size,
+    check_predict,
     evaluate,
     need_batch_size,
     record_test,
@@ -26,18 +27,29 @@ from cerebro._evaluate import (
     write_predictions,
 )
 from cerebro._fit import run_fit_loop
-from cerebro._rundir import RunLock, load_experiment, load_spec, save_experiment
+from cerebro._rundir import (
+    RunLock,
+    code_fingerprint,
+    load_experiment,
+    load_spec,
+    open_fit,
+    plan_fit,
+    reading,
+    save_experiment,
+)
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
 from cerebro.errors import CerebroError, ParamsError, SpecError
+from cerebro.etl._run import _fingerprint as etl_fingerprint
 from cerebro.params import (
     ETL_MARK,
     ModelConfig,
     Params,
     check_etl_dir,
     expand_grid,
+    is_etl_output,
     validate_params,
 )
 from cerebro.result import FitResult
@@ -164,6 +176,7 @@ class Experiment:
         if not os.access(self.output_dir, os.W_OK):
             raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
         self._lock = RunLock(self.output_dir)
+        self._etl_lock: RunLock | None = None
         self._pool: WorkerPool | None = None
         self._stop_pool: Callable[[], Any] | None = None  # the pool's close, run at most once
         self._closed = False
@@ -262,13 +275,20 @@ class Experiment:
             ) from None
 
     @classmethod
-    def resume(cls, run_dir: str | Path, *, verbose: bool = True) -> FitResult:
+    def resume(
+        cls, run_dir: str | Path, *, verbose: bool = True, allow_changed_code: bool = False
+    ) -> FitResult:
         """Continue the interrupted run in ``run_dir`` (ETL, then the fit) from its catalog.
 
         No completed hop runs again; the specs and settings come from ``run_dir``.
 
+        Args:
+            allow_changed_code: go on even when the Minibatch spec's code now differs from
+                the code the fit trained with (a spec pickled by reference, whose module
+                was edited): the fit then mixes the two versions.
+
         Raises:
-            CerebroError: ``run_dir`` holds no saved fit.
+            CerebroError: ``run_dir`` holds no saved fit, or its spec's code changed.
         """
         exp = cls.from_dir(run_dir, verbose=verbose)
         session = load_experiment(exp.output_dir) or {}
@@ -278,9 +298,13 @@ class Experiment:
                 "script that called run_etl and run_fit again (the finished ETL is reused), "
                 "or start with Experiment.run, which records both steps before either starts."
             )
+        fit = dict(session["fit"])
+        grid = fit.pop("param_grid")
+        spec = exp.saved_spec("fit")
+        etl_step = None
         if "etl" in session and exp.params.etl_dir is None:
-            exp.run_etl(exp.saved_spec("etl"), **session["etl"])
-        return exp.run_fit(exp.saved_spec("fit"), **session["fit"])
+            etl_step = (exp.saved_spec("etl"), dict(session["etl"]))
+        return exp._run_steps(etl_step, spec, grid, fit, False, allow_changed_code)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -381,14 +405,39 @@ class Experiment:
             return manifest
         settings = self._etl_settings(fraction, seed, partitions)
         parts = settings["partitions"]
-        with self._locked(), self._etl_target():
-            if self.params.etl_dir is None:
-                # Only the run's own data is redone by resume; etl_dir may serve other runs.
-                self._remember("etl", settings, etl_spec)
-            if self.engine == "ray":
-                from cerebro.engine.ray import ray_etl
+        with self._locked():
+            with self._etl_locked():
+                # The same inputs: nothing to do, no worker to start (Ray's ETL checks as well
+                # that every node still holds its partitions).
+                reused = self._manifest_after_etl(etl_spec, settings)
+                if reused is not None and self.engine == "local":
+                    if self.params.etl_dir is None:
+                        self._remember("etl", settings, etl_spec)
+                    return reused
+            with self._etl_target():
+                if self.params.etl_dir is None:
+                    # Only the run's own data is redone by resume; etl_dir may serve other runs.
+                    self._remember("etl", settings, etl_spec)
+                if self.engine == "ray":
+                    from cerebro.engine.ray import ray_etl
 
-                return ray_etl(
+                    return ray_etl(
+                        etl_spec,
+                        self.params,
+                        self.data_dir,
+                        self._misc_dir(),
+                        partitions=parts,
+                        fraction=float(fraction),
+                        seed=int(seed),
+                        workers=self.workers,
+                        address=self.address,
+                        resources_per_worker=self.resources_per_worker or None,
+                        progress=self.verbose,
+                    )
+                pool = self._worker_pool()
+                assert pool is not None
+                pool.start(self.workers)  # returns at once: they warm up while the CSVs are read
+                return etl.run_etl(
                     etl_spec,
                     self.params,
                     self.data_dir,
@@ -396,26 +445,10 @@ class Experiment:
                     partitions=parts,
                     fraction=float(fraction),
                     seed=int(seed),
-                    workers=self.workers,
-                    address=self.address,
-                    resources_per_worker=self.resources_per_worker or None,
+                    processes=os.cpu_count() or 1,
                     progress=self.verbose,
+                    pool=pool,
                 )
-            pool = self._worker_pool()
-            assert pool is not None
-            pool.start(self.workers)  # returns at once: they warm up while the CSVs are read
-            return etl.run_etl(
-                etl_spec,
-                self.params,
-                self.data_dir,
-                self._misc_dir(),
-                partitions=parts,
-                fraction=float(fraction),
-                seed=int(seed),
-                processes=os.cpu_count() or 1,
-                progress=self.verbose,
-                pool=pool,
-            )
 
     @contextmanager
     def _etl_target(self) -> Iterator[None]:
@@ -434,12 +467,21 @@ class Experiment:
                 f"cannot write the preprocessed data into {d}: {e}. Choose a writable "
                 "etl_dir (or output_dir)."
             ) from e
-        if etl_dir is None:
+        with self._etl_locked():
+            yield
+
+    @contextmanager
+    def _etl_locked(self) -> Iterator[None]:
+        """Hold ``etl_dir`` against another run's ETL; re-entrant. Only a folder that is
+        Cerebro's already (NOTE [ whose etl_dir ]): nothing is written into any other."""
+        etl_dir = self.params.etl_dir
+        if etl_dir is None or not etl_dir.is_dir() or not is_etl_output(etl_dir):
             yield
             return
-        lock = RunLock(etl_dir)
+        if self._etl_lock is None:
+            self._etl_lock = RunLock(etl_dir)
         try:
-            lock.__enter__()
+            self._etl_lock.__enter__()
         except CerebroError:
             holder = (etl_dir / ".lock").read_text(errors="replace").strip()
             raise CerebroError(
@@ -450,7 +492,7 @@ class Experiment:
         try:
             yield
         finally:
-            lock.__exit__(None, None, None)
+            self._etl_lock.__exit__(None, None, None)
 
     def _etl_settings(self, fraction: Any, seed: int, partitions: int | None) -> dict[str, Any]:
         """Check ``run_etl``'s arguments before any work."""
@@ -500,33 +542,78 @@ class Experiment:
         objective: str | None = None,
         mode: str = "min",
         overwrite: bool = False,
+        allow_changed_code: bool = False,
     ) -> FitResult:
         """ETL, then the fit: :meth:`run_etl` and :meth:`run_fit` with one seed.
 
         Both steps are recorded in the run directory before either starts, so that
         :meth:`resume` (or ``cerebro resume DIR``) continues a run killed at any moment,
-        in the ETL included. The arguments are those of the two steps.
+        in the ETL included; and both are checked before anything is recorded, so a
+        refused call leaves the run directory as it was. The arguments are those of the
+        two steps.
         """
         check_spec(etl_spec, ETLSpec)
         _picklable(etl_spec)
-        _, fit = _fit_settings(
-            spec, param_grid, num_epochs, seed, policy, on_error, objective, mode
+        etl_settings = self._etl_settings(fraction, seed, partitions)
+        fit = {
+            "num_epochs": num_epochs,
+            "seed": seed,
+            "policy": policy,
+            "on_error": on_error,
+            "objective": objective,
+            "mode": mode,
+        }
+        return self._run_steps(
+            (etl_spec, etl_settings), spec, param_grid, fit, overwrite, allow_changed_code
         )
-        with self._locked():
-            if self.params.etl_dir is None:
-                self._remember("etl", self._etl_settings(fraction, seed, partitions), etl_spec)
-            self._remember_fit(spec, param_grid, fit)
-            self.run_etl(etl_spec, fraction, seed, partitions=partitions)
+
+    def _run_steps(
+        self,
+        etl_step: tuple[ETLSpec, dict[str, Any]] | None,
+        spec: MinibatchSpec,
+        param_grid: Mapping[str, Sequence[Any]],
+        fit: dict[str, Any],
+        overwrite: bool,
+        allow_changed_code: bool,
+    ) -> FitResult:
+        """:meth:`run` and :meth:`resume`: check both steps, record them, run the ETL (when
+        ``etl_step`` gives its spec and settings) and the fit."""
+        _, settings = _fit_settings(spec, param_grid, **fit)
+        with self._locked(), self._etl_locked():
+            manifest: dict[str, Any] | None
+            if etl_step is None:
+                manifest = self._train_manifest()
+            else:
+                manifest = self._manifest_after_etl(*etl_step)
+            if manifest is not None:
+                self._check_workers(int(manifest["partitions"]))
+            else:  # the ETL writes the data: as many partitions as its settings say
+                assert etl_step is not None
+                self._check_workers(int(etl_step[1]["partitions"]))
+            signature = (
+                None if manifest is None else self._signature(spec, param_grid, settings, manifest)
+            )
+            code = code_fingerprint(spec)
+            with reading(self.catalog_path) as catalog:
+                plan_fit(catalog, self.output_dir, signature, code, overwrite, allow_changed_code)
+            # NOTE: every refusal is above this line; nothing was written before it.
+            if etl_step is not None:
+                etl_spec, etl_settings = etl_step
+                if self.params.etl_dir is None:
+                    self._remember("etl", etl_settings, etl_spec)
+                self._remember_fit(spec, param_grid, settings)
+                self.run_etl(
+                    etl_spec,
+                    etl_settings["fraction"],
+                    etl_settings["seed"],
+                    partitions=etl_settings["partitions"],
+                )
             return self.run_fit(
                 spec,
                 param_grid,
-                num_epochs,
-                seed,
-                policy=policy,
-                on_error=on_error,
-                objective=objective,
-                mode=mode,
                 overwrite=overwrite,
+                allow_changed_code=allow_changed_code,
+                **settings,
             )
 
     def run_fit(
@@ -541,11 +628,13 @@ class Experiment:
         objective: str | None = None,
         mode: str = "min",
         overwrite: bool = False,
+        allow_changed_code: bool = False,
     ) -> FitResult:
         """Train every configuration of ``param_grid`` for ``num_epochs`` with MOP.
 
         Calling it again with the same arguments on the same data resumes an interrupted
-        fit (or returns the finished one) without redoing any completed hop.
+        fit (or returns the finished one) without redoing any completed hop. Every check
+        runs before anything is written: a refused call leaves the run directory as it was.
 
         Args:
             spec: the user's Minibatch spec instance.
@@ -557,41 +646,38 @@ class Experiment:
             on_error: ``"continue"`` marks a failing model failed and goes on; ``"stop"``
                 stops the fit at the first failure.
             objective, mode: how :attr:`FitResult.best` ranks models.
-            overwrite: discard an earlier, different fit in this run directory.
+            overwrite: discard an earlier fit in this run directory that this call cannot
+                continue: a different one, or this one trained with other spec code. (A fit
+                that trained nothing, e.g. one whose spec the probe rejected, is replaced
+                without it.)
+            allow_changed_code: continue this fit although ``spec``'s code (its methods or
+                simple attributes) differs from the code it trained with so far.
+
+        Raises:
+            ParamsError: the run directory holds a different fit that trained something,
+                or this fit trained with other code (see ``overwrite`` and
+                ``allow_changed_code``), or the data has fewer partitions than workers.
         """
         configs, settings = _fit_settings(
             spec, param_grid, num_epochs, seed, policy, on_error, objective, mode
         )
-        manifest = etl.load_manifest(self.data_dir)
-        if manifest is None or "train" not in manifest["splits"]:
-            raise ParamsError(
-                f"no preprocessed train data in {self.data_dir}; call "
-                "run_etl(etl_spec) before run_fit."
-            )
-        parts = int(manifest["partitions"])
-        if self.workers > parts:
-            raise ParamsError(
-                f"{self.workers} workers but the data has {parts} partitions: a worker would "
-                f"have no data. Use workers <= {parts}, or rerun run_etl(..., partitions="
-                f"{self.workers})."
-            )
-        signature = json.dumps(
-            {
-                "grid": {k: list(v) for k, v in param_grid.items()},
-                "num_epochs": settings["num_epochs"],
-                "seed": seed,
-                "policy": policy,
-                "spec": type(spec).__qualname__,
-                "data": manifest["fingerprint"],
-                "workers": self.workers,
-            },
-            sort_keys=True,
-        )
         with self._locked():
+            manifest = self._train_manifest()
+            self._check_workers(int(manifest["partitions"]))
+            signature = self._signature(spec, param_grid, settings, manifest)
+            code = code_fingerprint(spec)
+            with reading(self.catalog_path) as reader:
+                plan_fit(reader, self.output_dir, signature, code, overwrite, allow_changed_code)
+            # NOTE: every refusal is above this line; nothing was written before it.
             self._remember_fit(spec, param_grid, settings)
             catalog = Catalog(self.catalog_path)
             try:
-                fit_id = self._fit_id(catalog, signature, configs, overwrite)
+                plan = plan_fit(
+                    catalog, self.output_dir, signature, code, overwrite, allow_changed_code
+                )
+                fit_id = open_fit(
+                    catalog, plan, self.output_dir, signature, code, configs, self.workers
+                )
                 run_fit_loop(
                     catalog,
                     fit_id,
@@ -611,6 +697,78 @@ class Experiment:
         result.spec = spec
         return result
 
+    # --- which fit a call continues: decided before anything is written -----------------------
+
+    def _train_manifest(self) -> dict[str, Any]:
+        manifest = etl.load_manifest(self.data_dir)
+        if manifest is None or "train" not in manifest["splits"]:
+            raise ParamsError(
+                f"no preprocessed train data in {self.data_dir}; call "
+                "run_etl(etl_spec) before run_fit."
+            )
+        return manifest
+
+    def _manifest_after_etl(
+        self, etl_spec: ETLSpec, settings: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The manifest ``run_etl(etl_spec, **settings)`` will leave: the one there when
+        the ETL reuses it, None when the ETL will write new data. Writes nothing.
+
+        Raises:
+            ParamsError: ``etl_dir`` is not Cerebro's, or (without CSVs) holds no ETL.
+        """
+        etl_dir = self.params.etl_dir
+        old = etl.load_manifest(self.data_dir)
+        if etl_dir is not None and not self.params.mains:
+            if old is None:
+                raise ParamsError(
+                    f"etl_dir {etl_dir} holds no finished ETL ({etl.MANIFEST} missing). Give "
+                    "the CSVs (train_main ...) in params as well to have run_etl write the "
+                    "data there."
+                )
+            return old
+        if etl_dir is not None:
+            check_etl_dir(etl_dir)
+        if not 0.0 < float(settings["fraction"]) <= 1.0:
+            raise ParamsError(f"fraction must be in (0, 1], got {settings['fraction']!r}.")
+        want = etl_fingerprint(
+            self.params,
+            etl_spec,
+            settings["partitions"],
+            float(settings["fraction"]),
+            int(settings["seed"]),
+        )
+        return old if old is not None and old.get("fingerprint") == want else None
+
+    def _check_workers(self, parts: int) -> None:
+        if self.workers > parts:
+            raise ParamsError(
+                f"{self.workers} workers but the data has {parts} partitions: a worker would "
+                f"have no data. Use workers <= {parts}, or rerun run_etl(..., partitions="
+                f"{self.workers})."
+            )
+
+    def _signature(
+        self,
+        spec: MinibatchSpec,
+        param_grid: Mapping[str, Sequence[Any]],
+        settings: dict[str, Any],
+        manifest: dict[str, Any],
+    ) -> str:
+        """What makes a fit this fit; its code is checked apart (NOTE [ fit identity ])."""
+        return json.dumps(
+            {
+                "grid": {k: list(v) for k, v in param_grid.items()},
+                "num_epochs": settings["num_epochs"],
+                "seed": settings["seed"],
+                "policy": settings["policy"],
+                "spec": type(spec).__qualname__,
+                "data": manifest["fingerprint"],
+                "workers": self.workers,
+            },
+            sort_keys=True,
+        )
+
     def _model(self, catalog: Catalog, model_tag: str) -> Any:
         def best(fit_id: int) -> dict[str, Any]:
             return FitResult(self.catalog_path, fit_id).best
@@ -622,6 +780,8 @@ class Experiment:
     ) -> tuple[Any, list[Any]]:
         check_batch_size(batch_size)
         check_spec(spec, MinibatchSpec)
+        if kind == "predict":
+            check_predict(spec)
         _picklable(spec)
         manifest = etl.load_manifest(self.data_dir)
         if manifest is None or kind not in manifest["splits"]:
@@ -689,24 +849,3 @@ class Experiment:
         """
         ref, outcomes = self._eval(spec, model_tag, "predict", batch_size)
         return write_predictions(self.output_dir / "predictions" / f"{ref.tag}.csv", outcomes)
-
-    def _fit_id(
-        self, catalog: Catalog, signature: str, configs: list[Any], overwrite: bool
-    ) -> int:
-        fit_id = catalog.find_fit(signature)
-        if fit_id is not None:
-            return fit_id
-        latest = catalog.latest_fit()
-        if latest is not None:
-            if not overwrite:
-                raise ParamsError(
-                    f"{self.output_dir} already holds a different fit (fit {latest['fit_id']}, "
-                    f"{latest['status']}). Use a new output_dir to keep it, or pass "
-                    "overwrite=True to discard it."
-                )
-            catalog.delete_fit(latest["fit_id"])
-            shutil.rmtree(self.output_dir / "models", ignore_errors=True)
-        config = {"models": len(configs), "workers": self.workers}
-        return catalog.create_fit(
-            signature, config, [(c.model_id, c.hyperparams) for c in configs]
-        )
