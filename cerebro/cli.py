@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import time
+import traceback
 import types
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,9 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
 
     Raises:
         FileNotFoundError: no such file.
-        CerebroError: the file lacks one of the names an experiment needs.
+        CerebroError: the file raised while it ran (a NameError, a SyntaxError...): one
+            line naming the file, the line and the error; or it lacks one of the names an
+            experiment needs.
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -35,7 +39,10 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
     sys.modules[name] = module
     cloudpickle.register_pickle_by_value(module)
     sys.path.insert(0, str(path.parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise CerebroError(_file_error(path, e)) from e
     missing = [n for n in _REQUIRED if not hasattr(module, n)]
     if missing:
         raise CerebroError(
@@ -45,30 +52,65 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
     return module
 
 
+def _file_error(path: Path, e: BaseException) -> str:
+    """``error in experiment file X line N: NameError: ...``: the deepest line of the file
+    itself in the traceback (a SyntaxError names its own line)."""
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == path:
+        line = e.lineno
+        what = f"{type(e).__name__}: {e.msg}"
+    else:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+        line = frames[-1].lineno if frames else None
+        what = f"{type(e).__name__}: {e}"
+    where = f" line {line}" if line else ""
+    return f"error in experiment file {path}{where}: {what}"
+
+
 def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
     from cerebro.experiment import Experiment
 
     params = dict(module.params)
     if args.output:
         params["output_dir"] = args.output
-    workers = args.workers or getattr(module, "workers", None)
+    workers = args.workers if args.workers is not None else getattr(module, "workers", None)
     seed = getattr(module, "seed", 1)
     exp = Experiment(
         params, workers=workers, engine=args.engine, address=args.address, verbose=not args.quiet
     )
+    started = time.time()
     result = exp.run(
         module.etl_spec,
         module.minibatch_spec,
         module.param_grid,
-        num_epochs=args.epochs or module.num_epochs,
+        num_epochs=args.epochs if args.epochs is not None else module.num_epochs,
         seed=seed,
         fraction=getattr(module, "fraction", 1.0),
         policy=args.policy,
         objective=getattr(module, "objective", None),
         mode=getattr(module, "mode", "min"),
+        overwrite=args.overwrite,
+        allow_changed_code=args.allow_changed_code,
     )
+    _say_if_finished_before(result, exp.output_dir, started, args.quiet)
     _print_result(result, exp.output_dir)
     return 0
+
+
+def _say_if_finished_before(result: Any, output_dir: Path, started: float, quiet: bool) -> None:
+    """A fit that had finished before this command trained nothing now: say so."""
+    from cerebro.catalog import Catalog
+
+    catalog = Catalog(output_dir / "catalog.sqlite", readonly=True)
+    try:
+        fit = catalog.fit(result.fit_id)
+    finally:
+        catalog.close()
+    if not quiet and fit["status"] == "done" and (fit["finished"] or started) < started:
+        print(
+            f"cerebro: the fit in {output_dir} was already finished; showing its results "
+            "(to train again, give another --output or delete that folder).",
+            file=sys.stderr,
+        )
 
 
 def _print_result(result: Any, output_dir: Path) -> None:
@@ -93,6 +135,23 @@ def _print_result(result: Any, output_dir: Path) -> None:
     print(f"run directory: {output_dir}")
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (0 is an error, not "not given")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_ALLOW_CHANGED = (
+    "continue the fit although the Minibatch spec's code changed since it started "
+    "(the fit then mixes the two versions)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cerebro", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,11 +159,18 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--workers",
-            type=int,
+            type=_positive,
             help="worker processes (default: the file's, else the number of cores)",
         )
         sp.add_argument("--output", help="run directory (overrides params['output_dir'])")
-        sp.add_argument("--epochs", type=int, help="override num_epochs")
+        sp.add_argument("--epochs", type=_positive, help="override num_epochs")
+        sp.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="discard a fit already in the run directory that this one cannot continue "
+            "(another grid, epochs, seed, data... or other spec code)",
+        )
+        sp.add_argument("--allow-changed-code", action="store_true", help=_ALLOW_CHANGED)
         sp.add_argument(
             "--policy",
             default="fixed",
@@ -147,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an interrupted run in DIR from its catalog")
     res.add_argument("dir", help="run directory")
     res.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    res.add_argument("--allow-changed-code", action="store_true", help=_ALLOW_CHANGED)
     for name, what in (
         ("test", "evaluate a trained model on the test split"),
         ("predict", "write DIR/predictions/<model>.csv for the predict split"),
@@ -158,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
             default="best",
             help="'best' (default), a model id such as m003, or a checkpoint path",
         )
-        sp.add_argument("--batch-size", type=int, help="override the model's batch_size")
+        sp.add_argument("--batch-size", type=_positive, help="override the model's batch_size")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -168,7 +235,11 @@ def _on_saved_run(args: argparse.Namespace) -> int:
     from cerebro.experiment import Experiment
 
     if args.command == "resume":
-        result = Experiment.resume(args.dir, verbose=not args.quiet)
+        started = time.time()
+        result = Experiment.resume(
+            args.dir, verbose=not args.quiet, allow_changed_code=args.allow_changed_code
+        )
+        _say_if_finished_before(result, Path(args.dir).resolve(), started, args.quiet)
         _print_result(result, Path(args.dir).resolve())
         return 0
     exp = Experiment.from_dir(args.dir, verbose=not args.quiet)

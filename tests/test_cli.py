@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -143,24 +144,22 @@ def test_run_experiment_file(tmp_path: Path) -> None:
 def test_bundled_example(tmp_path: Path) -> None:
     env_dir = tmp_path / "data"
     os.environ["CEREBRO_EXAMPLE_DATA"] = str(env_dir)
+    args = ("example", "digits", "--workers", "2", "--epochs", "1")
+    args += ("--output", str(tmp_path / "run"), "-q")
     try:
-        r = _cerebro(
-            "example",
-            "digits",
-            "--workers",
-            "2",
-            "--epochs",
-            "1",
-            "--output",
-            str(tmp_path / "run"),
-            "-q",
-            cwd=tmp_path,
-        )
+        r = _cerebro(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith("m0")]) == 8
+        assert "best: " in r.stdout
+        # the same command again shows the finished run's results and says so
+        again = _cerebro(*args[:-1], cwd=tmp_path)
     finally:
         del os.environ["CEREBRO_EXAMPLE_DATA"]
-    assert r.returncode == 0, r.stderr
-    assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith("m0")]) == 8
-    assert "best: " in r.stdout
+    assert again.returncode == 0, again.stderr
+    assert f"the fit in {tmp_path / 'run'} was already finished; showing its results" in (
+        again.stderr
+    )
+    assert again.stdout == r.stdout
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -169,9 +168,71 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     r = _cerebro("run", str(f), cwd=tmp_path)
     assert r.returncode == 2
     assert "must define etl_spec, minibatch_spec, param_grid at module level" in r.stderr
+    # an error in the experiment file itself: its file, line and error, not cli.main's
+    # traceback with exit 1
+    for source, line, error in (
+        ("import os\nx = 1\ny = torchh.zeros(1)\n", 3, "NameError: name 'torchh' is not"),
+        ("import os\ndef f(:\n    pass\n", 2, "SyntaxError: "),
+    ):
+        f.write_text(source)
+        r = _cerebro("run", str(f), cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(
+            f"cerebro: error: error in experiment file {f} line {line}: {error}"
+        ), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    # 0 (or fewer) workers or epochs is an error, not "not given"
+    for flag, value in (("--workers", "0"), ("--workers", "-2"), ("--epochs", "0")):
+        r = _cerebro("run", str(f), flag, value, cwd=tmp_path)
+        assert r.returncode == 2 and f"argument {flag}: must be at least 1, got {value}" in (
+            r.stderr
+        ), r.stderr
     r = _cerebro("run", str(tmp_path / "missing.py"), cwd=tmp_path)
     assert r.returncode == 2 and "no experiment file" in r.stderr
     r = _cerebro("resume", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert r.returncode == 2 and "holds no Cerebro experiment" in r.stderr
     r = _cerebro("example", "cifar", cwd=tmp_path)
     assert r.returncode == 2 and "choose one of: digits, mnist" in r.stderr
+
+
+def _files(run_dir: Path) -> dict[str, str]:
+    """Every file under ``run_dir`` by its sha256 (the lock file only as being there)."""
+    return {
+        str(p.relative_to(run_dir)): (
+            "lock" if p.name == ".lock" else hashlib.sha256(p.read_bytes()).hexdigest()
+        )
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_broken_then_fixed_then_refused_then_overwritten(tmp_path: Path) -> None:
+    f = tmp_path / "exp.py"
+    good = 'return {"loss": loss.item()}'
+    broken = 'return {"loss": loss.item() / 0}'
+    f.write_text(EXPERIMENT.replace(good, broken))
+    line = EXPERIMENT.splitlines().index(f"        {good}") + 1
+    run = ("run", str(f), "--workers", "2", "-q")
+    # a failing train: the traceback points at the experiment file's line
+    r = _cerebro(*run, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("cerebro: error: Spec.train failed for model m000"), r.stderr
+    assert "checked on one minibatch" in r.stderr and "<dynamic-code>" not in r.stderr
+    assert f'File "{f}", line {line}, in train\n    {broken}' in r.stderr, r.stderr
+    # the fixed file runs in the same folder: the refused fit trained nothing
+    f.write_text(EXPERIMENT)
+    r = _cerebro(*run, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "run"
+    before = _files(out)
+    assert "catalog.sqlite" in before  # and nothing of SQLite's log is left beside it
+    assert not [n for n in before if n.endswith(("-wal", "-shm"))]
+    # another fit on top of it is refused and changes nothing ...
+    r = _cerebro(*run, "--epochs", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "already holds a different fit" in r.stderr, r.stderr
+    assert "--overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert _files(out) == before
+    # ... unless --overwrite
+    r = _cerebro(*run, "--epochs", "3", "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[3] for ln in r.stdout.splitlines()[1:3]] == ["3", "3"]  # epochs
