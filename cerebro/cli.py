@@ -203,13 +203,19 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="write DIR/report.html, its plots and TensorBoard files from the catalog"
     )
     rep.add_argument("dir", help="run directory (the output_dir of a fit)")
-    rep.add_argument("--objective", help="metric that ranks models (default: val_loss)")
-    rep.add_argument("--mode", default="min", choices=("min", "max"), help="default: min")
+    rep.add_argument(
+        "--objective",
+        help="metric that ranks models (default: the fit's own, else val_loss or a val metric)",
+    )
+    rep.add_argument("--mode", choices=("min", "max"), help="default: the fit's own, else min")
     rep.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard files")
     st = sub.add_parser("status", help="progress of a running or finished fit in DIR")
     st.add_argument("dir", help="run directory (the output_dir of a fit)")
-    st.add_argument("--objective", help="metric that ranks models (default: val_loss)")
-    st.add_argument("--mode", default="min", choices=("min", "max"), help="default: min")
+    st.add_argument(
+        "--objective",
+        help="metric that ranks models (default: the fit's own, else val_loss or a val metric)",
+    )
+    st.add_argument("--mode", choices=("min", "max"), help="default: the fit's own, else min")
     res = sub.add_parser("resume", help="continue an interrupted run in DIR from its catalog")
     res.add_argument("dir", help="run directory")
     res.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cerebro import FitResult
+from cerebro import FitResult, cli
 from cerebro._controller import FitState, postfix, replay
 from cerebro._ranking import Best, default_objective, rank
 from cerebro._rundir import save_experiment
@@ -112,7 +112,9 @@ def test_result_status_and_report_name_the_same_best(run_dir: Path) -> None:
     assert by_acc["epoch"] == st_acc.best["epoch"] == 2
 
 
-def test_without_an_objective_everything_ranks_as_the_fit_was_run(run_dir: Path) -> None:
+def test_without_an_objective_everything_ranks_as_the_fit_was_run(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fit = {**{"param_grid": GRID}, **{k: v for k, v in SIGNATURE.items() if k != "grid"}}
     fit |= {"on_error": "continue", "objective": "val_epoch_top_1_acc", "mode": "max"}
     save_experiment(run_dir, {"fit": fit}, "fit", ToySpec())  # what run_fit records
@@ -125,6 +127,8 @@ def test_without_an_objective_everything_ranks_as_the_fit_was_run(run_dir: Path)
     st = read_status(run_dir)
     assert st.best is not None and st.best["model_id"] == "m001"
     assert "best by val_epoch_top_1_acc (max): m001" in status_text(run_dir)
+    assert cli.main(["status", str(run_dir)]) == 0  # no --mode: not "min" either
+    assert "best by val_epoch_top_1_acc (max): m001" in capsys.readouterr().out
     # another objective given: its own mode, not the one the fit was run with
     assert FitResult(run_dir / "catalog.sqlite", 1, "val_epoch_loss").mode == "min"
 

@@ -56,7 +56,7 @@ td.err{color:#a61e1e;max-width:420px;overflow:hidden;text-overflow:ellipsis}
 background:#e6e9ed;color:#1d2125}
 .st-done{background:#d3f0d8;color:#1b5e20}.st-running{background:#d6e8fb;color:#0b4f8a}
 .st-failed{background:#fbd9d9;color:#9b1c1c}.st-diverged{background:#fde7c8;color:#8a4b00}
-.st-stopped{background:#fde7c8;color:#8a4b00}
+.st-stopped,.st-interrupted{background:#fde7c8;color:#8a4b00}
 .fail{margin:8px 0;padding:8px 10px;background:#fff7f7;border-left:3px solid #c44e52}
 .fail summary{cursor:pointer;color:#9b1c1c;margin-top:4px}
 .fail pre{white-space:pre-wrap;font-size:12px;background:#f5f6f8;padding:8px;
