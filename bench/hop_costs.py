@@ -96,8 +96,9 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     from cerebro import Experiment
     from cerebro.allocator import keep_freed_memory
     from cerebro.engine._process import Child
+    from cerebro.engine.messages import HopTask
     from cerebro.partitions import Partition, partition_path
-    from cerebro.worker import HopTask, _save, _seed, setup_worker
+    from cerebro.worker import _save, _seed, setup_worker
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as a worker does: freed minibatches are reused, not faulted in

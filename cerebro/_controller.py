@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cerebro import _ranking
+from cerebro import _live, _ranking
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
+from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import CerebroError, UserCodeError
 from cerebro.params import ModelConfig
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
+from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
-from cerebro.worker import HopTask, UserFailure
 
 __all__ = ["FitState", "derive_seed", "postfix", "replay", "run_loop"]
 
@@ -58,10 +59,25 @@ class FitState:
     best: _ranking.Best | None = None  # the fit's best so far (catalog included), for the bar
     deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
     quiet: bool = False  # hide what metrics_agg prints (verbose=False: no progress bar)
-    index: dict[str, int] = field(init=False)  # model id -> rank among the ids (seeds)
+    index: dict[str, int] = field(init=False)  # model id -> its place in ask order (seeds)
+    ended: list[tuple[str, str]] = field(default_factory=list)  # (model, status) to tell
+    model_best: dict[str, _ranking.Best] = field(default_factory=dict)  # each model's best
+    planned: int | None = None  # models the search will ask in all (progress)
 
     def __post_init__(self) -> None:
-        self.index = {m: i for i, m in enumerate(sorted(self.configs))}
+        self.index = {m: i for i, m in enumerate(sorted(self.configs, key=ask_order))}
+
+    def add(self, config: ModelConfig) -> None:
+        """A model the search just asked for joins the fit."""
+        self.configs[config.model_id] = config
+        self.index[config.model_id] = len(self.index)
+        self.checkpoint[config.model_id] = None
+        self.train_hops[config.model_id] = 0
+
+
+def ask_order(model_id: str) -> tuple[int, str]:
+    """Sort key of model ids in the order they were asked (``m999`` before ``m1000``)."""
+    return len(model_id), model_id
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
@@ -102,6 +118,7 @@ def _replay_best(catalog: Catalog, state: FitState) -> None:
     if state.objective is not None:
         ranked = _ranking.rank(metrics, state.objective, state.mode)
         state.best = ranked[0] if ranked else None
+        state.model_best = {b.model_id: b for b in ranked}
 
 
 def _task(state: FitState, hop: Hop) -> HopTask:
@@ -168,12 +185,15 @@ def _finish_epoch(
         for b in _ranking.rank(rows, state.objective, state.mode):
             if _ranking.better(b, state.best, state.mode):
                 state.best = b
+            if _ranking.better(b, state.model_best.get(b.model_id), state.mode):
+                state.model_best[b.model_id] = b
     ck = state.checkpoint[end.model_id]
     if ck is not None:
         state.keep.add(ck)
     catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
     if last:
         catalog.set_model_status(state.fit_id, end.model_id, "done")
+        state.ended.append((end.model_id, "done"))
 
 
 def _fail_model(
@@ -182,6 +202,7 @@ def _fail_model(
     catalog.set_model_status(state.fit_id, model_id, status, message)
     sched.drop_model(model_id)
     state.failures.append(message)
+    state.ended.append((model_id, status))
 
 
 # A model whose hop killed its worker process this many times is failed, not retried forever.
@@ -189,9 +210,18 @@ MAX_MODEL_DEATHS = 2
 
 
 def run_loop(
-    catalog: Catalog, state: FitState, sched: Scheduler, engine: Engine, progress: Any
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    engine: Engine,
+    progress: Any,
+    search: Search | None = None,
 ) -> None:
     """Run hops until the scheduler is done. Raises only when ``on_error="stop"``.
+
+    With a ``search``, each model's end is told to it and new models are asked for as
+    room frees up (NOTE [ search seam ]), before the next hops are assigned, so a worker
+    that a finished model freed gets the new model at once.
 
     NOTE [ submit before recording ]
     A worker waits from the moment its hop ends until its next task arrives, so each round
@@ -221,6 +251,8 @@ def run_loop(
         try:
             for event in other:
                 _record_event(catalog, state, sched, hop_ids, event, progress)
+            if search is not None and state.ended:
+                _live.refresh(catalog, state, sched, search)
             assigned = [] if sched.done else sched.assign() + sched.assign_next()
             for a in assigned:
                 engine.submit(a.worker, _task(state, a.hop))
@@ -297,6 +329,8 @@ def postfix(state: FitState, sched: Scheduler) -> str:
     live = [m for m in state.configs if sched.remaining_hops(m) > 0]
     epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
     text = f"epoch {epoch + 1}/{state.num_epochs}"
+    if state.planned is not None:  # a search: models finished of those it will try
+        text += f", models {len(sched.model_ids) - sched.live}/{state.planned}"
     if state.best is not None and state.objective is not None:
         text += f", best {state.objective}={state.best.value:.4g} ({state.mode})"
     return text

@@ -17,9 +17,9 @@ import torch
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
+from cerebro.engine.messages import HopOutcome, HopTask
 from cerebro.errors import ParamsError, SpecError, UserCodeError
 from cerebro.spec import MinibatchMetrics, MinibatchSpec, defines_hook
-from cerebro.worker import HopOutcome, HopTask
 
 __all__ = [
     "ACCEPTED_FORMATS",

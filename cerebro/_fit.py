@@ -12,15 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cerebro._controller import FitState, replay, run_loop
+from cerebro import _live
+from cerebro._controller import FitState, ask_order, replay, run_loop
 from cerebro._evaluate import import_start
+from cerebro._settings import FitSettings
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
+from cerebro.engine.messages import HopTask
 from cerebro.errors import ParamsError, UserCodeError
 from cerebro.params import ModelConfig
 from cerebro.scheduler import Scheduler
 from cerebro.spec import MinibatchSpec
-from cerebro.worker import HopTask
 
 __all__ = ["run_fit_loop"]
 
@@ -29,22 +31,23 @@ def run_fit_loop(
     catalog: Catalog,
     fit_id: int,
     spec: MinibatchSpec,
-    configs: list[ModelConfig],
     manifest: dict[str, Any],
-    settings: dict[str, Any],
+    settings: FitSettings,
     *,
     workers: int,
     models_dir: Path,
     start_dir: Path | None,
+    search_dir: Path,
     make_engine: Callable[[list[dict[str, list[int]]]], Engine],
     verbose: bool,
 ) -> None:
     """Run (or resume) fit ``fit_id`` to its end: replay the catalog, probe, run every hop.
 
-    ``settings`` holds ``run_fit``'s ``num_epochs, seed, policy, on_error, objective,
-    mode``; ``start_dir`` is params' ``models_dir`` (pre-trained starting points).
+    The fit's models come from its search (``settings.make_search``; the grid asks for all
+    of them at once): those the catalog holds are replayed, the search is told their ends,
+    and it is asked for more while hops run. ``start_dir`` is params' ``models_dir``
+    (pre-trained starting points).
     """
-    num_epochs, seed, policy = settings["num_epochs"], settings["seed"], settings["policy"]
     w = workers
     splits = manifest["splits"]
     train_owner = {p: p % w for p, n in enumerate(splits["train"]["sizes"])}
@@ -53,26 +56,32 @@ def run_fit_loop(
         if "val" in splits
         else {}
     )
+    rows = sorted(catalog.models(fit_id), key=lambda r: ask_order(r["model_id"]))
+    configs = [ModelConfig(r["model_id"], json.loads(r["hyperparams"])) for r in rows]
     sched = Scheduler(
         [c.model_id for c in configs],
-        num_epochs=num_epochs,
+        num_epochs=settings.num_epochs,
         train_owner=train_owner,
         val_owner=val_owner,
-        policy=policy,
-        seed=seed,
+        policy=settings.policy,
+        seed=settings.seed,
     )
     state = FitState(
         fit_id,
         spec,
         {c.model_id: c for c in configs},
         models_dir,
-        seed,
-        num_epochs,
-        settings["on_error"],
-        objective=settings["objective"],
-        mode=settings["mode"],
+        settings.seed,
+        settings.num_epochs,
+        settings.on_error,
+        objective=settings.objective,
+        mode=settings.mode,
+        planned=None if settings.search == "grid" else settings.planned_models(),
     )
     replay(catalog, state, sched)
+    search = settings.make_search(search_dir, w)
+    _live.restore(catalog, state, search)
+    _live.add_models(catalog, state, sched, search)
     if start_dir is not None:
         # Pre-trained starting points, as the original's models_dir: <model_id>.pt, checked
         # here (a bad file is one error before any work) and, in the original's whole-object
@@ -93,10 +102,13 @@ def run_fit_loop(
         for p, worker in owner.items():
             owned[worker].setdefault(split, []).append(p)
     engine = make_engine(owned)
-    progress = _bar(sched.total_hops(), sched.total_hops() - sched.remaining_hops(), verbose)
+    per_model = settings.num_epochs * (len(train_owner) + len(val_owner))
+    done = sched.total_hops() - sched.remaining_hops()
+    progress = _bar(settings.planned_models() * per_model, done, verbose)
     try:
-        _probe(engine, configs[0], train_owner, val_owner, settings["objective"])
-        run_loop(catalog, state, sched, engine, progress)
+        first = next(iter(state.configs.values()))
+        _probe(engine, first, train_owner, val_owner, settings.objective)
+        run_loop(catalog, state, sched, engine, progress, search)
     except BaseException:
         catalog.set_fit_status(fit_id, "stopped")
         progress.leave = False  # cleared, not left with a newline: the error follows directly

@@ -25,10 +25,10 @@ import cloudpickle
 
 from cerebro.catalog import Catalog
 from cerebro.errors import CerebroError, ParamsError
-from cerebro.params import ModelConfig
 
 __all__ = [
     "FitPlan",
+    "SEARCH_DIR",
     "RunLock",
     "code_fingerprint",
     "load_experiment",
@@ -41,6 +41,7 @@ __all__ = [
 _CLI_FLAGS = "(cerebro: --allow-changed-code, --overwrite, --output)"
 
 _SESSION = "experiment.json"
+SEARCH_DIR = "search"  # the fit's Optuna study and sampler (cerebro/search/_optuna.py)
 
 
 class RunLock:
@@ -218,10 +219,11 @@ def open_fit(
     run_dir: Path,
     signature: str,
     code: str,
-    configs: list[ModelConfig],
+    planned: int,
     workers: int,
 ) -> int:
-    """Carry out ``plan``: the id of the fit to run, created when there is none."""
+    """Carry out ``plan``: the id of the fit to run, created (with no model yet: its
+    search asks for them) when there is none."""
     if plan.fit_id is not None:
         if plan.code_changed:
             catalog.set_fit_code(plan.fit_id, code)
@@ -229,5 +231,6 @@ def open_fit(
     if plan.replace is not None:
         catalog.delete_fit(plan.replace)
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-    config = {"models": len(configs), "workers": workers, "code": code}
-    return catalog.create_fit(signature, config, [(c.model_id, c.hyperparams) for c in configs])
+    shutil.rmtree(run_dir / SEARCH_DIR, ignore_errors=True)  # a study no fit owns any more
+    config = {"models": planned, "workers": workers, "code": code}
+    return catalog.create_fit(signature, config, [])

@@ -137,6 +137,14 @@ class Catalog:
             )
         return fit_id
 
+    def add_models(self, fit_id: int, models: list[tuple[str, dict[str, Any]]]) -> None:
+        """Models a search asked for join the fit as ``pending`` (one transaction)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO models(fit_id, model_id, hyperparams, status) VALUES (?,?,?,?)",
+                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models],
+            )
+
     def fit_code(self, fit_id: int) -> str | None:
         """The fingerprint of the Minibatch spec code the fit was trained with (None for a
         catalog from before fits recorded it)."""

@@ -43,11 +43,15 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as e:
         raise CerebroError(_file_error(path, e)) from e
+    if not hasattr(module, "param_grid") and hasattr(module, "space"):
+        module.param_grid = module.space  # type: ignore[attr-defined]  # a space: same slot
     missing = [n for n in _REQUIRED if not hasattr(module, n)]
     if missing:
         raise CerebroError(
             f"{path} must define {', '.join(missing)} at module level (an experiment file "
-            f"defines {', '.join(_REQUIRED)}, and optionally seed, fraction, workers)."
+            f"defines {', '.join(_REQUIRED)} (or space instead of param_grid), and "
+            "optionally seed, fraction, workers, objective, mode, search, num_models, "
+            "max_live_models, deterministic)."
         )
     return module
 
@@ -88,6 +92,10 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
         policy=args.policy,
         objective=getattr(module, "objective", None),
         mode=getattr(module, "mode", "min"),
+        search=getattr(module, "search", "grid"),
+        num_models=getattr(module, "num_models", None),
+        max_live_models=getattr(module, "max_live_models", None),
+        deterministic=getattr(module, "deterministic", False),
         overwrite=args.overwrite,
         allow_changed_code=args.allow_changed_code,
     )
@@ -124,8 +132,9 @@ def _print_result(result: Any, output_dir: Path) -> None:
     try:
         best = result.best
         print(
-            f"\nbest: {best['model_id']} {best['hyperparams']} "
-            f"{best['objective']}={best['value']:.4f}"
+            f"\nbest by {best['objective']} ({best['mode']}): {best['model_id']} "
+            f"{best['hyperparams']} {best['objective']}={best['value']:.4f} "
+            f"at epoch {best['epoch']}"
         )
     except ValueError as e:
         print(f"\nno best model: {e}")

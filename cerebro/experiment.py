@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from cerebro._evaluate import (
 )
 from cerebro._fit import run_fit_loop
 from cerebro._rundir import (
+    SEARCH_DIR,
     RunLock,
     code_fingerprint,
     load_experiment,
@@ -37,6 +37,7 @@ from cerebro._rundir import (
     reading,
     save_experiment,
 )
+from cerebro._settings import FitSettings, positive_int
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
@@ -45,29 +46,17 @@ from cerebro.errors import CerebroError, ParamsError, SpecError
 from cerebro.etl._run import _fingerprint as etl_fingerprint
 from cerebro.params import (
     ETL_MARK,
-    ModelConfig,
     Params,
     check_etl_dir,
-    expand_grid,
     is_etl_output,
     validate_params,
 )
 from cerebro.result import FitResult
-from cerebro.scheduler import POLICIES
 from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
 
 __all__ = ["Experiment"]
 
-_ON_ERROR = ("continue", "stop")
 _ENGINES = ("local", "ray")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-    if value < 1:
-        raise ParamsError(f"{name} must be at least 1, got {value}.")
-    return value
 
 
 def _picklable(spec: object) -> None:
@@ -81,36 +70,9 @@ def _picklable(spec: object) -> None:
         ) from e
 
 
-def _fit_settings(
-    spec: MinibatchSpec,
-    param_grid: Mapping[str, Sequence[Any]],
-    num_epochs: int,
-    seed: int,
-    policy: str,
-    on_error: str,
-    objective: str | None,
-    mode: str,
-) -> tuple[list[ModelConfig], dict[str, Any]]:
-    """Check ``run_fit``'s arguments before any work: the grid's configs and the settings."""
+def _check_fit_spec(spec: MinibatchSpec) -> None:
     check_spec(spec, MinibatchSpec)
     _picklable(spec)
-    num_epochs = _positive_int("num_epochs", num_epochs)
-    if policy not in POLICIES:
-        raise ParamsError(f"policy must be one of {POLICIES}, got {policy!r}.")
-    if on_error not in _ON_ERROR:
-        raise ParamsError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}.")
-    if mode not in ("min", "max"):
-        raise ParamsError(f"mode must be 'min' or 'max', got {mode!r}.")
-    configs = expand_grid(param_grid)
-    settings: dict[str, Any] = {
-        "num_epochs": num_epochs,
-        "seed": seed,
-        "policy": policy,
-        "on_error": on_error,
-        "objective": objective,
-        "mode": mode,
-    }
-    return configs, settings
 
 
 class Experiment:
@@ -154,7 +116,7 @@ class Experiment:
         verbose: bool = True,
     ):
         self.params: Params = validate_params(params)
-        self.workers = _positive_int(
+        self.workers = positive_int(
             "workers", workers if workers is not None else (os.cpu_count() or 1)
         )
         if engine not in _ENGINES:
@@ -298,13 +260,12 @@ class Experiment:
                 "script that called run_etl and run_fit again (the finished ETL is reused), "
                 "or start with Experiment.run, which records both steps before either starts."
             )
-        fit = dict(session["fit"])
-        grid = fit.pop("param_grid")
+        settings = FitSettings.from_json(session["fit"], exp.output_dir / SEARCH_DIR)
         spec = exp.saved_spec("fit")
         etl_step = None
         if "etl" in session and exp.params.etl_dir is None:
             etl_step = (exp.saved_spec("etl"), dict(session["etl"]))
-        return exp._run_steps(etl_step, spec, grid, fit, False, allow_changed_code)
+        return exp._run_steps(etl_step, spec, settings, False, allow_changed_code)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -498,17 +459,11 @@ class Experiment:
         """Check ``run_etl``'s arguments before any work."""
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-        parts = _positive_int("partitions", partitions if partitions is not None else self.workers)
+        parts = positive_int("partitions", partitions if partitions is not None else self.workers)
         return {"fraction": fraction, "seed": seed, "partitions": parts}
 
-    def _remember_fit(
-        self,
-        spec: MinibatchSpec,
-        param_grid: Mapping[str, Sequence[Any]],
-        settings: dict[str, Any],
-    ) -> None:
-        grid = {k: list(v) for k, v in param_grid.items()}
-        self._remember("fit", {"param_grid": grid, **settings}, spec)
+    def _remember_fit(self, spec: MinibatchSpec, settings: FitSettings) -> None:
+        self._remember("fit", settings.to_json(), spec)
 
     def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
         save_experiment(
@@ -531,7 +486,7 @@ class Experiment:
         self,
         etl_spec: ETLSpec,
         spec: MinibatchSpec,
-        param_grid: Mapping[str, Sequence[Any]],
+        param_grid: Any,
         num_epochs: int,
         seed: int = 1,
         *,
@@ -541,6 +496,10 @@ class Experiment:
         on_error: str = "continue",
         objective: str | None = None,
         mode: str = "min",
+        search: Any = "grid",
+        num_models: int | None = None,
+        max_live_models: int | None = None,
+        deterministic: bool = False,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -555,30 +514,34 @@ class Experiment:
         check_spec(etl_spec, ETLSpec)
         _picklable(etl_spec)
         etl_settings = self._etl_settings(fraction, seed, partitions)
-        fit = {
-            "num_epochs": num_epochs,
-            "seed": seed,
-            "policy": policy,
-            "on_error": on_error,
-            "objective": objective,
-            "mode": mode,
-        }
+        settings = FitSettings.check(
+            param_grid,
+            num_epochs,
+            seed,
+            policy=policy,
+            on_error=on_error,
+            objective=objective,
+            mode=mode,
+            search=search,
+            num_models=num_models,
+            max_live_models=max_live_models,
+            deterministic=deterministic,
+        )
         return self._run_steps(
-            (etl_spec, etl_settings), spec, param_grid, fit, overwrite, allow_changed_code
+            (etl_spec, etl_settings), spec, settings, overwrite, allow_changed_code
         )
 
     def _run_steps(
         self,
         etl_step: tuple[ETLSpec, dict[str, Any]] | None,
         spec: MinibatchSpec,
-        param_grid: Mapping[str, Sequence[Any]],
-        fit: dict[str, Any],
+        settings: FitSettings,
         overwrite: bool,
         allow_changed_code: bool,
     ) -> FitResult:
         """:meth:`run` and :meth:`resume`: check both steps, record them, run the ETL (when
         ``etl_step`` gives its spec and settings) and the fit."""
-        _, settings = _fit_settings(spec, param_grid, **fit)
+        _check_fit_spec(spec)
         with self._locked(), self._etl_locked():
             manifest: dict[str, Any] | None
             if etl_step is None:
@@ -590,9 +553,7 @@ class Experiment:
             else:  # the ETL writes the data: as many partitions as its settings say
                 assert etl_step is not None
                 self._check_workers(int(etl_step[1]["partitions"]))
-            signature = (
-                None if manifest is None else self._signature(spec, param_grid, settings, manifest)
-            )
+            signature = None if manifest is None else self._signature(spec, settings, manifest)
             code = code_fingerprint(spec)
             with reading(self.catalog_path) as catalog:
                 plan_fit(catalog, self.output_dir, signature, code, overwrite, allow_changed_code)
@@ -601,25 +562,19 @@ class Experiment:
                 etl_spec, etl_settings = etl_step
                 if self.params.etl_dir is None:
                     self._remember("etl", etl_settings, etl_spec)
-                self._remember_fit(spec, param_grid, settings)
+                self._remember_fit(spec, settings)
                 self.run_etl(
                     etl_spec,
                     etl_settings["fraction"],
                     etl_settings["seed"],
                     partitions=etl_settings["partitions"],
                 )
-            return self.run_fit(
-                spec,
-                param_grid,
-                overwrite=overwrite,
-                allow_changed_code=allow_changed_code,
-                **settings,
-            )
+            return self._fit(spec, settings, overwrite, allow_changed_code)
 
     def run_fit(
         self,
         spec: MinibatchSpec,
-        param_grid: Mapping[str, Sequence[Any]],
+        param_grid: Any,
         num_epochs: int,
         seed: int = 1,
         *,
@@ -627,10 +582,15 @@ class Experiment:
         on_error: str = "continue",
         objective: str | None = None,
         mode: str = "min",
+        search: Any = "grid",
+        num_models: int | None = None,
+        max_live_models: int | None = None,
+        deterministic: bool = False,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
-        """Train every configuration of ``param_grid`` for ``num_epochs`` with MOP.
+        """Train the models of ``param_grid`` (a grid, or a space a search draws from)
+        for ``num_epochs`` each with MOP.
 
         Calling it again with the same arguments on the same data resumes an interrupted
         fit (or returns the finished one) without redoing any completed hop. Every check
@@ -638,14 +598,30 @@ class Experiment:
 
         Args:
             spec: the user's Minibatch spec instance.
-            param_grid: ``{name: [values]}``; needs ``batch_size``.
+            param_grid: ``{name: [values]}`` (a grid axis), or with a sampler also
+                distributions (``cerebro.search.loguniform(1e-4, 1e-1)``, ``randint``,
+                ``uniform``, ``choice``); or a list of such dicts, their union. Needs
+                ``batch_size``.
             num_epochs: passes over the train data per model.
-            seed: fixes model initialisation and the row order inside every hop.
+            seed: fixes model initialisation, the row order inside every hop and the
+                sampler's draws. A model's seeds depend on the seed and its id only.
             policy: hop order, one of ``"fixed"`` (bit-identical runs), ``"lrf"`` (most
                 remaining work first) or ``"random"`` (the original's randomized greedy).
             on_error: ``"continue"`` marks a failing model failed and goes on; ``"stop"``
                 stops the fit at the first failure.
-            objective, mode: how :attr:`FitResult.best` ranks models.
+            objective, mode: how :attr:`FitResult.best` ranks models, and what a search
+                optimizes (each model's best value at any epoch).
+            search: ``"grid"`` (every point, the default), ``"random"``, ``"tpe"``, or
+                any ``optuna.samplers.BaseSampler`` instance; models are asked from it
+                while the fit runs, through Optuna's ask-and-tell, and the study is kept
+                in ``DIR/search/`` (``FitResult.study``).
+            num_models: how many models a search tries (not for the grid).
+            max_live_models: models training at once (default: every grid point; twice
+                the workers for a search). A new model is asked whenever one ends.
+            deterministic: a search's asks in generations of ``max_live_models``, each
+                told only the results of earlier ones, so an adaptive sampler (TPE) gives
+                the same models for the same seed whatever the timing; workers wait for
+                each generation's slowest model.
             overwrite: discard an earlier fit in this run directory that this call cannot
                 continue: a different one, or this one trained with other spec code. (A fit
                 that trained nothing, e.g. one whose spec the probe rejected, is replaced
@@ -658,42 +634,64 @@ class Experiment:
                 or this fit trained with other code (see ``overwrite`` and
                 ``allow_changed_code``), or the data has fewer partitions than workers.
         """
-        configs, settings = _fit_settings(
-            spec, param_grid, num_epochs, seed, policy, on_error, objective, mode
+        _check_fit_spec(spec)
+        settings = FitSettings.check(
+            param_grid,
+            num_epochs,
+            seed,
+            policy=policy,
+            on_error=on_error,
+            objective=objective,
+            mode=mode,
+            search=search,
+            num_models=num_models,
+            max_live_models=max_live_models,
+            deterministic=deterministic,
         )
+        return self._fit(spec, settings, overwrite, allow_changed_code)
+
+    def _fit(
+        self, spec: MinibatchSpec, settings: FitSettings, overwrite: bool, allow_changed_code: bool
+    ) -> FitResult:
         with self._locked():
             manifest = self._train_manifest()
             self._check_workers(int(manifest["partitions"]))
-            signature = self._signature(spec, param_grid, settings, manifest)
+            signature = self._signature(spec, settings, manifest)
             code = code_fingerprint(spec)
             with reading(self.catalog_path) as reader:
                 plan_fit(reader, self.output_dir, signature, code, overwrite, allow_changed_code)
             # NOTE: every refusal is above this line; nothing was written before it.
-            self._remember_fit(spec, param_grid, settings)
+            self._remember_fit(spec, settings)
             catalog = Catalog(self.catalog_path)
             try:
                 plan = plan_fit(
                     catalog, self.output_dir, signature, code, overwrite, allow_changed_code
                 )
                 fit_id = open_fit(
-                    catalog, plan, self.output_dir, signature, code, configs, self.workers
+                    catalog,
+                    plan,
+                    self.output_dir,
+                    signature,
+                    code,
+                    settings.planned_models(),
+                    self.workers,
                 )
                 run_fit_loop(
                     catalog,
                     fit_id,
                     spec,
-                    configs,
                     manifest,
                     settings,
                     workers=self.workers,
                     models_dir=self.output_dir / "models",
                     start_dir=self.params.models_dir,
+                    search_dir=self.output_dir / SEARCH_DIR,
                     make_engine=lambda owned: self._engine(spec, owned),
                     verbose=self.verbose,
                 )
             finally:
                 catalog.close()
-        result = FitResult(self.catalog_path, fit_id, objective, mode)
+        result = FitResult(self.catalog_path, fit_id, settings.objective, settings.mode)
         result.spec = spec
         return result
 
@@ -749,25 +747,10 @@ class Experiment:
             )
 
     def _signature(
-        self,
-        spec: MinibatchSpec,
-        param_grid: Mapping[str, Sequence[Any]],
-        settings: dict[str, Any],
-        manifest: dict[str, Any],
+        self, spec: MinibatchSpec, settings: FitSettings, manifest: dict[str, Any]
     ) -> str:
         """What makes a fit this fit; its code is checked apart (NOTE [ fit identity ])."""
-        return json.dumps(
-            {
-                "grid": {k: list(v) for k, v in param_grid.items()},
-                "num_epochs": settings["num_epochs"],
-                "seed": settings["seed"],
-                "policy": settings["policy"],
-                "spec": type(spec).__qualname__,
-                "data": manifest["fingerprint"],
-                "workers": self.workers,
-            },
-            sort_keys=True,
-        )
+        return settings.signature(spec, manifest["fingerprint"], self.workers)
 
     def _model(self, catalog: Catalog, model_tag: str) -> Any:
         def best(fit_id: int) -> dict[str, Any]:

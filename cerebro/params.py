@@ -5,7 +5,6 @@ Everything here runs before any process starts, so a typo costs a second, not a 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -219,54 +218,18 @@ class ModelConfig:
         return int(self.hyperparams["batch_size"])
 
 
-def _check_value(key: str, value: Any) -> None:
-    try:
-        json.dumps(value)
-    except TypeError as e:
-        raise TypeError(
-            f"param_grid[{key!r}] holds {value!r} ({type(value).__name__}), which cannot be "
-            "stored in the catalog; use numbers, strings, booleans, None or lists of them."
-        ) from e
-
-
 def expand_grid(param_grid: Mapping[str, Sequence[Any]]) -> list[ModelConfig]:
     """Expand ``{name: [values]}`` into the cross product, in a stable order.
 
     Model ids are ``m000``, ``m001``... in the order of the product over the keys as given,
-    so the same grid always gives the same ids.
+    so the same grid always gives the same ids. The rules (and a list of grids, their
+    union) are :func:`cerebro.search.parse_space`'s and :func:`~cerebro.search.grid_points`'.
 
     Raises:
         TypeError: the grid is not a dict of lists, or a value is not JSON-like.
         ParamsError: empty grid, an empty value list, no ``batch_size``, or a
             ``batch_size`` that is not a positive integer.
     """
-    if not isinstance(param_grid, Mapping):
-        raise TypeError(f"param_grid must be a dict of lists, got {type(param_grid).__name__}.")
-    if not param_grid:
-        raise ParamsError("param_grid is empty; give at least {'batch_size': [32]}.")
-    keys = list(param_grid)
-    for key in keys:
-        if not isinstance(key, str):
-            raise TypeError(f"param_grid keys must be strings, got {key!r}.")
-        values = param_grid[key]
-        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-            raise TypeError(
-                f"param_grid[{key!r}] must be a list of values, got {values!r}; "
-                f"write {key!r}: [{values!r}] for a single value."
-            )
-        if len(values) == 0:
-            raise ParamsError(f"param_grid[{key!r}] is an empty list; give at least one value.")
-        for v in values:
-            _check_value(key, v)
-    if "batch_size" not in param_grid:
-        raise ParamsError(
-            "param_grid needs 'batch_size' (minibatch size, a positive integer): "
-            "e.g. param_grid['batch_size'] = [32, 64]."
-        )
-    for b in param_grid["batch_size"]:
-        if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
-            raise ParamsError(f"param_grid['batch_size'] must hold positive integers, got {b!r}.")
-    configs = []
-    for i, combo in enumerate(itertools.product(*(param_grid[k] for k in keys))):
-        configs.append(ModelConfig(f"m{i:03d}", dict(zip(keys, combo, strict=True))))
-    return configs
+    from cerebro.search import grid_points, parse_space  # cerebro.search imports this module
+
+    return grid_points(parse_space(param_grid, search="grid"))

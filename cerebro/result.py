@@ -47,7 +47,10 @@ class FitResult:
         self.fit_id = fit_id
         cat = Catalog(self.catalog_path, readonly=True)
         try:
-            self._models = [dict(r) for r in cat.models(fit_id)]
+            self._models = sorted(
+                (dict(r) for r in cat.models(fit_id)),
+                key=lambda m: (len(m["model_id"]), m["model_id"]),  # in the order asked
+            )
             self._metrics = [dict(r) for r in cat.metrics(fit_id)]
             self._checkpoints = {
                 (r["model_id"], r["epoch"]): r["path"]
@@ -114,7 +117,8 @@ class FitResult:
 
     @property
     def table(self) -> pd.DataFrame:
-        """One row per model: hyperparameters, epochs done, last epoch's metrics, the best
+        """One row per model, in the order they were asked: the trial number (the Optuna
+        trial's, or the grid point's), hyperparameters, epochs done, last epoch's metrics, the best
         value of the objective (column ``best_<objective>``) and the epoch it was reached
         (``best_epoch``, from 1), training seconds (sum of its hops), status and error.
 
@@ -127,7 +131,8 @@ class FitResult:
         rows = []
         for model in self._models:
             mid = model["model_id"]
-            row: dict[str, Any] = {"model_id": mid, **json.loads(model["hyperparams"])}
+            row: dict[str, Any] = {"model_id": mid, "trial": int(mid.removeprefix("m"))}
+            row |= json.loads(model["hyperparams"])
             row["epochs"] = last.get(mid, -1) + 1
             for m in self._metrics:
                 if m["model_id"] == mid and m["epoch"] == last.get(mid):
@@ -200,6 +205,19 @@ class FitResult:
         from cerebro.report import write_report
 
         return write_report(self.catalog_path.parent, self.objective, self.mode)
+
+    @property
+    def study(self) -> Any:
+        """The fit's Optuna study (``search="random"``, ``"tpe"`` or a sampler), read from
+        ``DIR/search/study.log``: ``optuna.visualization`` and ``optuna-dashboard`` work on
+        it. Trial *n* is model ``m<n>``; a trial's value is the model's best objective.
+
+        Raises:
+            ValueError: a grid fit (no study).
+        """
+        from cerebro.search._optuna import open_study
+
+        return open_study(self.catalog_path.parent / "search", self.fit_id)
 
     def __repr__(self) -> str:
         return (

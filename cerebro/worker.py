@@ -26,7 +26,6 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,53 +34,12 @@ import torch
 
 from cerebro._pack import pack
 from cerebro.allocator import keep_freed_memory
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.model_cache import ModelCache, default_budget
 from cerebro.partitions import Partition, partition_path
 from cerebro.spec import MinibatchSpec
 
-__all__ = ["HopOutcome", "HopTask", "UserFailure", "run_hop", "setup_worker"]
-
-
-@dataclass(frozen=True)
-class HopTask:
-    """One hop, as the controller sends it to a worker."""
-
-    model_id: str
-    hyperparams: dict[str, Any]
-    kind: str  # "train", "val", "test", "predict" or "probe"
-    partition: int
-    epoch: int
-    in_ckpt: str | None  # None: the model's first hop, build it fresh with init_seed
-    out_ckpt: str | None  # where a train hop writes the new state
-    init_seed: int
-    shuffle_seed: int
-
-
-@dataclass
-class HopOutcome:
-    """What a finished hop returns: per-minibatch metrics and where the time went."""
-
-    metrics: dict[str, list[float]]
-    batch_sizes: list[int]
-    rows: int
-    start: float
-    end: float
-    user_seconds: float  # inside the user's train/valtest
-    load_seconds: float  # building the model and loading its state
-    save_seconds: float
-    pid: int = field(default_factory=os.getpid)
-    nonfinite: str | None = None  # first metric that was NaN/inf, if any
-    predictions: list[tuple[int, Any, float]] | None = None  # (row id, class, confidence)
-
-
-@dataclass
-class UserFailure:
-    """A user's spec function raised, or returned something unusable."""
-
-    function: str
-    message: str
-    traceback: str
-    system: bool = False  # not the model's fault (disk full...): stop the fit, fail no model
+__all__ = ["run_hop", "setup_worker"]
 
 
 def setup_worker(

@@ -101,6 +101,7 @@ def test_run_experiment_file(tmp_path: Path) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].split() == [
         "model_id",
+        "trial",
         "lr",
         "batch_size",
         "epochs",
@@ -113,7 +114,7 @@ def test_run_experiment_file(tmp_path: Path) -> None:
         "status",
     ]
     assert lines[1].split()[0] == "m000" and lines[1].split()[-1] == "done"
-    assert "best: m0" in r.stdout
+    assert "best by val_loss (min): m0" in r.stdout
     assert (out / "catalog.sqlite").is_file()
     finished = _recorded(out)
     assert len(finished["hops"]) == 2 * 2 * 2 * 2  # models x (train, val) x partitions x epochs
@@ -150,7 +151,7 @@ def test_bundled_example(tmp_path: Path) -> None:
         r = _cerebro(*args, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith("m0")]) == 8
-        assert "best: " in r.stdout
+        assert "best by " in r.stdout
         # the same command again shows the finished run's results and says so
         again = _cerebro(*args[:-1], cwd=tmp_path)
     finally:
@@ -235,4 +236,6 @@ def test_broken_then_fixed_then_refused_then_overwritten(tmp_path: Path) -> None
     # ... unless --overwrite
     r = _cerebro(*run, "--epochs", "3", "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert [ln.split()[3] for ln in r.stdout.splitlines()[1:3]] == ["3", "3"]  # epochs
+    header, *rows = r.stdout.splitlines()[:3]
+    epochs = header.split().index("epochs")
+    assert [ln.split()[epochs] for ln in rows] == ["3", "3"]

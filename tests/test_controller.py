@@ -17,10 +17,10 @@ from tqdm import tqdm
 from cerebro._controller import FitState, run_loop
 from cerebro.catalog import Catalog
 from cerebro.engine import HopDone, HopFailed, WorkerLost
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.errors import UserCodeError
 from cerebro.params import expand_grid
 from cerebro.scheduler import Scheduler
-from cerebro.worker import HopOutcome, HopTask, UserFailure
 from toy import ToySpec
 
 

@@ -97,7 +97,8 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
 def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     tmp_path: Path,
 ) -> None:
-    from cerebro.worker import HopTask, _save
+    from cerebro.engine.messages import HopTask
+    from cerebro.worker import _save
 
     model, opt = _model_and_adam()
     task = HopTask("m0", {"lr": 0.1}, "train", 0, 0, None, None, 1, 2)

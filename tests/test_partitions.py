@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cerebro import Experiment
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.partitions import Partition, PartitionWriter, StructureError, write_partition
-from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+from cerebro.worker import run_hop, setup_worker
 from toy import ToyETL, ToySpec
 
 

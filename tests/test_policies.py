@@ -32,8 +32,9 @@ import torch
 from cerebro import Experiment, FitResult
 from cerebro._controller import derive_seed
 from cerebro.engine.local import threads_per_worker
+from cerebro.engine.messages import HopOutcome, HopTask
 from cerebro.scheduler import Hop, Scheduler
-from cerebro.worker import HopOutcome, HopTask, run_hop, setup_worker
+from cerebro.worker import run_hop, setup_worker
 from toy import ToySpec, hop_rows
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32, 64]}

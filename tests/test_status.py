@@ -158,7 +158,8 @@ def test_report_after_resume_cuts_out_the_downtime(live: dict[str, Any]) -> None
     # active time is exactly the wall time less the time no driver ran.
     assert st.active_seconds == pytest.approx(wall - downtime, rel=1e-9)
     page = write_report(live["run_dir"]).read_text()
-    assert "fit is still running" not in page and "interrupted" not in page
+    assert "fit is still running" not in page and "fit was interrupted" not in page
+    assert 'st-interrupted"' not in page  # no model badge says so either
     assert (live["run_dir"] / "plots" / "timeline.png").is_file()
 
 

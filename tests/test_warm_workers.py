@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from cerebro import CerebroError, Experiment
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.model_cache import ModelCache, default_budget
-from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+from cerebro.worker import run_hop, setup_worker
 from toy import ToyETL, ToySpec, worker_pids, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}

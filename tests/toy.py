@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from cerebro import ETLSpec, MinibatchSpec
-from cerebro.worker import HopTask
+from cerebro.engine.messages import HopTask
 
 FEATURES = 6
 

@@ -12,46 +12,11 @@ and never also as done, so the controller can re-run them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-from cerebro.worker import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import EngineEvent, HopDone, HopFailed, HopTask, WorkerLost
 
 __all__ = ["Engine", "EngineEvent", "HopDone", "HopFailed", "WorkerLost"]
-
-
-@dataclass(frozen=True)
-class HopDone:
-    worker: int
-    task: HopTask
-    outcome: HopOutcome
-
-
-@dataclass(frozen=True)
-class HopFailed:
-    """The user's code failed in this hop: the model's fault, not the worker's."""
-
-    worker: int
-    task: HopTask
-    failure: UserFailure
-
-
-@dataclass(frozen=True)
-class WorkerLost:
-    """The worker died while running ``task`` (``started``), or while ``task`` was queued
-    behind the running one (not ``started``); a fresh worker is replacing it.
-
-    The slot may be given a task at once: it runs as soon as the replacement holds the
-    slot's data (the local engine reports the loss without waiting for that start-up).
-    """
-
-    worker: int
-    task: HopTask
-    reason: str
-    started: bool = True
-
-
-EngineEvent = HopDone | HopFailed | WorkerLost
 
 
 class Engine(Protocol):

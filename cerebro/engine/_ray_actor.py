@@ -25,9 +25,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.etl._run import _prep_chunk, _RowFailure
 from cerebro.partitions import PartitionWriter, StructureError, partition_path
-from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+from cerebro.worker import run_hop, setup_worker
 
 __all__ = ["WorkerActor"]
 

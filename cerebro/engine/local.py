@@ -16,9 +16,10 @@ from typing import Any
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, Output, RemoteError
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.errors import UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
-from cerebro.worker import HopOutcome, HopTask, UserFailure, run_hop, setup_worker
+from cerebro.worker import run_hop, setup_worker
 
 __all__ = ["LocalEngine", "default_devices", "threads_per_worker"]
 

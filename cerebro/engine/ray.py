@@ -54,9 +54,9 @@ from cerebro.engine._ray_nodes import (
     spawn,
     spec_payload,
 )
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.errors import ParamsError, UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
-from cerebro.worker import HopOutcome, HopTask, UserFailure
 
 __all__ = ["RayEngine", "connect", "ray_etl", "release_idle"]
 

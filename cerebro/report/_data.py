@@ -85,6 +85,13 @@ class RunData:
         return max(int(n or 0), len(seen), 1)
 
     @property
+    def planned_models(self) -> int:
+        """Models the fit trains in all: a search asks for them while it runs, so the
+        catalog may hold fewer yet."""
+        n = json.loads(self.fit.get("config") or "{}").get("models")
+        return max(int(n or 0), len(self.models))
+
+    @property
     def hops_per_model(self) -> int:
         """Hops one model needs for the whole fit: each epoch, every train + val partition."""
         return self.num_epochs * (self.train_partitions + self.val_partitions)

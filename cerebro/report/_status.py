@@ -57,10 +57,19 @@ def status_text(run_dir: str | Path, objective: str | None = None, mode: str | N
     return format_status(st)
 
 
+def _models(st: RunStatus) -> str:
+    """``8 models``, or for a search still asking ``5 of 24 models asked, 2 running, 3 ended``."""
+    n = len(st.models)
+    if st.planned_models <= n:
+        return f"{n} models"
+    running = sum(1 for m in st.models if m.status in ("pending", "running"))
+    return f"{n} of {st.planned_models} models asked, {running} live, {n - running} ended"
+
+
 def format_status(st: RunStatus) -> str:
     lines = [
         f"run {st.run_dir}  fit {st.fit_id}: {st.state}  "
-        f"({len(st.models)} models x {st.num_epochs} epochs, {st.workers} workers)",
+        f"({_models(st)} x {st.num_epochs} epochs, {st.workers} workers)",
     ]
     pct = 100.0 * st.hops_done / st.hops_total if st.hops_total else 0.0
     parts = [f"hops {st.hops_done}/{st.hops_total} ({pct:.0f}%)"]

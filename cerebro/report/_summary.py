@@ -65,6 +65,8 @@ class RunStatus:
     """The state of a running or finished fit, as :func:`cerebro.report.read_status` sees it.
 
     Attributes:
+        planned_models: models the fit will have trained (a search asks for them as it
+            runs: ``models`` holds those asked so far).
         hops_done: completed hops of every model.
         hops_total: hops the fit will have run when it ends (a failed model's remaining
             hops are not counted: they will never run).
@@ -88,6 +90,7 @@ class RunStatus:
     num_epochs: int
     workers: int
     models: list[ModelProgress]
+    planned_models: int
     hops_done: int
     hops_total: int
     hops_running: int
@@ -258,6 +261,8 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
     hops_total = sum(
         m.hops_done if m.status in DROPPED else max(m.hops_total, m.hops_done) for m in models
     )
+    unasked = 0 if run.finished else run.planned_models - len(models)  # a search's, to come
+    hops_total += unasked * run.hops_per_model
     train_mean = _mean([_dur(h) for h in done_hops if h["kind"] == "train"])
     val_mean = _mean([_dur(h) for h in done_hops if h["kind"] != "train"]) or train_mean
     eta: float | None = 0.0
@@ -268,6 +273,8 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
                 c = per_model.get(m.model_id, {})
                 rem_train += max(run.num_epochs * run.train_partitions - c.get("train", 0), 0)
                 rem_val += max(run.num_epochs * run.val_partitions - c.get("val", 0), 0)
+        rem_train += unasked * run.num_epochs * run.train_partitions
+        rem_val += unasked * run.num_epochs * run.val_partitions
         if train_mean is None:
             eta = None
         else:
@@ -291,6 +298,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         num_epochs=run.num_epochs,
         workers=run.workers,
         models=models,
+        planned_models=len(models) + unasked,
         hops_done=hops_done,
         hops_total=hops_total,
         hops_running=0

@@ -40,7 +40,14 @@ from cerebro.params import ModelConfig
 from cerebro.search._base import Search
 from cerebro.search._space import Choice, Distribution, FloatRange, IntRange, Space
 
-__all__ = ["SPACE_KEY", "OptunaSearch", "make_sampler", "study_storage"]
+__all__ = [
+    "SPACE_KEY",
+    "OptunaSearch",
+    "load_sampler",
+    "make_sampler",
+    "open_study",
+    "study_storage",
+]
 
 SAMPLERS = ("random", "tpe")
 SPACE_KEY = "cerebro_subspace"  # the trial parameter choosing a sub-space of a list of dicts
@@ -83,6 +90,43 @@ def _suggest(trial: Any, name: str, axis: list[Any] | Distribution) -> Any:
     return axis.decode(trial.suggest_categorical(name, axis.to_optuna().choices))
 
 
+def open_study(search_dir: Path, fit_id: int) -> Any:
+    """The study a search left in ``search_dir`` (fit ``fit_id``'s, for the message).
+
+    Raises:
+        ValueError: there is none (a grid fit).
+    """
+    import optuna
+
+    if not (search_dir / "study.log").is_file():
+        raise ValueError(
+            f"fit {fit_id} has no Optuna study ({search_dir / 'study.log'} missing): it is a "
+            "grid fit; search='random', 'tpe' or a sampler keep one."
+        )
+    return optuna.load_study(study_name=_STUDY, storage=study_storage(search_dir))
+
+
+def _read_sampler(search_dir: Path) -> tuple[int, Any]:
+    with open(search_dir / "sampler.pkl", "rb") as f:
+        asked, sampler = pickle.load(f)
+    return int(asked), sampler
+
+
+def load_sampler(search_dir: Path) -> Any:
+    """The sampler a search in ``search_dir`` left (for resume of ``search=<instance>``).
+
+    Raises:
+        ParamsError: none was saved there.
+    """
+    try:
+        return _read_sampler(search_dir)[1]
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{search_dir} holds no saved sampler (sampler.pkl): this fit's search cannot be "
+            "resumed; run it again with the sampler instance (search=...)."
+        ) from None
+
+
 def _trial_name(parts: Sequence[Any], i: int, name: str) -> str:
     """The Optuna parameter of ``name`` in sub-space ``i``: the name itself in a single
     space; ``s<i>.<name>`` in a list of sub-spaces, which may give one name different ranges
@@ -122,12 +166,12 @@ class OptunaSearch(Search):
         self.deterministic = deterministic
         self._dir = Path(search_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
-        pickled = self._dir / "sampler.pkl"
         self._asked_by_sampler = 0
-        if pickled.is_file():
-            with open(pickled, "rb") as f:
-                self._asked_by_sampler, sampler = pickle.load(f)
+        if (self._dir / "sampler.pkl").is_file():
+            self._asked_by_sampler, sampler = _read_sampler(self._dir)
         self.sampler = sampler
+        if self._asked_by_sampler == 0:
+            self._save_sampler(0)  # a sampler instance the user passed is kept for resume
         logging.getLogger("optuna").setLevel(logging.WARNING)  # no line per trial
         self.study = optuna.create_study(
             study_name=_STUDY,

@@ -61,9 +61,9 @@ class Distribution:
 
 def _number(key: str, what: str, v: Any, kind: type | tuple[type, ...]) -> None:
     if isinstance(v, bool) or not isinstance(v, kind):
-        raise TypeError(f"space[{key!r}]: {what} must be a number, got {v!r}.")
+        raise TypeError(f"param_grid[{key!r}]: {what} must be a number, got {v!r}.")
     if isinstance(v, float) and not math.isfinite(v):
-        raise ParamsError(f"space[{key!r}]: {what} must be finite, got {v!r}.")
+        raise ParamsError(f"param_grid[{key!r}]: {what} must be finite, got {v!r}.")
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,13 @@ class FloatRange(Distribution):
         _number(key, "high", self.high, (int, float))
         if not self.low < self.high:
             raise ParamsError(
-                f"space[{key!r}] = {name}({self.low!r}, {self.high!r}): low must be below "
+                f"param_grid[{key!r}] = {name}({self.low!r}, {self.high!r}): low must be below "
                 f"high; write {name}({min(self.low, self.high)!r}, "
                 f"{max(self.low, self.high)!r}), or [{self.low!r}] for one value."
             )
         if self.log and self.low <= 0:
             raise ParamsError(
-                f"space[{key!r}] = {name}({self.low!r}, {self.high!r}): a log scale needs "
+                f"param_grid[{key!r}] = {name}({self.low!r}, {self.high!r}): a log scale needs "
                 "low > 0; use uniform(...) for a range that includes 0, or a small positive low "
                 "such as 1e-6."
             )
@@ -95,10 +95,13 @@ class FloatRange(Distribution):
             _number(key, "step", self.step, (int, float))
             if self.log:
                 raise ParamsError(
-                    f"space[{key!r}]: step and log cannot be combined (as in Optuna); drop one."
+                    f"param_grid[{key!r}]: step and log cannot be combined (as in Optuna); "
+                    "drop one."
                 )
             if self.step <= 0:
-                raise ParamsError(f"space[{key!r}]: step must be positive, got {self.step!r}.")
+                raise ParamsError(
+                    f"param_grid[{key!r}]: step must be positive, got {self.step!r}."
+                )
 
     def to_optuna(self) -> Any:
         import optuna
@@ -127,19 +130,19 @@ class IntRange(Distribution):
         _number(key, "step", self.step, int)
         if not self.low <= self.high:
             raise ParamsError(
-                f"space[{key!r}] = randint({self.low!r}, {self.high!r}): low must not exceed "
+                f"param_grid[{key!r}] = randint({self.low!r}, {self.high!r}): low must not exceed "
                 f"high (both ends are included); write randint({self.high!r}, {self.low!r})."
             )
         if self.step < 1:
-            raise ParamsError(f"space[{key!r}]: step must be at least 1, got {self.step!r}.")
+            raise ParamsError(f"param_grid[{key!r}]: step must be at least 1, got {self.step!r}.")
         if self.log and self.low < 1:
             raise ParamsError(
-                f"space[{key!r}] = randint({self.low!r}, {self.high!r}, log=True): a log scale "
-                "needs low >= 1."
+                f"param_grid[{key!r}] = randint({self.low!r}, {self.high!r}, log=True): a log "
+                "scale needs low >= 1."
             )
         if self.log and self.step != 1:
             raise ParamsError(
-                f"space[{key!r}]: step and log cannot be combined (as in Optuna); drop one."
+                f"param_grid[{key!r}]: step and log cannot be combined (as in Optuna); drop one."
             )
 
     def to_optuna(self) -> Any:
@@ -162,15 +165,16 @@ class Choice(Distribution):
 
     def check(self, key: str) -> None:
         if not self.values:
-            raise ParamsError(f"space[{key!r}] = choice([]): give at least one value.")
+            raise ParamsError(f"param_grid[{key!r}] = choice([]): give at least one value.")
         for v in self.values:
             try:
                 json.dumps(v)
             except TypeError as e:
                 raise TypeError(
-                    f"space[{key!r}]: value {v!r} is not JSON-like ({e}); hyperparameters are "
-                    "numbers, strings, booleans, None, or lists/dicts of them."
-                ) from None
+                    f"param_grid[{key!r}] holds {v!r} ({type(v).__name__}), which cannot be "
+                    "stored in the catalog; use numbers, strings, booleans, None or lists of "
+                    "them."
+                ) from e
 
     @property
     def _by_index(self) -> bool:
@@ -274,8 +278,8 @@ def parse_space(space: Any, *, search: str = "grid") -> Space:
         parts = space
     else:
         raise TypeError(
-            f"the search space must be a dict {{name: [values] or a distribution}} or a list "
-            f"of such dicts, got {type(space).__name__} ({space!r:.80})."
+            f"param_grid must be a dict of lists {{name: [values] or a distribution}}, or a "
+            f"list of such dicts, got {type(space).__name__} ({str(space)[:80]})."
         )
     out = []
     for i, part in enumerate(parts):
@@ -286,18 +290,16 @@ def parse_space(space: Any, *, search: str = "grid") -> Space:
 
 def _parse_part(part: Mapping[Any, Any], search: str, where: str) -> dict[str, Any]:
     if not part:
-        raise ParamsError(
-            f"the search space{where} is empty; give at least {{'batch_size': [32]}}."
-        )
+        raise ParamsError(f"param_grid{where} is empty; give at least {{'batch_size': [32]}}.")
     axes: dict[str, Any] = {}
     for key, values in part.items():
         if not isinstance(key, str):
-            raise TypeError(f"search space keys must be strings, got {key!r}{where}.")
+            raise TypeError(f"param_grid keys must be strings, got {key!r}{where}.")
         if isinstance(values, Distribution):
             values.check(key)
             if search == "grid":
                 raise ParamsError(
-                    f"space[{key!r}]{where} is {values!r}, a distribution, but search='grid' "
+                    f"param_grid[{key!r}]{where} is {values!r}, a distribution, but search='grid' "
                     f"can only enumerate lists: pass search='random' or 'tpe' (with "
                     f"num_models=N), or give {key!r} a list of values."
                 )
@@ -305,12 +307,14 @@ def _parse_part(part: Mapping[Any, Any], search: str, where: str) -> dict[str, A
             continue
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             raise TypeError(
-                f"space[{key!r}]{where} must be a list of values or a distribution "
+                f"param_grid[{key!r}]{where} must be a list of values or a distribution "
                 f"(uniform, loguniform, randint, choice), got {values!r}; write "
                 f"{key!r}: [{values!r}] for a single value."
             )
         if len(values) == 0:
-            raise ParamsError(f"space[{key!r}]{where} is an empty list; give at least one value.")
+            raise ParamsError(
+                f"param_grid[{key!r}]{where} is an empty list; give at least one value."
+            )
         Choice(tuple(values)).check(key)
         axes[key] = list(values)
     _check_batch_size(axes.get("batch_size"), where)
@@ -320,21 +324,21 @@ def _parse_part(part: Mapping[Any, Any], search: str, where: str) -> dict[str, A
 def _check_batch_size(axis: Any, where: str) -> None:
     if axis is None:
         raise ParamsError(
-            f"the search space{where} needs 'batch_size' (minibatch size, a positive integer): "
-            "e.g. space['batch_size'] = [32, 64]."
+            f"param_grid{where} needs 'batch_size' (minibatch size, a positive integer): "
+            "e.g. param_grid['batch_size'] = [32, 64]."
         )
     if isinstance(axis, IntRange):
         if axis.low < 1:
-            raise ParamsError(f"space['batch_size']{where} = {axis!r} must stay at least 1.")
+            raise ParamsError(f"param_grid['batch_size']{where} = {axis!r} must stay at least 1.")
         return
     values = axis.values if isinstance(axis, Choice) else axis
     if not isinstance(values, list | tuple):
         raise ParamsError(
-            f"space['batch_size']{where} must be a list, choice() or randint() of positive "
+            f"param_grid['batch_size']{where} must be a list, choice() or randint() of positive "
             f"integers, got {axis!r}."
         )
     for b in values:
         if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
             raise ParamsError(
-                f"space['batch_size']{where} must hold positive integers, got {b!r}."
+                f"param_grid['batch_size']{where} must hold positive integers, got {b!r}."
             )

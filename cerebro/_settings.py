@@ -1,0 +1,256 @@
+"""A fit's settings as one checked, typed object: what ``run_fit`` was called with.
+
+``run_fit``'s keyword arguments are checked once into :class:`FitSettings`; the same object
+gives the fit's identity (:meth:`FitSettings.signature`, NOTE [ fit identity ] in
+``_rundir.py``), the record that ``resume`` reads back (:meth:`FitSettings.to_json`), and
+the search that asks for the fit's models (:meth:`FitSettings.make_search`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cerebro.errors import ParamsError
+from cerebro.scheduler import POLICIES
+from cerebro.search import GridSearch, Search, Space, grid_points, parse_space
+
+__all__ = ["ON_ERROR", "FitSettings", "positive_int"]
+
+ON_ERROR = ("continue", "stop")
+_NAMED = ("grid", "random", "tpe")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` if it is an int >= 1; a ``TypeError`` or ``ParamsError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
+    if value < 1:
+        raise ParamsError(f"{name} must be at least 1, got {value}.")
+    return value
+
+
+def _search_name(search: Any) -> tuple[str, Any]:
+    """``("grid" | "random" | "tpe", None)`` or ``("sampler:<Class>", instance)``."""
+    if isinstance(search, str):
+        if search not in _NAMED:
+            raise ParamsError(
+                f"search must be 'grid', 'random', 'tpe' or an Optuna sampler instance (e.g. "
+                f"optuna.samplers.QMCSampler(seed=1)), got {search!r}."
+            )
+        return search, None
+    import optuna
+
+    if isinstance(search, optuna.samplers.BaseSampler):
+        return f"sampler:{type(search).__name__}", search
+    raise TypeError(
+        f"search must be 'grid', 'random', 'tpe' or an optuna.samplers.BaseSampler, got "
+        f"{type(search).__name__} ({search!r:.60})."
+    )
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The checked arguments of one fit (see ``Experiment.run_fit`` for each)."""
+
+    space: Space
+    num_epochs: int
+    seed: int = 1
+    policy: str = "fixed"
+    on_error: str = "continue"
+    objective: str | None = None
+    mode: str = "min"
+    search: str = "grid"  # "grid", "random", "tpe" or "sampler:<Class>"
+    num_models: int | None = None
+    max_live_models: int | None = None
+    deterministic: bool = False
+    sampler: Any = field(default=None, compare=False, repr=False)  # search="sampler:..."
+
+    @classmethod
+    def check(
+        cls,
+        param_grid: Any,
+        num_epochs: Any,
+        seed: Any = 1,
+        *,
+        policy: str = "fixed",
+        on_error: str = "continue",
+        objective: str | None = None,
+        mode: str = "min",
+        search: Any = "grid",
+        num_models: int | None = None,
+        max_live_models: int | None = None,
+        deterministic: bool = False,
+    ) -> FitSettings:
+        """Check every argument before any work; errors name the argument and the fix."""
+        name, sampler = _search_name(search)
+        if name.startswith("sampler:") and sampler is None:
+            raise ParamsError(f"search={name!r} needs the sampler instance itself.")
+        space = (
+            param_grid
+            if isinstance(param_grid, Space)
+            else parse_space(param_grid, search="grid" if name == "grid" else "sampler")
+        )
+        if name == "grid" and not space.is_grid:
+            raise ParamsError(
+                "this space has distributions: search='grid' can only enumerate lists."
+            )
+        num_epochs = positive_int("num_epochs", num_epochs)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r}).")
+        if policy not in POLICIES:
+            raise ParamsError(f"policy must be one of {POLICIES}, got {policy!r}.")
+        if on_error not in ON_ERROR:
+            raise ParamsError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+        if mode not in ("min", "max"):
+            raise ParamsError(f"mode must be 'min' or 'max', got {mode!r}.")
+        if objective is not None and not isinstance(objective, str):
+            raise TypeError(
+                f"objective must be a metric name such as 'val_loss', got {objective!r}."
+            )
+        if name == "grid":
+            if num_models is not None:
+                raise ParamsError(
+                    "num_models is for search='random', 'tpe' or a sampler: search='grid' "
+                    f"trains every point of the grid ({len(grid_points(space))} here)."
+                )
+            if deterministic:
+                raise ParamsError(
+                    "deterministic=True is for adaptive samplers (search='tpe'...): a grid "
+                    "fit is reproducible as it is."
+                )
+        elif num_models is None:
+            raise ParamsError(
+                f"search={search!r} needs num_models=N, the number of models to try."
+            )
+        else:
+            num_models = positive_int("num_models", num_models)
+        if max_live_models is not None:
+            max_live_models = positive_int("max_live_models", max_live_models)
+        return cls(
+            space,
+            num_epochs,
+            seed,
+            policy,
+            on_error,
+            objective,
+            mode,
+            name,
+            num_models,
+            max_live_models,
+            bool(deterministic),
+            sampler,
+        )
+
+    @property
+    def grid_json(self) -> Any:
+        """The space as recorded: a single grid as ``{name: [values]}`` (as fits always
+        recorded it), anything else as :meth:`Space.to_json`."""
+        if len(self.space.parts) == 1 and self.space.is_grid:
+            return self.space.parts[0]
+        return self.space.to_json()
+
+    def planned_models(self) -> int:
+        """How many models the fit trains in all."""
+        if self.search == "grid":
+            return len(grid_points(self.space))
+        assert self.num_models is not None
+        return self.num_models
+
+    def max_live(self, workers: int) -> int | None:
+        """Models training at once: ``max_live_models``; for a sampler by default twice
+        the workers (enough that none idles while a model is runnable, few enough that
+        each result is told before most asks); for the grid every model."""
+        if self.max_live_models is not None:
+            return self.max_live_models
+        return None if self.search == "grid" else 2 * workers
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``resume`` needs (``DIR/experiment.json``); :meth:`from_json` reads it."""
+        out: dict[str, Any] = {
+            "param_grid": self.grid_json,
+            "num_epochs": self.num_epochs,
+            "seed": self.seed,
+            "policy": self.policy,
+            "on_error": self.on_error,
+            "objective": self.objective,
+            "mode": self.mode,
+        }
+        if self.search != "grid" or self.max_live_models is not None:
+            out |= {
+                "search": self.search,
+                "num_models": self.num_models,
+                "max_live_models": self.max_live_models,
+                "deterministic": self.deterministic,
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], search_dir: Path) -> FitSettings:
+        """Read back :meth:`to_json`; a sampler instance comes from ``search_dir``."""
+        grid = d["param_grid"]
+        space = Space.from_json(grid if isinstance(grid, list) else [grid])
+        search = d.get("search", "grid")
+        sampler = None
+        if search.startswith("sampler:"):
+            from cerebro.search._optuna import load_sampler
+
+            sampler = load_sampler(search_dir)
+        return cls(
+            space,
+            d["num_epochs"],
+            d["seed"],
+            d["policy"],
+            d["on_error"],
+            d["objective"],
+            d["mode"],
+            search,
+            d.get("num_models"),
+            d.get("max_live_models"),
+            bool(d.get("deterministic", False)),
+            sampler,
+        )
+
+    def signature(self, spec: object, data: str, workers: int) -> str:
+        """What makes a fit this fit (NOTE [ fit identity ]): a grid fit's is what it
+        always was, so runs made before searches existed still resume."""
+        sig: dict[str, Any] = {
+            "grid": self.grid_json,
+            "num_epochs": self.num_epochs,
+            "seed": self.seed,
+            "policy": self.policy,
+            "spec": type(spec).__qualname__,
+            "data": data,
+            "workers": workers,
+        }
+        if self.search != "grid" or self.max_live_models is not None:
+            sig |= {
+                "search": self.search,
+                "num_models": self.num_models,
+                "max_live_models": self.max_live_models,
+                "deterministic": self.deterministic,
+            }
+        return json.dumps(sig, sort_keys=True)
+
+    def make_search(self, search_dir: Path, workers: int) -> Search:
+        """The search that asks for this fit's models (its study kept in ``search_dir``)."""
+        live = self.max_live(workers)
+        if self.search == "grid":
+            return GridSearch(self.space, live)
+        from cerebro.search._optuna import OptunaSearch, make_sampler
+
+        sampler = (
+            self.sampler if self.sampler is not None else make_sampler(self.search, self.seed)
+        )
+        assert self.num_models is not None and live is not None
+        return OptunaSearch(
+            self.space,
+            sampler,
+            num_models=self.num_models,
+            max_live=live,
+            mode=self.mode,
+            search_dir=search_dir,
+            deterministic=self.deterministic,
+        )

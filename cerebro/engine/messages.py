@@ -1,0 +1,95 @@
+"""The messages between the controller and the workers: hop tasks, their outcomes, the
+engine's events. Plain dataclasses, free of torch, so the driver's modules (controller,
+scheduler glue, reports) import them without paying for ``import torch``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "EngineEvent",
+    "HopDone",
+    "HopFailed",
+    "HopOutcome",
+    "HopTask",
+    "UserFailure",
+    "WorkerLost",
+]
+
+
+@dataclass(frozen=True)
+class HopTask:
+    """One hop, as the controller sends it to a worker."""
+
+    model_id: str
+    hyperparams: dict[str, Any]
+    kind: str  # "train", "val", "test", "predict" or "probe"
+    partition: int
+    epoch: int
+    in_ckpt: str | None  # None: the model's first hop, build it fresh with init_seed
+    out_ckpt: str | None  # where a train hop writes the new state
+    init_seed: int
+    shuffle_seed: int
+
+
+@dataclass
+class HopOutcome:
+    """What a finished hop returns: per-minibatch metrics and where the time went."""
+
+    metrics: dict[str, list[float]]
+    batch_sizes: list[int]
+    rows: int
+    start: float
+    end: float
+    user_seconds: float  # inside the user's train/valtest
+    load_seconds: float  # building the model and loading its state
+    save_seconds: float
+    pid: int = field(default_factory=os.getpid)
+    nonfinite: str | None = None  # first metric that was NaN/inf, if any
+    predictions: list[tuple[int, Any, float]] | None = None  # (row id, class, confidence)
+
+
+@dataclass
+class UserFailure:
+    """A user's spec function raised, or returned something unusable."""
+
+    function: str
+    message: str
+    traceback: str
+    system: bool = False  # not the model's fault (disk full...): stop the fit, fail no model
+
+
+@dataclass(frozen=True)
+class HopDone:
+    worker: int
+    task: HopTask
+    outcome: HopOutcome
+
+
+@dataclass(frozen=True)
+class HopFailed:
+    """The user's code failed in this hop: the model's fault, not the worker's."""
+
+    worker: int
+    task: HopTask
+    failure: UserFailure
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker died while running ``task`` (``started``), or while ``task`` was queued
+    behind the running one (not ``started``); a fresh worker is replacing it.
+
+    The slot may be given a task at once: it runs as soon as the replacement holds the
+    slot's data (the local engine reports the loss without waiting for that start-up).
+    """
+
+    worker: int
+    task: HopTask
+    reason: str
+    started: bool = True
+
+
+EngineEvent = HopDone | HopFailed | WorkerLost
