@@ -30,7 +30,6 @@ __all__ = [
     "FitPlan",
     "SEARCH_DIR",
     "RunLock",
-    "code_fingerprint",
     "load_experiment",
     "open_fit",
     "plan_fit",
@@ -103,18 +102,6 @@ def load_experiment(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((Path(run_dir) / _SESSION).read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
-
-
-def code_fingerprint(spec: object) -> str:
-    """A hash of a spec's code (methods, by bytecode) and simple attributes.
-
-    The very function the ETL fingerprints its spec with, so a spec unpickled by value
-    (``resume``) hashes as the class it was pickled from; a fit records it to tell a
-    resume with edited code from one with the same code.
-    """
-    from cerebro.etl._run import _spec_fingerprint
-
-    return _spec_fingerprint(spec)  # type: ignore[arg-type]
 
 
 def load_spec(run_dir: Path, section: str) -> Any:

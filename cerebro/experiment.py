@@ -29,7 +29,6 @@ from cerebro._fit import run_fit_loop
 from cerebro._rundir import (
     SEARCH_DIR,
     RunLock,
-    code_fingerprint,
     load_experiment,
     load_spec,
     open_fit,
@@ -52,7 +51,7 @@ from cerebro.params import (
     validate_params,
 )
 from cerebro.result import FitResult
-from cerebro.spec import ETLSpec, MinibatchSpec, check_spec
+from cerebro.spec import ETLSpec, MinibatchSpec, check_spec, code_fingerprint
 
 __all__ = ["Experiment"]
 

@@ -8,7 +8,9 @@ in a second with one clear message instead of deep inside a worker an hour later
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -326,3 +328,51 @@ def _near_miss(name: str, candidates: set[str], cutoff: float = 0.85) -> str | N
         return _ALIASES[name]
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)
     return match[0] if match and match[0] != name else None
+
+
+def code_fingerprint(spec: ETLSpec | MinibatchSpec) -> str:
+    """A hash of a spec's code (methods, by bytecode) and simple attributes.
+
+    Only the user's classes count, up to :class:`ETLSpec` or :class:`MinibatchSpec`: a
+    new version of Cerebro's base classes is not a change of the user's code. The ETL
+    fingerprints its spec with it (to reuse its output), a fit its Minibatch spec (to tell
+    a resume with edited code from one with the same code).
+
+    Code objects, not source text: a spec unpickled by value (``resume``) has no source
+    file to read but the very same code, so it must hash the same.
+    """
+    h = hashlib.sha256(type(spec).__qualname__.encode())
+    for klass in type(spec).__mro__:
+        if klass in (ETLSpec, MinibatchSpec):
+            break
+        for name, value in sorted(vars(klass).items()):
+            func = getattr(value, "__func__", value)
+            code = getattr(func, "__code__", None)
+            if code is not None:
+                h.update(name.encode() + _code_bytes(code))
+            elif not name.startswith("__"):
+                h.update(f"{name}={_simple(value)}".encode())
+    for name, value in sorted(vars(spec).items()):
+        h.update(f"{name}={_simple(value)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """Bytecode, names and constants of ``code`` and its nested functions (marshal's output
+    depends on interning and reference counts, so it is not stable across processes)."""
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        parts.append(
+            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return b"\0".join(parts)
+
+
+def _simple(value: Any) -> str:
+    if isinstance(value, str | int | float | bool | type(None)):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_simple(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k!r}:{_simple(v)}" for k, v in sorted(value.items())) + "}"
+    return type(value).__qualname__

@@ -85,3 +85,25 @@ def test_own_helper_methods_are_not_flagged() -> None:
         def trainer(self) -> None: ...
 
     check_spec(Helpers(), MinibatchSpec)
+
+
+def test_code_fingerprint_is_the_user_s_code_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade of Cerebro's base classes is no change of the user's code; an edit is."""
+    from cerebro.spec import MinibatchSpec, code_fingerprint
+    from toy import ToySpec
+
+    before = code_fingerprint(ToySpec())
+    monkeypatch.setattr(MinibatchSpec, "new_hook", lambda self: None, raising=False)
+    monkeypatch.setattr(MinibatchSpec, "metrics_agg", lambda self, *a: {}, raising=True)
+    assert code_fingerprint(ToySpec()) == before
+
+    class Mine(ToySpec):
+        pass
+
+    unedited = code_fingerprint(Mine())
+
+    def train(self: object, *a: object) -> object:  # the user edits their train
+        return {"loss": 0.0}
+
+    monkeypatch.setattr(Mine, "train", train, raising=False)
+    assert code_fingerprint(Mine()) != unedited

@@ -8,7 +8,6 @@ import os
 import platform
 import shutil
 import traceback
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from cerebro.etl._read import (
 )
 from cerebro.params import SPLITS, Params
 from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
-from cerebro.spec import ETLSpec, check_spec
+from cerebro.spec import ETLSpec, check_spec, code_fingerprint
 
 __all__ = ["MANIFEST", "load_manifest", "run_etl"]
 
@@ -129,49 +128,6 @@ def _check_row(result: Any, split: str) -> str | None:
 # --- in the driver ----------------------------------------------------------------------------
 
 
-def _spec_fingerprint(spec: ETLSpec) -> str:
-    """A hash of the spec's code and simple attributes.
-
-    Code objects, not source text: a spec unpickled by value (``resume``) has no source
-    file to read but the very same code, so it must hash the same.
-    """
-    h = hashlib.sha256(type(spec).__qualname__.encode())
-    for klass in type(spec).__mro__:
-        if klass is ETLSpec:
-            break
-        for name, value in sorted(vars(klass).items()):
-            func = getattr(value, "__func__", value)
-            code = getattr(func, "__code__", None)
-            if code is not None:
-                h.update(name.encode() + _code_bytes(code))
-            elif not name.startswith("__"):
-                h.update(f"{name}={_simple(value)}".encode())
-    for name, value in sorted(vars(spec).items()):
-        h.update(f"{name}={_simple(value)}".encode())
-    return h.hexdigest()[:16]
-
-
-def _code_bytes(code: types.CodeType) -> bytes:
-    """Bytecode, names and constants of ``code`` and its nested functions (marshal's output
-    depends on interning and reference counts, so it is not stable across processes)."""
-    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        parts.append(
-            _code_bytes(const) if isinstance(const, types.CodeType) else repr(const).encode()
-        )
-    return b"\0".join(parts)
-
-
-def _simple(value: Any) -> str:
-    if isinstance(value, str | int | float | bool | type(None)):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_simple(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k!r}:{_simple(v)}" for k, v in sorted(value.items())) + "}"
-    return type(value).__qualname__
-
-
 def _fingerprint(
     params: Params, spec: ETLSpec, partitions: int, fraction: float, seed: int
 ) -> dict[str, Any]:
@@ -187,7 +143,7 @@ def _fingerprint(
             raise ParamsError(f"{split} CSV {path} could not be read: {e}") from e
         splits[split] = {"csv": str(path), "sha256": digest.hexdigest()}
     return {
-        "spec": f"{type(spec).__qualname__}:{_spec_fingerprint(spec)}",
+        "spec": f"{type(spec).__qualname__}:{code_fingerprint(spec)}",
         "partitions": partitions,
         "fraction": fraction,
         "seed": seed,
