@@ -396,19 +396,23 @@ class Experiment:
                     )
                 pool = self._worker_pool()
                 assert pool is not None
-                pool.start(self.workers)  # returns at once: they warm up while the CSVs are read
-                return etl.run_etl(
-                    etl_spec,
-                    self.params,
-                    self.data_dir,
-                    self._misc_dir(),
-                    partitions=parts,
-                    fraction=float(fraction),
-                    seed=int(seed),
-                    processes=os.cpu_count() or 1,
-                    progress=self.verbose,
-                    pool=pool,
-                )
+                launched = pool.start(self.workers)  # at once: they warm up as CSVs are read
+                try:
+                    return etl.run_etl(
+                        etl_spec,
+                        self.params,
+                        self.data_dir,
+                        self._misc_dir(),
+                        partitions=parts,
+                        fraction=float(fraction),
+                        seed=int(seed),
+                        processes=os.cpu_count() or 1,
+                        progress=self.verbose,
+                        pool=pool,
+                    )
+                except BaseException:
+                    pool.discard_unused(launched)  # e.g. a bad CSV: no worker was needed
+                    raise
 
     @contextmanager
     def _etl_target(self) -> Iterator[None]:

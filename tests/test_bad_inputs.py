@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +42,32 @@ class Ctx:
     params: dict[str, Any]  # fresh toy CSVs, output under tmp/run
     data: dict[str, Any]  # params of a run whose ETL is done (etl_dir), output under tmp/fit
     prep: Experiment  # a run with a finished fit, shared by the module
+    untrained: Experiment  # on the ETL'd data, shared by the module: it never trains a hop
 
     def exp(self, **changes: Any) -> Experiment:
         return Experiment(dict(self.params, **changes), workers=2, verbose=False)
 
     def fitted(self) -> Experiment:
+        """An experiment on data that is ready, for a fit that must be refused. Its warm
+        workers serve every case: a refused fit trained nothing, so the next case's fit
+        replaces it (a case that trains or needs an empty run folder uses :meth:`own`)."""
+        return self.untrained
+
+    def own(self) -> Experiment:
         return Experiment(self.data, workers=2, verbose=False)
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]) -> dict[str, Any]:
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, toy_data: dict[str, str]
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("bad")
     exp = Experiment(dict(toy_data, output_dir=str(root / "prep")), workers=2, verbose=False)
     exp.run_fit(ToySpec(), GRID, num_epochs=1)
-    return {"data_dir": toy_data["etl_dir"], "prep": exp}
+    untrained = Experiment(dict(toy_data, output_dir=str(root / "fit")), workers=2, verbose=False)
+    yield {"data_dir": toy_data["etl_dir"], "prep": exp, "untrained": untrained}
+    untrained.close()
+    exp.close()
 
 
 @pytest.fixture
@@ -63,7 +75,7 @@ def ctx(tmp_path: Path, prepared: dict[str, Any]) -> Ctx:
     params = write_toy_csvs(tmp_path / "csv")
     params["output_dir"] = str(tmp_path / "run")
     data = {"etl_dir": prepared["data_dir"], "output_dir": str(tmp_path / "fit")}
-    return Ctx(tmp_path, params, data, prepared["prep"])
+    return Ctx(tmp_path, params, data, prepared["prep"], prepared["untrained"])
 
 
 def _csv(ctx: Ctx, split: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
@@ -196,6 +208,11 @@ def _run_fit(spec: Any, **kw: Any) -> Callable[[Ctx], Any]:
 
 def _etl(spec: ETLSpec | None = None, **kw: Any) -> Callable[[Ctx], Any]:
     return lambda c: c.exp().run_etl(spec or ToyETL(), **kw)
+
+
+def _two_fits(exp: Experiment) -> None:
+    exp.run_fit(ToySpec(), GRID, 1)
+    exp.run_fit(ToySpec(), GRID, 2)
 
 
 def _then(setup: Callable[[Ctx], Any], act: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
@@ -702,7 +719,7 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
     ),
     (
         "another fit in the run dir",
-        lambda c: (_run_fit(ToySpec())(c), c.fitted().run_fit(ToySpec(), GRID, 2)),
+        lambda c: _two_fits(c.own()),
         ParamsError,
         "already holds a different fit .*pass overwrite=True",
     ),
@@ -721,7 +738,7 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
     ),
     (
         "test before any fit",
-        lambda c: c.fitted().run_test(ToySpec()),
+        lambda c: c.own().run_test(ToySpec()),
         ParamsError,
         "model_tag='best' but this run directory has no fit yet",
     ),

@@ -81,6 +81,31 @@ def test_with_block_and_start_leave_no_process_behind(
         e.start()
 
 
+def test_a_bad_csv_stops_the_workers_it_launched_and_keeps_warm_ones(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    """The ETL starts its workers as it reads the CSVs; an error in them (before any worker
+    was needed) kills those still importing torch, so it costs no CPU and nothing lingers.
+    Workers that served a step stay warm."""
+    params = write_toy_csvs(tmp_path / "csv")
+    good = Path(params["train_main"]).read_text()
+    Path(params["train_main"]).write_text(good.replace("id,", "label,", 1))  # two labels
+    before = set(worker_pids())
+    exp = Experiment(dict(params, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
+    with pytest.raises(ValueError, match="label"):
+        exp.run_etl(ToyETL(), seed=1)
+    assert set(worker_pids()) == before  # none left: killed cold, not closed warm later
+    Path(params["train_main"]).write_text(good)
+    exp.run_etl(ToyETL(), seed=1)  # fixed: fresh workers, and they stay
+    warm = set(worker_pids()) - before
+    assert len(warm) == 2
+    Path(params["val_main"]).write_text("")
+    with pytest.raises(ValueError):
+        exp.run_etl(ToyETL(), seed=1)
+    assert set(worker_pids()) - before == warm  # the warm ones were kept
+    exp.close()
+
+
 def test_closed_experiment_refuses_work_even_if_it_never_started_workers(
     data: dict[str, str], tmp_path: Path
 ) -> None:

@@ -43,13 +43,28 @@ class WorkerPool:
     def _launch(self) -> Child:
         return Child("pooled process", self._env, warm=True, output=self.output)
 
-    def start(self, n: int) -> None:
-        """Launch processes until ``n`` are idle; returns at once (they warm up alone)."""
+    def start(self, n: int) -> list[Child]:
+        """Launch processes until ``n`` are idle; returns at once (they warm up alone)
+        with the processes it launched (see :meth:`discard_unused`)."""
+        launched = []
         with self._lock:
             self._check_open()
             self._idle = [c for c in self._idle if c.alive()]
             while len(self._idle) < n:
-                self._idle.append(self._launch())
+                launched.append(self._launch())
+                self._idle.append(launched[-1])
+        return launched
+
+    def discard_unused(self, children: list[Child]) -> None:
+        """Kill those of ``children`` that were never taken: a step that failed before it
+        needed its workers (a bad CSV) stops them while they are still importing torch,
+        so the error costs no seconds of CPU and the program can exit at once. Processes
+        that served a step stay warm for the next one."""
+        with self._lock:
+            cold = [c for c in children if c in self._idle and not c.used]
+            self._idle = [c for c in self._idle if c not in cold]
+        for child in cold:
+            child.kill()
 
     def take(self, n: int, name: str) -> list[Child]:
         """``n`` live processes, named ``"<name> 0"``..., warm ones first."""
@@ -64,6 +79,7 @@ class WorkerPool:
                 taken.append(self._launch())
         for i, child in enumerate(taken):
             child.name = f"{name} {i}"
+            child.used = True
         return taken
 
     def give_back(self, children: list[Child]) -> None:

@@ -207,6 +207,7 @@ class Child:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.in_flight = 0  # calls sent and not yet answered
+        self.used = False  # lent to a step by a WorkerPool (see WorkerPool.discard_unused)
 
     @property
     def pid(self) -> int:
