@@ -99,9 +99,15 @@ def test_random_search_gives_the_same_models_with_1_and_2_workers(
     with Experiment(dict(toy_data, output_dir=str(tmp_path)), workers=1, verbose=False) as one:
         single = one.run_fit(ToySpec(), SPACE, **kw)
     assert _hyperparams(single) == _hyperparams(two)
-    # and adding models to a search changes none of the ones already there
+    # and adding models to a search changes none of the ones already there, not a bit
+    first = _epoch_metrics(exp.output_dir)
     more = exp.run_fit(ToySpec(), SPACE, overwrite=True, **{**kw, "num_models": 6})
     assert _hyperparams(more)[:4] == _hyperparams(two)
+    assert {k: v for k, v in _epoch_metrics(exp.output_dir).items() if k[0] < "m004"} == first
+
+
+def _epoch_metrics(run_dir: Path) -> dict[tuple[Any, ...], float]:
+    return {(m, e, s, n): v for m, e, s, n, v in computed(run_dir / "catalog.sqlite")[1]}
 
 
 def test_any_optuna_sampler_and_mode_max(exp: Experiment) -> None:
