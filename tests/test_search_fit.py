@@ -19,6 +19,8 @@ import pytest
 from cerebro import Experiment
 from cerebro.errors import ParamsError
 from cerebro.report import status_text
+from cerebro.report._data import load_run
+from cerebro.report._search import importances
 from cerebro.search import choice, loguniform, randint
 from toy import ToySpec, computed, done_hops
 
@@ -89,6 +91,18 @@ def test_random_search_asks_while_the_fit_runs_and_tells_every_end(exp: Experime
             "hidden": row["hidden"],
             "batch_size": row["batch_size"],
         }
+    # the report shows the search: objective in ask order, best so far, importance
+    page = result.report().read_text()
+    assert "<h2>Search</h2>" in page and (exp.output_dir / "plots/search.png").is_file()
+    imp = importances(load_run(exp.output_dir))
+    assert imp is not None and set(imp) == {"lr", "hidden", "batch_size"}
+    assert sum(imp.values()) == pytest.approx(1.0)
+    # a grid fit after it has no study, and its report no search
+    grid = exp.run_fit(ToySpec(), {"lr": [0.05], "batch_size": [32]}, 1, overwrite=True)
+    assert "<h2>Search</h2>" not in grid.report().read_text()
+    assert not (exp.output_dir / "plots/search.png").exists()
+    with pytest.raises(ValueError, match="grid fit"):
+        grid.study  # noqa: B018
 
 
 def test_random_search_gives_the_same_models_with_1_and_2_workers(

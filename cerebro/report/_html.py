@@ -65,6 +65,7 @@ def write_report(
         PosixPath('runs/digits/report.html')
     """
     from cerebro.report._plots import plot_hyperparams, plot_learning_curves
+    from cerebro.report._search import plot_search
     from cerebro.report._timeline import plot_timeline
 
     run_dir = Path(run_dir)
@@ -74,11 +75,13 @@ def write_report(
     curves = plot_learning_curves(run, st, plots)
     hp = plot_hyperparams(run, st, plots)
     timeline = plot_timeline(run, plots)
-    written = {p.name for _, p in curves} | {p.name for p in (hp, timeline) if p is not None}
+    search = plot_search(run, st, plots)
+    written = {p.name for _, p in curves}
+    written |= {p.name for p in (hp, timeline, search) if p is not None}
     for old in plots.glob("*.png"):  # plots of metrics this run no longer has
         if old.name not in written:
             old.unlink(missing_ok=True)
-    page = _page(run, st, curves, hp, timeline)
+    page = _page(run, st, curves, hp, timeline, search)
     out = run_dir / REPORT
     tmp = out.with_name(f".{REPORT}.tmp-{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")
@@ -313,6 +316,7 @@ def _page(
     curves: list[tuple[str, Path]],
     hp: Path | None,
     timeline: Path | None,
+    search: Path | None = None,
 ) -> str:
     title = f"Cerebro report: {run.run_dir.resolve().name}"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.now))
@@ -339,6 +343,13 @@ def _page(
             "<section><h2>Learning curves</h2><p class=hint>Per epoch, train and validation; "
             "the best model is the thick black line, dotted lines are failed or diverged "
             f"models.</p>{imgs}</section>"
+        )
+    if search is not None:
+        sections.append(
+            "<section><h2>Search</h2><p class=hint>Each model's best value of "
+            f"{_e(st.objective)} in the order the sampler asked for it, the best so far as a "
+            "line, and (with enough finished models) how much each hyperparameter mattered, "
+            f"from the study in DIR/search/.</p>{_img(search, 'search')}</section>"
         )
     if hp is not None:
         sections.append(
