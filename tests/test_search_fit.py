@@ -202,17 +202,16 @@ def tpe() -> dict[str, Any]:
 
 
 def test_deterministic_tpe_survives_a_driver_sigkill_bit_for_bit(
-    toy_data: dict[str, str], tmp_path: Path
+    exp: Experiment, toy_data: dict[str, str], tmp_path: Path
 ) -> None:
-    """The same seed gives the same models, metrics and weights, uninterrupted or killed
-    mid-search and resumed (the study and the sampler's state come back from DIR)."""
+    """The same seed gives the same models, metrics and weights, uninterrupted (on the
+    module's warm workers) or killed mid-search and resumed (the study and the sampler's
+    state come back from DIR)."""
     from toy import SlowSpec
 
-    whole = Experiment(
-        dict(toy_data, output_dir=str(tmp_path / "whole")), workers=2, verbose=False
-    )
-    with whole:
-        expected = whole.run_fit(SlowSpec(0.002), SPACE, **tpe())
+    expected = exp.run_fit(SlowSpec(0.002), SPACE, overwrite=True, **tpe())
+    reference = computed(exp.output_dir / "catalog.sqlite")
+    expected_values = [t.value for t in expected.study.trials]
     params = dict(toy_data, output_dir=str(tmp_path / "cut"))
     script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
@@ -226,7 +225,7 @@ def test_deterministic_tpe_survives_a_driver_sigkill_bit_for_bit(
     assert "of 8 models asked" in status_text(tmp_path / "cut")  # the rest is to come
     resumed = Experiment.resume(tmp_path / "cut", verbose=False)
     assert _hyperparams(resumed) == _hyperparams(expected)
-    assert computed(catalog) == computed(tmp_path / "whole" / "catalog.sqlite")
-    assert [t.value for t in resumed.study.trials] == [t.value for t in expected.study.trials]
+    assert computed(catalog) == reference
+    assert [t.value for t in resumed.study.trials] == expected_values
     saved = json.loads((tmp_path / "cut" / "experiment.json").read_text())["fit"]
     assert saved["search"] == "sampler:TPESampler" and saved["num_models"] == 8
