@@ -9,6 +9,7 @@ the search that asks for the fit's models (:meth:`FitSettings.make_search`).
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,9 @@ class FitSettings:
                 "this space has distributions: search='grid' can only enumerate lists."
             )
         num_epochs = positive_int("num_epochs", num_epochs)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r}).")
+        seed = int(seed)  # a numpy integer too: the seed is stored as JSON
         if policy not in POLICIES:
             raise ParamsError(f"policy must be one of {POLICIES}, got {policy!r}.")
         if on_error not in ON_ERROR:

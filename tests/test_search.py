@@ -184,3 +184,28 @@ def test_an_unknown_search_says_what_is_accepted() -> None:
         make_sampler("bayes", 1)
     qmc = optuna.samplers.QMCSampler(seed=1)
     assert make_sampler(qmc, 1) is qmc
+
+
+def test_fit_settings_keep_a_grid_fit_s_identity_and_read_back_a_search(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from cerebro._settings import FitSettings
+    from toy import ToySpec
+
+    grid = FitSettings.check({"lr": [0.1, 0.2], "batch_size": [8]}, 2, np.int64(3))
+    assert grid.seed == 3 and isinstance(grid.seed, int)  # a numpy seed is stored as JSON
+    # a grid fit's signature and record are what they were before searches existed, so
+    # run directories made then still resume
+    sig = json.loads(grid.signature(ToySpec(), "fp", 2))
+    assert set(sig) == {"grid", "num_epochs", "seed", "policy", "spec", "data", "workers"}
+    assert sig["grid"] == {"lr": [0.1, 0.2], "batch_size": [8]}
+    assert grid.to_json()["param_grid"] == sig["grid"] and "search" not in grid.to_json()
+    space = {"lr": loguniform(1e-4, 1e-1), "batch_size": choice([8, 16])}
+    tpe = FitSettings.check(space, 2, 1, search="tpe", num_models=5, deterministic=True)
+    back = FitSettings.from_json(json.loads(json.dumps(tpe.to_json())), tmp_path)
+    assert back == tpe and back.signature(ToySpec(), "fp", 2) == tpe.signature(ToySpec(), "fp", 2)
+    assert tpe.max_live(3) == 6 and grid.max_live(3) is None
+    with pytest.raises(TypeError, match="seed must be an int, got str"):
+        FitSettings.check({"batch_size": [8]}, 1, "x")
