@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from cerebro.errors import CerebroError
+
 EXPERIMENT = """
 import numpy as np, pandas as pd, torch
 from pathlib import Path
@@ -239,3 +243,21 @@ def test_broken_then_fixed_then_refused_then_overwritten(tmp_path: Path) -> None
     header, *rows = r.stdout.splitlines()[:3]
     epochs = header.split().index("epochs")
     assert [ln.split()[epochs] for ln in rows] == ["3", "3"]
+
+
+def test_an_experiment_file_may_define_a_space_and_a_search(tmp_path: Path) -> None:
+    """``space`` fills the slot of ``param_grid``; a file with neither names both."""
+    from cerebro.cli import load_experiment_file
+
+    f = tmp_path / "search_exp.py"
+    f.write_text(
+        "from cerebro.search import loguniform\n"
+        "etl_spec = minibatch_spec = params = None\n"
+        "space = {'lr': loguniform(1e-4, 1e-1), 'batch_size': [32]}\n"
+        "search, num_models, num_epochs = 'tpe', 12, 3\n"
+    )
+    module = load_experiment_file(f)
+    assert module.param_grid is module.space and module.search == "tpe"
+    f.write_text("etl_spec = minibatch_spec = params = None\nnum_epochs = 1\n")
+    with pytest.raises(CerebroError, match=r"param_grid .*\(or space instead of param_grid\)"):
+        load_experiment_file(f)
