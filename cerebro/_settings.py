@@ -8,11 +8,15 @@ the search that asks for the fit's models (:meth:`FitSettings.make_search`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import cloudpickle
 
 from cerebro.errors import ParamsError
 from cerebro.scheduler import POLICIES
@@ -52,6 +56,20 @@ def _search_name(search: Any) -> tuple[str, Any]:
     )
 
 
+def _sampler_key(sampler: Any) -> str:
+    """NOTE [ a sampler's identity ]
+    A sampler instance is part of what makes a search this search: its class and its
+    settings (TPE's ``n_startup_trials``, its seed...), taken as the hash of its pickle as
+    the user passed it, before it asked anything (Optuna's samplers pickle the same for
+    the same settings). A resumed search reads this key from the run's record, since the
+    sampler it restores has asked since and pickles otherwise."""
+    try:
+        data = pickle.dumps(sampler)
+    except Exception:  # noqa: BLE001 - a sampler holding a lambda: cloudpickle takes it
+        data = cloudpickle.dumps(sampler)
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """The checked arguments of one fit (see ``Experiment.run_fit`` for each)."""
@@ -68,6 +86,7 @@ class FitSettings:
     max_live_models: int | None = None
     deterministic: bool = False
     sampler: Any = field(default=None, compare=False, repr=False)  # search="sampler:..."
+    sampler_key: str | None = None  # the sampler as given: NOTE [ a sampler's identity ]
 
     @classmethod
     def check(
@@ -144,6 +163,7 @@ class FitSettings:
             max_live_models,
             bool(deterministic),
             sampler,
+            None if sampler is None else _sampler_key(sampler),
         )
 
     @property
@@ -187,6 +207,8 @@ class FitSettings:
                 "max_live_models": self.max_live_models,
                 "deterministic": self.deterministic,
             }
+        if self.sampler_key is not None:
+            out["sampler_key"] = self.sampler_key
         return out
 
     @classmethod
@@ -213,6 +235,7 @@ class FitSettings:
             d.get("max_live_models"),
             bool(d.get("deterministic", False)),
             sampler,
+            d.get("sampler_key"),
         )
 
     def signature(self, spec: object, data: str, workers: int) -> str:
@@ -234,6 +257,8 @@ class FitSettings:
                 "max_live_models": self.max_live_models,
                 "deterministic": self.deterministic,
             }
+        if self.sampler_key is not None:
+            sig["sampler"] = self.sampler_key
         return json.dumps(sig, sort_keys=True)
 
     def make_search(self, search_dir: Path, workers: int) -> Search:

@@ -209,3 +209,29 @@ def test_fit_settings_keep_a_grid_fit_s_identity_and_read_back_a_search(tmp_path
     assert tpe.max_live(3) == 6 and grid.max_live(3) is None
     with pytest.raises(TypeError, match="seed must be an int, got str"):
         FitSettings.check({"batch_size": [8]}, 1, "x")
+
+
+def test_a_sampler_s_settings_are_part_of_the_search_s_identity(tmp_path: Path) -> None:
+    """NOTE [ a sampler's identity ]: another TPE configuration is another fit (it does
+    not silently continue the earlier search's pickled sampler); a fresh instance with the
+    same settings, or the record a resume reads, is the same fit."""
+    import json
+
+    from cerebro._settings import FitSettings
+    from toy import ToySpec
+
+    space = {"lr": loguniform(1e-4, 1e-1), "batch_size": [8]}
+
+    def sig(sampler: object) -> str:
+        s = FitSettings.check(space, 1, 1, search=sampler, num_models=4)
+        return s.signature(ToySpec(), "fp", 2)
+
+    tpe = optuna.samplers.TPESampler
+    assert sig(tpe(seed=4, n_startup_trials=2)) == sig(tpe(seed=4, n_startup_trials=2))
+    assert sig(tpe(seed=4, n_startup_trials=2)) != sig(tpe(seed=4, n_startup_trials=5))
+    first = FitSettings.check(space, 1, 1, search=tpe(seed=4), num_models=4)
+    OptunaSearch(  # it asks, so its sampler pickles otherwise now...
+        first.space, first.sampler, num_models=4, max_live=2, mode="min", search_dir=tmp_path
+    ).ask()
+    back = FitSettings.from_json(json.loads(json.dumps(first.to_json())), tmp_path)
+    assert back.signature(ToySpec(), "fp", 2) == first.signature(ToySpec(), "fp", 2)  # ...yet
