@@ -152,11 +152,13 @@ def plan_fit(
     """Decide which fit a ``run_fit`` call continues, replaces or creates.
 
     NOTE [ fit identity ]
-    A fit is its signature (grid, epochs, seed, policy, spec class, data, workers): a
-    call with the same one continues it. Its spec's code (``code_fingerprint``) is
-    recorded beside it: continuing with other code would mix two versions of the code
-    in one fit, so it is refused unless ``allow_changed_code`` (the new code is then
-    recorded) or ``overwrite`` (the fit starts over). A fit with no completed hop
+    A fit is its signature (grid or space, epochs, seed, policy, spec class, data,
+    workers, and for a search its sampler, ``num_models``, ``max_live_models`` and
+    ``deterministic``: ``FitSettings.signature``): a call with the same one continues
+    it. Its spec's code (``code_fingerprint``) is recorded beside it: continuing with
+    other code would mix two versions of the code in one fit, so it is refused unless
+    ``allow_changed_code`` (the new code is then recorded) or ``overwrite`` (the fit
+    starts over). A fit with no completed hop
     trained nothing, so any call may replace it: fixing the spec the probe rejected
     and running again just works. ``signature`` None: the data is yet to be made, so
     no fit there can be this one.
@@ -193,7 +195,7 @@ def plan_fit(
         raise ParamsError(
             f"{run_dir} already holds a different fit (fit {latest['fit_id']}, "
             f"{latest['status']}, {hops} hops done){data}: other grid, epochs, seed, "
-            "policy, workers, spec class or data. Use a new output_dir to keep it, or "
+            "policy, search, workers, spec class or data. Use a new output_dir to keep it, or "
             "pass overwrite=True to discard it (cerebro: --output, --overwrite); or "
             "repeat that fit's own call to continue it."
         )
