@@ -24,7 +24,7 @@ from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
 from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import CerebroError, UserCodeError
-from cerebro.params import ModelConfig
+from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
@@ -73,11 +73,6 @@ class FitState:
         self.index[config.model_id] = len(self.index)
         self.checkpoint[config.model_id] = None
         self.train_hops[config.model_id] = 0
-
-
-def ask_order(model_id: str) -> tuple[int, str]:
-    """Sort key of model ids in the order they were asked (``m999`` before ``m1000``)."""
-    return len(model_id), model_id
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:

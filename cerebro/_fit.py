@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from cerebro import _live
-from cerebro._controller import FitState, ask_order, replay, run_loop
+from cerebro._controller import FitState, replay, run_loop
 from cerebro._evaluate import import_start
 from cerebro._settings import FitSettings
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.engine.messages import HopTask
 from cerebro.errors import ParamsError, UserCodeError
-from cerebro.params import ModelConfig
+from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import Scheduler
 from cerebro.spec import MinibatchSpec
 

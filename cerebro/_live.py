@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING
 
 from cerebro.catalog import Catalog
-from cerebro.params import ModelConfig
+from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import Scheduler
 from cerebro.search import Search
 
@@ -52,7 +52,7 @@ def refresh(catalog: Catalog, state: FitState, sched: Scheduler, search: Search)
 
 def restore(catalog: Catalog, state: FitState, search: Search) -> None:
     """Resume: hand the search the models the catalog holds, with their ends and values."""
-    rows = sorted(catalog.models(state.fit_id), key=lambda r: (len(r["model_id"]), r["model_id"]))
+    rows = sorted(catalog.models(state.fit_id), key=lambda r: ask_order(r["model_id"]))
     models = []
     for r in rows:
         best = state.model_best.get(r["model_id"])

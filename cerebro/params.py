@@ -20,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "Params",
     "check_etl_dir",
+    "ask_order",
     "expand_grid",
     "is_etl_output",
     "validate_params",
@@ -216,6 +217,11 @@ class ModelConfig:
     @property
     def batch_size(self) -> int:
         return int(self.hyperparams["batch_size"])
+
+
+def ask_order(model_id: str) -> tuple[int, str]:
+    """Sort key of model ids in the order they were asked (``m999`` before ``m1000``)."""
+    return len(model_id), model_id
 
 
 def expand_grid(param_grid: Mapping[str, Sequence[Any]]) -> list[ModelConfig]:

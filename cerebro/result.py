@@ -14,6 +14,7 @@ import pandas as pd
 
 from cerebro import _ranking
 from cerebro.catalog import Catalog
+from cerebro.params import ask_order
 
 __all__ = ["FitResult"]
 
@@ -49,7 +50,7 @@ class FitResult:
         try:
             self._models = sorted(
                 (dict(r) for r in cat.models(fit_id)),
-                key=lambda m: (len(m["model_id"]), m["model_id"]),  # in the order asked
+                key=lambda m: ask_order(m["model_id"]),
             )
             self._metrics = [dict(r) for r in cat.metrics(fit_id)]
             self._checkpoints = {
