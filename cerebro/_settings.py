@@ -41,10 +41,9 @@ def _search_name(search: Any) -> tuple[str, Any]:
     """``("grid" | "random" | "tpe", None)`` or ``("sampler:<Class>", instance)``."""
     if isinstance(search, str):
         if search not in _NAMED:
-            raise ParamsError(
-                f"search must be 'grid', 'random', 'tpe' or an Optuna sampler instance (e.g. "
-                f"optuna.samplers.QMCSampler(seed=1)), got {search!r}."
-            )
+            from cerebro.search._optuna import unknown_search  # imports no optuna
+
+            raise unknown_search(search)
         return search, None
     import optuna
 
@@ -106,8 +105,6 @@ class FitSettings:
     ) -> FitSettings:
         """Check every argument before any work; errors name the argument and the fix."""
         name, sampler = _search_name(search)
-        if name.startswith("sampler:") and sampler is None:
-            raise ParamsError(f"search={name!r} needs the sampler instance itself.")
         space = (
             param_grid
             if isinstance(param_grid, Space)
@@ -200,16 +197,22 @@ class FitSettings:
             "objective": self.objective,
             "mode": self.mode,
         }
-        if self.search != "grid" or self.max_live_models is not None:
-            out |= {
-                "search": self.search,
-                "num_models": self.num_models,
-                "max_live_models": self.max_live_models,
-                "deterministic": self.deterministic,
-            }
+        out |= self._search_fields()
         if self.sampler_key is not None:
             out["sampler_key"] = self.sampler_key
         return out
+
+    def _search_fields(self) -> dict[str, Any]:
+        """The search's settings, in the record and the signature; none for a plain grid
+        fit, whose record and signature stay what they were before searches existed."""
+        if self.search == "grid" and self.max_live_models is None:
+            return {}
+        return {
+            "search": self.search,
+            "num_models": self.num_models,
+            "max_live_models": self.max_live_models,
+            "deterministic": self.deterministic,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any], search_dir: Path) -> FitSettings:
@@ -250,13 +253,7 @@ class FitSettings:
             "data": data,
             "workers": workers,
         }
-        if self.search != "grid" or self.max_live_models is not None:
-            sig |= {
-                "search": self.search,
-                "num_models": self.num_models,
-                "max_live_models": self.max_live_models,
-                "deterministic": self.deterministic,
-            }
+        sig |= self._search_fields()
         if self.sampler_key is not None:
             sig["sampler"] = self.sampler_key
         return json.dumps(sig, sort_keys=True)

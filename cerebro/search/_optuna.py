@@ -47,9 +47,9 @@ __all__ = [
     "make_sampler",
     "open_study",
     "study_storage",
+    "unknown_search",
 ]
 
-SAMPLERS = ("random", "tpe")
 SPACE_KEY = "cerebro_subspace"  # the trial parameter choosing a sub-space of a list of dicts
 _STUDY = "cerebro"
 
@@ -65,9 +65,14 @@ def make_sampler(search: Any, seed: int) -> Any:
         return optuna.samplers.RandomSampler(seed=seed)
     if search == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
-    raise ParamsError(
+    raise unknown_search(search)
+
+
+def unknown_search(search: Any) -> ParamsError:
+    """The error for a ``search=`` name that is none of those Cerebro knows."""
+    return ParamsError(
         f"search must be 'grid', 'random', 'tpe' or an Optuna sampler instance (e.g. "
-        f"optuna.samplers.QMCSampler()), got {search!r}."
+        f"optuna.samplers.QMCSampler(seed=1)), got {search!r}."
     )
 
 
