@@ -33,7 +33,10 @@ def _study(run: RunData) -> Any:
 def importances(run: RunData) -> dict[str, float] | None:
     """``{hyperparameter: importance}`` (they sum to 1), from Optuna's default evaluator
     over the completed trials; None for a grid fit or too few trials to tell."""
-    study = _study(run)
+    return _importances(_study(run))
+
+
+def _importances(study: Any) -> dict[str, float] | None:
     if study is None:
         return None
     import optuna
@@ -61,13 +64,14 @@ def search_figure(run: RunData, st: RunStatus) -> Figure | None:
     """Each model's best objective against its trial number, the best so far as a step
     line (how the search converged) and, beside it, the hyperparameters' importance.
     None for a grid fit or before any model has a value."""
-    if _study(run) is None:
+    study = _study(run)
+    if study is None:
         return None
     order = sorted(st.models, key=lambda m: int(m.model_id.removeprefix("m")))
     values = [objective_value(m, st.objective) for m in order]
     if all(v is None for v in values):
         return None
-    imp = importances(run)
+    imp = _importances(study)
     fig = Figure(figsize=(11 if imp else 7, 3.6), layout="constrained")
     axes = fig.subplots(1, 2 if imp else 1, squeeze=False).ravel()
     ax = axes[0]
