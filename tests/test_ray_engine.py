@@ -169,13 +169,16 @@ def _watch(until: Any, act: Any) -> threading.Thread:
     failed: list[str] = []
 
     def run() -> None:
-        deadline = time.time() + 120
-        while not until():
-            if time.time() > deadline:
-                failed.append("the condition never held")
-                return
-            time.sleep(0.01)
-        act()
+        try:
+            deadline = time.time() + 120
+            while not until():
+                if time.time() > deadline:
+                    failed.append("the condition never held")
+                    return
+                time.sleep(0.01)
+            act()
+        except Exception as e:  # noqa: BLE001 - reported by join(), not lost in the thread
+            failed.append(f"the watcher raised {type(e).__name__}: {e}")
 
     class Watch(threading.Thread):
         def join(self, timeout: float | None = None) -> None:

@@ -138,7 +138,8 @@ def done_hops(catalog: Path) -> int:
 
 def hop_rows(catalog: Path, status: str | None = None) -> list[sqlite3.Row]:
     """The catalog's hops in the order they were recorded (only those with ``status`` when
-    given); none while it does not exist yet (read-only: the fit may be running)."""
+    given); none while it or its tables do not exist yet (read-only: the fit may be
+    running, and a catalog file is created before its schema)."""
     try:
         db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
     except sqlite3.Error:
@@ -147,6 +148,8 @@ def hop_rows(catalog: Path, status: str | None = None) -> list[sqlite3.Row]:
     try:
         where, args = ("WHERE status=?", (status,)) if status is not None else ("", ())
         return db.execute(f"SELECT * FROM hops {where} ORDER BY hop_id", args).fetchall()
+    except sqlite3.OperationalError:  # no tables yet
+        return []
     finally:
         db.close()
 
