@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cerebro import _live, _ranking
-from cerebro.catalog import Catalog
+from cerebro import _early_stopping, _live, _ranking
+from cerebro.catalog import Catalog, StopRecord
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
 from cerebro.engine.messages import HopTask, UserFailure
@@ -28,6 +28,7 @@ from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
+from cerebro.stopping import Stopper
 
 __all__ = ["FitState", "derive_seed", "postfix", "replay", "run_loop"]
 
@@ -63,9 +64,25 @@ class FitState:
     ended: list[tuple[str, str]] = field(default_factory=list)  # (model, status) to tell
     model_best: dict[str, _ranking.Best] = field(default_factory=dict)  # each model's best
     planned: int | None = None  # models the search will ask in all (progress)
+    stopper: Stopper | None = None  # early stopping (NOTE [ stopping seam ])
+    search: Search | None = None  # told each model's epochs (an Optuna trial's curve)
+    stopped: set[str] = field(default_factory=set)  # models early stopping ended
+    freed: bool = False  # a model paused at a rung: room for the search to ask another
+    no_more: bool = False  # the stopper was told the search asks no more
+    skipped: int = 0  # hops stopped models will not run (the progress bar's total shrinks)
+    total_hops: int = 0  # every hop of every planned model (the bar's total before that)
+    progress: Any = None  # the progress bar (run_loop's)
 
     def __post_init__(self) -> None:
         self.index = {m: i for i, m in enumerate(sorted(self.configs, key=ask_order))}
+
+    def rerank(self) -> None:
+        """The fit's best so far, leaving out stopped models (NOTE [ one meaning of
+        best ]): the progress bar names a model that may become ``FitResult.best``."""
+        self.best = None
+        for model_id, b in self.model_best.items():
+            if model_id not in self.stopped and _ranking.better(b, self.best, self.mode):
+                self.best = b
 
     def add(self, config: ModelConfig) -> None:
         """A model the search just asked for joins the fit."""
@@ -78,6 +95,8 @@ class FitState:
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
     """Bring a fresh scheduler to where the catalog says the fit is; returns hops replayed."""
     catalog.abandon_running(state.fit_id)
+    if state.stopper is not None:
+        _early_stopping.restore(catalog, state)
     for row in catalog.models(state.fit_id):
         state.checkpoint[row["model_id"]] = row["checkpoint"]
         state.train_hops[row["model_id"]] = row["train_hops"]
@@ -94,11 +113,13 @@ def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
             continue
         hop = Hop(row["model_id"], row["epoch"], row["kind"], row["partition"])
         for end in sched.replay(hop):
-            _finish_epoch(catalog, state, end, only_if_missing=True)
+            _finish_epoch(catalog, state, sched, end, only_if_missing=True)
         n += 1
     for model_id in dropped:
         sched.drop_model(model_id)
     _replay_best(catalog, state)
+    if state.stopper is not None:
+        _early_stopping.settle(catalog, state, sched)
     return n
 
 
@@ -112,8 +133,8 @@ def _replay_best(catalog: Catalog, state: FitState) -> None:
         )
     if state.objective is not None:
         ranked = _ranking.rank(metrics, state.objective, state.mode)
-        state.best = ranked[0] if ranked else None
         state.model_best = {b.model_id: b for b in ranked}
+        state.rerank()
 
 
 def _task(state: FitState, hop: Hop) -> HopTask:
@@ -141,7 +162,12 @@ def _where(state: FitState, model_id: str) -> str:
 
 
 def _finish_epoch(
-    catalog: Catalog, state: FitState, end: EpochEnd, only_if_missing: bool = False
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    end: EpochEnd,
+    only_if_missing: bool = False,
+    progress: Any = None,
 ) -> None:
     """Aggregate one model's epoch with the user's ``metrics_agg`` and store it."""
     last = end.epoch == state.num_epochs - 1
@@ -185,19 +211,35 @@ def _finish_epoch(
     ck = state.checkpoint[end.model_id]
     if ck is not None:
         state.keep.add(ck)
-    catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck)
+    rec = None
+    if state.stopper is not None:
+        rec = _early_stopping.epoch(state, end.model_id, end.epoch, result, last)
+    catalog.epoch_done(state.fit_id, end.model_id, end.epoch, result, ck, rec)
+    if state.search is not None and state.objective is not None:
+        split, _, name = state.objective.partition("_")
+        if name in result.get(split, {}):
+            state.search.report(end.model_id, end.epoch + 1, result[split][name])
     if last:
         catalog.set_model_status(state.fit_id, end.model_id, "done")
         state.ended.append((end.model_id, "done"))
+    if rec is not None:
+        _early_stopping.apply(state, sched, rec, progress)
 
 
 def _fail_model(
     catalog: Catalog, state: FitState, sched: Scheduler, model_id: str, status: str, message: str
 ) -> None:
-    catalog.set_model_status(state.fit_id, model_id, status, message)
+    rec: StopRecord | None = None
+    if state.stopper is not None:
+        rec = _early_stopping.end(state, model_id, status, message)
+        catalog.record_stopping(state.fit_id, rec)
+    else:
+        catalog.set_model_status(state.fit_id, model_id, status, message)
     sched.drop_model(model_id)
     state.failures.append(message)
     state.ended.append((model_id, status))
+    if rec is not None:
+        _early_stopping.apply(state, sched, rec, state.progress)
 
 
 # A model whose hop killed its worker process this many times is failed, not retried forever.
@@ -234,6 +276,7 @@ def run_loop(
     is handled only after the one before it (it is not "plainly done" until then).
     """
     state.quiet = bool(getattr(progress, "disable", False))
+    state.progress = progress
     hop_ids: dict[Hop, int] = {}
     events: list[Any] = []
     while True:
@@ -246,7 +289,7 @@ def run_loop(
         try:
             for event in other:
                 _record_event(catalog, state, sched, hop_ids, event, progress)
-            if search is not None and state.ended:
+            if search is not None and (state.ended or state.freed):
                 _live.refresh(catalog, state, sched, search)
             assigned = [] if sched.done else sched.assign() + sched.assign_next()
             for a in assigned:
@@ -260,6 +303,8 @@ def run_loop(
                 state.fit_id, a.hop.model_id, a.hop.epoch, a.hop.kind, a.hop.partition, a.worker
             )
         if not sched.running:
+            if sched.paused:
+                raise _early_stopping.stuck(sched)
             break  # nothing runs and nothing can start: every model left was dropped
         events = engine.poll(timeout=1.0)
 
@@ -424,7 +469,7 @@ def _on_done(
                 pass
     for end in sched.complete(hop):
         try:
-            _finish_epoch(catalog, state, end)
+            _finish_epoch(catalog, state, sched, end, progress=state.progress)
         except UserCodeError as e:
             _fail_model(catalog, state, sched, end.model_id, "failed", str(e))
             if state.on_error == "stop":

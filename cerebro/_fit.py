@@ -77,9 +77,13 @@ def run_fit_loop(
         objective=settings.objective,
         mode=settings.mode,
         planned=None if settings.search == "grid" else settings.planned_models(),
+        stopper=settings.make_stopper(search_dir),
     )
+    per_model = settings.num_epochs * (len(train_owner) + len(val_owner))
+    state.total_hops = settings.planned_models() * per_model
     replay(catalog, state, sched)
     search = settings.make_search(search_dir, w)
+    state.search = search
     _live.restore(catalog, state, search)
     _live.add_models(catalog, state, sched, search)
     if start_dir is not None:
@@ -102,9 +106,8 @@ def run_fit_loop(
         for p, worker in owner.items():
             owned[worker].setdefault(split, []).append(p)
     engine = make_engine(owned)
-    per_model = settings.num_epochs * (len(train_owner) + len(val_owner))
-    done = sched.total_hops() - sched.remaining_hops()
-    progress = _bar(settings.planned_models() * per_model, done, verbose)
+    done = sched.total_hops() - sched.remaining_hops() - state.skipped
+    progress = _bar(state.total_hops - state.skipped, done, verbose)
     try:
         first = next(iter(state.configs.values()))
         _probe(engine, first, train_owner, val_owner, settings.objective)

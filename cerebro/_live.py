@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from cerebro import _early_stopping
 from cerebro.catalog import Catalog
 from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import Scheduler
@@ -28,7 +29,8 @@ def add_models(catalog: Catalog, state: FitState, sched: Scheduler, search: Sear
     """
     asked: list[ModelConfig] = []
     limit = search.max_live
-    while limit is None or sched.live + len(asked) < limit:
+    active = sched.live - sched.paused  # a model waiting at a rung holds no slot
+    while limit is None or active + len(asked) < limit:
         config = search.ask()
         if config is None:
             break
@@ -38,11 +40,16 @@ def add_models(catalog: Catalog, state: FitState, sched: Scheduler, search: Sear
         for config in asked:
             state.add(config)
             sched.add_model(config.model_id)
+            if state.stopper is not None:
+                state.stopper.add(config.model_id)
+    if search.finished:
+        _early_stopping.no_more(catalog, state, sched, state.progress)
     return len(asked)
 
 
 def refresh(catalog: Catalog, state: FitState, sched: Scheduler, search: Search) -> None:
     """Tell the search every model that ended since the last call, then refill."""
+    state.freed = False
     while state.ended:
         model_id, status = state.ended.pop(0)
         best = state.model_best.get(model_id)

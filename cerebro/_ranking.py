@@ -7,7 +7,10 @@ bar, ``cerebro status``, the report, ``model_tag="best"``) ranks through this mo
 - a model's value is the best value of the objective at ANY of its recorded epochs (so a
   model that overfits late keeps the epoch where it was best, and its checkpoint);
 - ``mode`` ``"min"`` or ``"max"``; non-finite values never count;
-- ties: the earliest epoch, then the lowest model id.
+- ties: the earliest epoch, then the lowest model id;
+- a model early stopping stopped is never the best (:func:`contenders`): it did not train
+  to the end, so its value is not comparable; ``FitResult(..., include_stopped=True)``
+  lets it be. Its own best value is still shown wherever models are listed.
 
 Without an ``objective``, a *validation* metric ranks whenever the fit has one (see
 :func:`default_objective`); a train metric only when there is no validation split. Whoever
@@ -28,6 +31,7 @@ __all__ = [
     "better",
     "check_mode",
     "choose",
+    "contenders",
     "default_objective",
     "describe",
     "rank",
@@ -112,6 +116,17 @@ def rank(metrics: Iterable[Mapping[str, Any]], objective: str, mode: str) -> lis
         if old is None or _key(b, mode) < _key(old, mode):
             per_model[b.model_id] = b
     return sorted(per_model.values(), key=lambda b: _key(b, mode))
+
+
+def contenders(
+    ranked: Iterable[Best], models: Iterable[Mapping[str, Any]], include_stopped: bool = False
+) -> list[Best]:
+    """Of ``ranked``, those that may be the best: not a model whose catalog ``status`` is
+    ``"stopped"`` (unless ``include_stopped``)."""
+    if include_stopped:
+        return list(ranked)
+    out = {str(m["model_id"]) for m in models if m["status"] == "stopped"}
+    return [b for b in ranked if b.model_id not in out]
 
 
 def better(a: Best, b: Best | None, mode: str) -> bool:

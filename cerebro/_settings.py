@@ -21,6 +21,8 @@ import cloudpickle
 from cerebro.errors import ParamsError
 from cerebro.scheduler import POLICIES
 from cerebro.search import GridSearch, Search, Space, grid_points, parse_space
+from cerebro.stopping import EarlyStopping, OptunaPruner, Stopper, parse_early_stopping
+from cerebro.stopping._config import from_json as stopping_from_json
 
 __all__ = ["ON_ERROR", "FitSettings", "positive_int"]
 
@@ -69,6 +71,19 @@ def _sampler_key(sampler: Any) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+_PRUNER = "pruner.pkl"
+
+
+def _load_pruner(search_dir: Path) -> Any:
+    try:
+        return pickle.loads((search_dir / _PRUNER).read_bytes())
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{search_dir} holds no saved pruner ({_PRUNER}): this fit's early stopping "
+            "cannot be resumed; run it again with the pruner instance (early_stopping=...)."
+        ) from None
+
+
 @dataclass(frozen=True)
 class FitSettings:
     """The checked arguments of one fit (see ``Experiment.run_fit`` for each)."""
@@ -86,6 +101,7 @@ class FitSettings:
     deterministic: bool = False
     sampler: Any = field(default=None, compare=False, repr=False)  # search="sampler:..."
     sampler_key: str | None = None  # the sampler as given: NOTE [ a sampler's identity ]
+    early_stopping: EarlyStopping | None = None
 
     @classmethod
     def check(
@@ -102,6 +118,7 @@ class FitSettings:
         num_models: int | None = None,
         max_live_models: int | None = None,
         deterministic: bool = False,
+        early_stopping: Any = None,
     ) -> FitSettings:
         """Check every argument before any work; errors name the argument and the fix."""
         name, sampler = _search_name(search)
@@ -147,6 +164,14 @@ class FitSettings:
             num_models = positive_int("num_models", num_models)
         if max_live_models is not None:
             max_live_models = positive_int("max_live_models", max_live_models)
+        rule = parse_early_stopping(early_stopping, num_epochs)
+        if rule is not None and deterministic:
+            raise ParamsError(
+                "deterministic=True does not combine with early_stopping yet: a stopped "
+                "model is told to the sampler at a time that depends on the other models. "
+                "For a reproducible search with early stopping use search='random' (its "
+                "draws never depend on results) with early_stopping='sha'."
+            )
         return cls(
             space,
             num_epochs,
@@ -161,6 +186,7 @@ class FitSettings:
             bool(deterministic),
             sampler,
             None if sampler is None else _sampler_key(sampler),
+            rule,
         )
 
     @property
@@ -203,16 +229,20 @@ class FitSettings:
         return out
 
     def _search_fields(self) -> dict[str, Any]:
-        """The search's settings, in the record and the signature; none for a plain grid
-        fit, whose record and signature stay what they were before searches existed."""
-        if self.search == "grid" and self.max_live_models is None:
-            return {}
-        return {
-            "search": self.search,
-            "num_models": self.num_models,
-            "max_live_models": self.max_live_models,
-            "deterministic": self.deterministic,
-        }
+        """The search's and early stopping's settings, in the record and the signature;
+        none for a plain grid fit, whose record and signature stay what they were before
+        searches existed."""
+        out: dict[str, Any] = {}
+        if self.search != "grid" or self.max_live_models is not None:
+            out = {
+                "search": self.search,
+                "num_models": self.num_models,
+                "max_live_models": self.max_live_models,
+                "deterministic": self.deterministic,
+            }
+        if self.early_stopping is not None:
+            out["early_stopping"] = self.early_stopping.to_json()
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], search_dir: Path) -> FitSettings:
@@ -225,6 +255,10 @@ class FitSettings:
             from cerebro.search._optuna import load_sampler
 
             sampler = load_sampler(search_dir)
+        stopping = d.get("early_stopping")
+        pruner = None
+        if stopping is not None and stopping["type"].startswith("pruner:"):
+            pruner = _load_pruner(search_dir)
         return cls(
             space,
             d["num_epochs"],
@@ -239,6 +273,7 @@ class FitSettings:
             bool(d.get("deterministic", False)),
             sampler,
             d.get("sampler_key"),
+            stopping_from_json(stopping, pruner),
         )
 
     def signature(self, spec: object, data: str, workers: int) -> str:
@@ -257,6 +292,19 @@ class FitSettings:
         if self.sampler_key is not None:
             sig["sampler"] = self.sampler_key
         return json.dumps(sig, sort_keys=True)
+
+    def make_stopper(self, search_dir: Path) -> Stopper | None:
+        """The fit's early stopping (None without); a pruner instance is kept in
+        ``search_dir`` for resume."""
+        rule = self.early_stopping
+        if rule is None:
+            return None
+        if isinstance(rule, OptunaPruner) and not (search_dir / _PRUNER).is_file():
+            search_dir.mkdir(parents=True, exist_ok=True)
+            tmp = search_dir / f".{_PRUNER}.tmp"
+            tmp.write_bytes(cloudpickle.dumps(rule.pruner))
+            tmp.replace(search_dir / _PRUNER)
+        return rule.make(self.num_epochs, self.planned_models(), self.mode)
 
     def make_search(self, search_dir: Path, workers: int) -> Search:
         """The search that asks for this fit's models (its study kept in ``search_dir``)."""

@@ -21,10 +21,11 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "StopRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,10 +50,30 @@ CREATE TABLE IF NOT EXISTS metrics(
 CREATE TABLE IF NOT EXISTS evaluations(
     fit_id INTEGER, model_id TEXT NOT NULL, tag TEXT NOT NULL, split TEXT NOT NULL,
     name TEXT NOT NULL, value REAL, checkpoint TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS stopping(
+    seq INTEGER PRIMARY KEY, fit_id INTEGER NOT NULL, event TEXT NOT NULL, model_id TEXT,
+    epoch INTEGER, value REAL, decision TEXT);
 CREATE TABLE IF NOT EXISTS checkpoints(
     fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
     path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(fit_id, model_id, epoch));
 """
+
+
+@dataclass
+class StopRecord:
+    """What one moment of early stopping writes (see ``cerebro/_stopping.py``).
+
+    ``events``: calls to the stopper as ``(event, model_id, epoch, value, decision)``;
+    ``resolved``: waiting models now decided; ``stopped``: models it stopped;
+    ``status``: other model status changes ``(model_id, status, error)`` that go with it.
+    """
+
+    events: list[tuple[str, str | None, int | None, float | None, str | None]] = field(
+        default_factory=list
+    )
+    resolved: list[tuple[str, str]] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    status: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 class Catalog:
@@ -165,7 +186,15 @@ class Catalog:
 
     def delete_fit(self, fit_id: int) -> None:
         with self.transaction() as db:
-            for table in ("fits", "models", "hops", "metrics", "checkpoints", "evaluations"):
+            for table in (
+                "fits",
+                "models",
+                "hops",
+                "metrics",
+                "checkpoints",
+                "evaluations",
+                "stopping",
+            ):
                 db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
 
     def set_fit_status(self, fit_id: int, status: str) -> None:
@@ -290,9 +319,13 @@ class Catalog:
         epoch: int,
         metrics: dict[str, dict[str, float]],
         checkpoint: str | None,
+        stopping: StopRecord | None = None,
     ) -> None:
-        """Store one epoch's aggregated metrics (``{split: {name: value}}``) and checkpoint."""
+        """Store one epoch's aggregated metrics (``{split: {name: value}}``) and checkpoint,
+        and what early stopping made of it, all at once."""
         with self.transaction() as db:
+            if stopping is not None:
+                self._write_stopping(db, fit_id, stopping)
             for split, values in metrics.items():
                 db.executemany(
                     "INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)",
@@ -314,6 +347,44 @@ class Catalog:
     def metrics(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
             "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name", (fit_id,)
+        ).fetchall()
+
+    # --- early stopping -----------------------------------------------------------------------
+
+    def record_stopping(self, fit_id: int, stopping: StopRecord) -> None:
+        """Store calls to the fit's stopper and the decisions they led to, at once."""
+        with self.transaction() as db:
+            self._write_stopping(db, fit_id, stopping)
+
+    @staticmethod
+    def _write_stopping(db: sqlite3.Connection, fit_id: int, rec: StopRecord) -> None:
+        for event, model_id, epoch, value, decision in rec.events:
+            db.execute(
+                "INSERT INTO stopping(fit_id, event, model_id, epoch, value, decision) "
+                "VALUES (?,?,?,?,?,?)",
+                (fit_id, event, model_id, epoch, value, decision),
+            )
+        for model_id, decision in rec.resolved:
+            db.execute(
+                "UPDATE stopping SET decision=? WHERE fit_id=? AND model_id=? AND "
+                "event='report' AND decision='wait'",
+                (decision, fit_id, model_id),
+            )
+        for model_id in rec.stopped:
+            db.execute(
+                "UPDATE models SET status='stopped', error=NULL WHERE fit_id=? AND model_id=?",
+                (fit_id, model_id),
+            )
+        for model_id, status, error in rec.status:
+            db.execute(
+                "UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
+                (status, error, fit_id, model_id),
+            )
+
+    def stopping_log(self, fit_id: int) -> list[sqlite3.Row]:
+        """Every call to the fit's stopper, in the order made (NOTE [ stopping seam ])."""
+        return self.db.execute(
+            "SELECT * FROM stopping WHERE fit_id=? ORDER BY seq", (fit_id,)
         ).fetchall()
 
     def epoch_checkpoints(self, fit_id: int, model_id: str) -> list[sqlite3.Row]:

@@ -503,6 +503,7 @@ class Experiment:
         num_models: int | None = None,
         max_live_models: int | None = None,
         deterministic: bool = False,
+        early_stopping: Any = None,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -529,6 +530,7 @@ class Experiment:
             num_models=num_models,
             max_live_models=max_live_models,
             deterministic=deterministic,
+            early_stopping=early_stopping,
         )
         return self._run_steps(
             (etl_spec, etl_settings), spec, settings, overwrite, allow_changed_code
@@ -589,6 +591,7 @@ class Experiment:
         num_models: int | None = None,
         max_live_models: int | None = None,
         deterministic: bool = False,
+        early_stopping: Any = None,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -625,6 +628,14 @@ class Experiment:
                 told only the results of earlier ones, so an adaptive sampler (TPE) gives
                 the same models for the same seed whatever the timing; workers wait for
                 each generation's slowest model.
+            early_stopping: stop models early at epoch boundaries: ``"sha"``
+                (synchronous successive halving: same seed, same survivors), ``"asha"``
+                (asynchronous, never waits), ``"hyperband"`` (synchronous brackets),
+                ``"median"``, a rule with its knobs (``cerebro.stopping.ASHA(
+                grace_period=2, reduction_factor=3)``...) or any ``optuna.pruners``
+                pruner. A stopped model keeps its metrics and checkpoints (status
+                ``stopped``); ``FitResult.best`` is chosen among models that trained to
+                the end. ``num_epochs`` is the most a model trains.
             overwrite: discard an earlier fit in this run directory that this call cannot
                 continue: a different one, or this one trained with other spec code. (A fit
                 that trained nothing, e.g. one whose spec the probe rejected, is replaced
@@ -650,6 +661,7 @@ class Experiment:
             num_models=num_models,
             max_live_models=max_live_models,
             deterministic=deterministic,
+            early_stopping=early_stopping,
         )
         return self._fit(spec, settings, overwrite, allow_changed_code)
 

@@ -19,6 +19,14 @@ from cerebro.params import ask_order
 __all__ = ["FitResult"]
 
 
+def _recorded_stopping(signature: str) -> dict[str, Any] | None:
+    try:
+        sig = json.loads(signature)
+    except ValueError:
+        return None
+    return sig.get("early_stopping") if isinstance(sig, dict) else None
+
+
 class FitResult:
     """The results of one fit, read from its catalog (so it also works after a resume).
 
@@ -31,6 +39,8 @@ class FitResult:
             else the first ``val_*`` metric); a train metric only without a validation
             split. :attr:`objective` says which.
         mode: ``"min"`` or ``"max"``; default: the fit's, else ``"min"``.
+        include_stopped: let a model early stopping stopped be :attr:`best` (by default
+            only models that trained to the end can be).
 
     Attributes:
         objective, mode: what ranks the models here (given or chosen as above), the same
@@ -43,8 +53,10 @@ class FitResult:
         fit_id: int,
         objective: str | None = None,
         mode: str | None = None,
+        include_stopped: bool = False,
     ):
         self.catalog_path = Path(catalog_path)
+        self.include_stopped = include_stopped
         self.fit_id = fit_id
         cat = Catalog(self.catalog_path, readonly=True)
         try:
@@ -68,12 +80,15 @@ class FitResult:
         finally:
             cat.close()
         self.config: dict[str, Any] = json.loads(fit["config"])
+        #: The fit's early-stopping rule as recorded (``{"type": "sha", ...}``), or None.
+        self.early_stopping: dict[str, Any] | None = _recorded_stopping(fit["signature"])
         self.status: str = fit["status"]
         names = {f"{m['split']}_{m['name']}" for m in self._metrics}
         self.objective, self.mode = _ranking.choose(
             objective, mode, names, self.catalog_path.parent, fit["signature"]
         )
-        self._ranked = _ranking.rank(self._metrics, self.objective, self.mode)
+        self._per_model = _ranking.rank(self._metrics, self.objective, self.mode)
+        self._ranked = _ranking.contenders(self._per_model, self._models, include_stopped)
         self.spec: Any = None  # the spec that trained these models, when known
 
     def load_model(self, model_id: str = "best", spec: Any = None) -> dict[str, Any]:
@@ -122,13 +137,18 @@ class FitResult:
         trial's, or the grid point's), hyperparameters, epochs done, last epoch's metrics, the best
         value of the objective (column ``best_<objective>``) and the epoch it was reached
         (``best_epoch``, from 1), training seconds (sum of its hops), status and error.
+        With early stopping also ``stopped_epoch``: the epoch (from 1) after which a
+        ``stopped`` model stopped, its last; empty for the others.
 
-        ``table.attrs`` holds the ``objective`` and ``mode`` that ranked it.
+        ``table.attrs`` holds the ``objective`` and ``mode`` that ranked it, and
+        ``best_among``: which models may be :attr:`best` (early-stopped ones only with
+        ``include_stopped=True``).
         """
         last: dict[str, int] = {}
         for m in self._metrics:
             last[m["model_id"]] = max(last.get(m["model_id"], -1), m["epoch"])
-        bests = {b.model_id: b for b in self._ranked}
+        bests = {b.model_id: b for b in self._per_model}
+        stopping = self.early_stopping is not None
         rows = []
         for model in self._models:
             mid = model["model_id"]
@@ -143,16 +163,21 @@ class FitResult:
             row["best_epoch"] = best.epoch + 1 if best else None
             row["train_seconds"] = round(self._seconds.get(mid, 0.0), 3)
             row["status"] = model["status"]
+            if stopping:
+                row["stopped_epoch"] = row["epochs"] if model["status"] == "stopped" else None
             row["error"] = model["error"]
             rows.append(row)
         table = pd.DataFrame(rows)
-        table.attrs.update(objective=self.objective, mode=self.mode)
+        if stopping:
+            table["stopped_epoch"] = table["stopped_epoch"].astype("Int64")
+        among = "every model" if self.include_stopped else "models that trained to the end"
+        table.attrs.update(objective=self.objective, mode=self.mode, best_among=among)
         return table
 
     @property
     def best(self) -> dict[str, Any]:
         """The model with the best objective at any epoch (ties: earliest epoch, then
-        lowest model id).
+        lowest model id), of those that trained to the end unless ``include_stopped``.
 
         Returns:
             ``model_id``, ``hyperparams``, ``objective``, ``mode``, ``value``, ``epoch``
@@ -163,6 +188,12 @@ class FitResult:
             ValueError: no model has a value for the objective (every model failed, or the
                 metric is not one the spec returns).
         """
+        if not self._ranked and self._per_model:
+            raise ValueError(
+                "no model that trained to the end has a value for the objective "
+                f"{self.objective!r} (early stopping stopped the others); read "
+                "FitResult(..., include_stopped=True).best to rank stopped models too."
+            )
         if not self._ranked:
             have = sorted({f"{m['split']}_{m['name']}" for m in self._metrics})
             raise ValueError(

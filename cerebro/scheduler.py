@@ -109,6 +109,12 @@ class EpochEnd:
 # its own index only: what the models already there do never changes when one joins. It
 # is indexed as a candidate at once, so an idle worker gets it at the next `assign`.
 #
+# NOTE [ Paused models ]
+# Early stopping with synchronous rungs holds a model at an epoch boundary until its rung
+# decides (`pause`); it is in no `_cand` meanwhile, so the workers train the other models.
+# It stays live (its remaining hops count) and either resumes (`resume`) or is stopped
+# (`stop_model`). The scheduler never pauses or resumes anything by itself.
+#
 # NOTE [ Determinism ]
 # Decisions never depend on the iteration order of a set of strings (hash-randomized per
 # process): models are ints internally, "sets" are insertion-ordered dicts, worker order
@@ -126,6 +132,7 @@ class _Model:
     worker: int = -1  # where `hop` runs
     queued: bool = False  # `hop` waits behind the hop running on `worker`
     dropped: bool = False
+    paused: bool = False  # waits at an epoch boundary (a synchronous rung) for a decision
 
 
 class Scheduler:
@@ -203,6 +210,7 @@ class Scheduler:
         self._bases: dict[int, list[int]] = {}  # epoch -> base order of "fixed"
         self._train_workers = len(set(self._train_owner.values()))
         self._unfinished = 0
+        self._paused = 0
         self._assigned = False
         for model_id in model_ids:
             self.add_model(model_id)
@@ -263,6 +271,11 @@ class Scheduler:
     def live(self) -> int:
         """Models added and neither finished nor dropped (a search keeps this bounded)."""
         return self._unfinished
+
+    @property
+    def paused(self) -> int:
+        """Live models held by :meth:`pause` (they count in :attr:`live`, run nothing)."""
+        return self._paused
 
     @property
     def running(self) -> list[Assignment]:
@@ -417,8 +430,38 @@ class Scheduler:
             self._load[self.owner(hop)] -= self._cost(hop)
         if m.epoch < self._num_epochs:
             self._unfinished -= 1
+        if m.paused:
+            m.paused = False
+            self._paused -= 1
         self._unindex(m)
         m.dropped, self._work[m.index] = True, 0.0
+
+    def stop_model(self, model_id: str) -> None:
+        """Early stopping ended the model at an epoch boundary: it gets no more hops, as
+        :meth:`drop_model` (the difference, stopped rather than failed, is the caller's)."""
+        self.drop_model(model_id)
+
+    def pause(self, model_id: str) -> None:
+        """Hold an idle model at its epoch boundary until :meth:`resume` (NOTE [ Paused
+        models ]). ``ValueError`` if it runs or has a hop queued, or has ended."""
+        m = self._model(model_id, "pause")
+        if m.hop is not None or m.dropped or m.epoch >= self._num_epochs:
+            raise ValueError(
+                f"pause({model_id!r}): only a live model between hops can wait (it runs "
+                f"{m.hop}, dropped={m.dropped}, epoch {m.epoch})"
+            )
+        if not m.paused:
+            m.paused = True
+            self._paused += 1
+            self._unindex(m)
+
+    def resume(self, model_id: str) -> None:
+        """A paused model may run again (a no-op for one not paused)."""
+        m = self._model(model_id, "resume")
+        if m.paused:
+            m.paused = False
+            self._paused -= 1
+            self._index(m)
 
     def replay(self, hop: Hop) -> list[EpochEnd]:
         """Record a hop completed in an earlier, interrupted run (for resume).
@@ -549,7 +592,7 @@ class Scheduler:
         return [end]
 
     def _index(self, m: _Model) -> None:
-        if m.dropped or m.hop is not None or m.epoch >= self._num_epochs:
+        if m.dropped or m.paused or m.hop is not None or m.epoch >= self._num_epochs:
             return
         kind, parts = self._runnable(m)
         owner = self._train_owner if kind == "train" else self._val_owner

@@ -87,7 +87,11 @@ def test_result_status_and_report_name_the_same_best(run_dir: Path) -> None:
     assert (best["objective"], best["mode"]) == ("val_epoch_loss", "min")
     table = result.table.set_index("model_id")
     assert table.loc["m000", "best_epoch"] == 2 and table.loc["m000", "best_val_epoch_loss"] == 0.5
-    assert table.attrs == {"objective": "val_epoch_loss", "mode": "min"}
+    assert table.attrs == {
+        "objective": "val_epoch_loss",
+        "mode": "min",
+        "best_among": "models that trained to the end",
+    }
     assert set(result.history["epoch"]) == {1, 2, 3}
 
     st = read_status(run_dir)

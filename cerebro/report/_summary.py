@@ -310,7 +310,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         active_seconds=active,
         objective=objective,
         mode=mode,
-        best=best_model(models, order[0] if order else None),
+        best=best_model(models, next(iter(_ranking.contenders(order, run.models)), None)),
         last_activity=max(stamps) if stamps else None,
         now=run.now,
         **driver,

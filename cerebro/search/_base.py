@@ -36,8 +36,13 @@ class Search(ABC):
 
     @abstractmethod
     def tell(self, model_id: str, value: float | None, status: str) -> None:
-        """Model ``model_id`` ended with ``status`` (``done``, ``failed``, ``diverged``) and
-        the best ``value`` of the objective it reached (None if it has none)."""
+        """Model ``model_id`` ended with ``status`` (``done``, ``stopped`` by early
+        stopping, ``failed``, ``diverged``) and the best ``value`` of the objective it
+        reached (None if it has none)."""
+
+    def report(self, model_id: str, epochs: int, value: float) -> None:  # noqa: B027
+        """Model ``model_id`` finished epoch ``epochs`` (1-based) with objective ``value``
+        (an Optuna trial's intermediate value: its curve, and a pruned trial's value)."""
 
     @abstractmethod
     def restore(self, models: Sequence[tuple[ModelConfig, str, float | None]]) -> None:

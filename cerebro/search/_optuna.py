@@ -252,14 +252,31 @@ class OptunaSearch(Search):
             trial.set_user_attr("cerebro_status", status)
         if ok:
             self.study.tell(number, value, state=optuna.trial.TrialState.COMPLETE)
+        elif status == "stopped":  # Optuna gives a pruned trial its last reported value
+            self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
         self._told.add(number)
 
+    def report(self, model_id: str, epochs: int, value: float) -> None:
+        import optuna
+
+        number = int(model_id.removeprefix("m"))
+        if number in self._told or not math.isfinite(value):
+            return
+        trial = self._trials.get(number)
+        if trial is None:  # asked by an earlier session of this fit
+            storage = self.study._storage
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                self.study._study_id, number
+            )
+            trial = self._trials[number] = optuna.trial.Trial(self.study, trial_id)
+        trial.report(value, epochs)
+
     def restore(self, models: Sequence[tuple[ModelConfig, str, float | None]]) -> None:
         known = {c.model_id for c, _, _ in models}
         for config, status, value in models:
-            if status in ("done", "failed", "diverged"):
+            if status in ("done", "stopped", "failed", "diverged"):
                 self.tell(config.model_id, value, status)  # an end the study missed
         trials = self.study.get_trials(deepcopy=False)
         lag = len(trials) - self._asked_by_sampler
