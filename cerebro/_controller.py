@@ -373,6 +373,14 @@ def postfix(state: FitState, sched: Scheduler) -> str:
         text += f", models {len(sched.model_ids) - sched.live}/{state.planned}"
     if state.best is not None and state.objective is not None:
         text += f", best {state.objective}={state.best.value:.4g} ({state.mode})"
+    # The tail: fewer models left to train than workers, so some workers idle.
+    workers = len(sched.workers)
+    active = sched.live - sched.paused
+    more = state.planned is not None and len(sched.model_ids) < state.planned
+    if not more and 0 < active < workers:
+        text += f", tail: {active} model{'s' * (active > 1)} left for {workers} workers"
+    if sched.paused:
+        text += f", {sched.paused} waiting at a rung"
     return text
 
 

@@ -199,14 +199,15 @@ def test_a_stopped_fit_has_no_running_models(toy_data: dict[str, str], tmp_path:
     st = read_status(run_dir)
     status = {m.model_id: m.status for m in st.models}
     assert status.pop("m001") == "failed"
-    assert set(status.values()) == {"stopped"}  # the catalog still says running / pending
+    # the catalog still says running / pending; not "stopped", which early stopping means
+    assert set(status.values()) == {"interrupted"}
     assert st.fit_status == st.state == "stopped" and st.hops_running == 0
     text = status_text(run_dir)
     assert f"`cerebro resume {run_dir}`" in text
     text = text.replace(str(run_dir), "DIR")
     assert "fit 1: stopped" in text and "running" not in text and "pending" not in text
     page = write_report(run_dir).read_text()
-    assert 'class="st st-running"' not in page and "3 stopped" in page
+    assert 'class="st st-running"' not in page and "3 interrupted" in page
 
 
 def test_a_run_killed_in_its_etl_is_a_run_directory(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from pathlib import Path
 
 import optuna
 import pytest
@@ -228,3 +229,31 @@ def test_scheduler_paused_model_waits_while_the_others_train() -> None:
     assert [x.hop.model_id for x in s.assign()] == ["a"]
     s.stop_model("b")
     assert s.live == 1 and s.paused == 0 and s.remaining_hops("b") == 0
+
+
+def test_the_progress_bar_says_when_models_wait_and_when_workers_idle(tmp_path: Path) -> None:
+    from cerebro._controller import FitState, postfix
+    from cerebro.params import ModelConfig
+    from toy import ToySpec
+
+    owners = {0: 0, 1: 1, 2: 2}
+    sched = Scheduler(["m000", "m001"], num_epochs=2, train_owner=owners, val_owner={})
+    configs = {m: ModelConfig(m, {"lr": 0.1}) for m in ("m000", "m001")}
+    state = FitState(1, ToySpec(), configs, tmp_path, 1, 2, "continue")
+    assert postfix(state, sched) == "epoch 1/2, tail: 2 models left for 3 workers"
+    sched.pause("m000")
+    assert postfix(state, sched) == (
+        "epoch 1/2, tail: 1 model left for 3 workers, 1 waiting at a rung"
+    )
+    state.planned = 4  # a search that will ask two more: no tail yet
+    assert postfix(state, sched) == "epoch 1/2, models 0/4, 1 waiting at a rung"
+
+
+def test_a_model_stopped_while_it_waits_leaves_the_scheduler() -> None:
+    s = Scheduler(["a", "b"], num_epochs=3, train_owner={0: 0}, val_owner={})
+    s.pause("a")
+    s.stop_model("a")
+    assert (s.paused, s.live, s.remaining_hops("a")) == (0, 1, 0)
+    assert [x.hop.model_id for x in s.assign()] == ["b"]
+    with pytest.raises(ValueError, match="only a live model"):
+        s.pause("a")

@@ -12,8 +12,9 @@ name, else the first ``val_*`` one) and ``min``. An objective ``test_<name>`` ra
 NOTE [ a fit that is not running has no running models ]
 The catalog leaves models ``running`` (and hops in flight ``running``) when a fit stops on
 an error or Ctrl-C (fit ``stopped``) or its driver is killed (fit still ``running``, driver
-dead). :func:`summarize` shows those models as ``stopped`` or ``interrupted`` and counts no
-hop as running, since nothing runs until ``cerebro resume DIR``.
+dead). :func:`summarize` shows those models as ``interrupted`` (``stopped`` is a model that
+early stopping ended) and counts no hop as running, since nothing runs until ``cerebro
+resume DIR``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = ["ModelProgress", "RunStatus", "active_segments", "driver_restarts", "
 RESUME_GAP = 60.0
 LIVE = ("pending", "running")
 DROPPED = ("failed", "diverged")
+ENDED_EARLY = (*DROPPED, "stopped")  # ended before num_epochs: no more hops to come
 
 
 @dataclass
@@ -238,7 +240,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         c = per_model.get(mid, {})
         status = row["status"]
         if status in LIVE and (stopped or dead):  # NOTE [ a fit that is not running ... ]
-            status = "stopped" if stopped else "interrupted"
+            status = "interrupted"
         b = ranked.get(mid)
         models.append(
             ModelProgress(
@@ -259,7 +261,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         )
     hops_done = len(done_hops)
     hops_total = sum(
-        m.hops_done if m.status in DROPPED else max(m.hops_total, m.hops_done) for m in models
+        m.hops_done if m.status in ENDED_EARLY else max(m.hops_total, m.hops_done) for m in models
     )
     unasked = 0 if run.finished else run.planned_models - len(models)  # a search's, to come
     hops_total += unasked * run.hops_per_model
