@@ -202,3 +202,39 @@ def test_bad_early_stopping_is_refused_before_anything_runs(exp: Experiment) -> 
 
         exp.run_fit(ToySpec(), GRID, num_epochs=4, early_stopping=ASHA(grace_period=4))
     assert computed(exp.output_dir / "catalog.sqlite") == before
+
+
+def test_tpe_with_sha_asks_past_models_that_wait_at_a_rung(exp: Experiment) -> None:
+    """A synchronous rung waits for every model of the search, more than may be live at
+    once: a waiting model holds no slot, so the search asks on and the rung completes."""
+    space = {"lr": loguniform(1e-3, 8.0), "batch_size": choice([16, 32])}
+    sampler = optuna.samplers.TPESampler(seed=2, n_startup_trials=3)
+    result = exp.run_fit(
+        ToySpec(), space, num_epochs=4, search=sampler, num_models=6, max_live_models=2,
+        early_stopping="sha", objective="val_acc", mode="max", overwrite=True,
+    )  # fmt: skip
+    first = _best(_values(result, 1), 2)  # 6 // 3 at epoch 1, then max(1, 2 // 3) at 3
+    last = _best({m: v for m, v in _values(result, 3).items() if m in first}, 1)
+    assert {m for m, (s, e) in _outcome(result).items() if e > 1} == first
+    assert {m for m, (s, _) in _outcome(result).items() if s == "done"} == last
+    states = {t.number: t.state.name for t in result.study.trials}
+    assert sorted(states.values()) == ["COMPLETE"] + ["PRUNED"] * 5
+
+
+def test_hyperband_on_a_grid_by_hand(exp: Experiment) -> None:
+    """9 models, rungs at 1 and 3 of 4 epochs: Hyperband's brackets get 9:5:3 parts, i.e.
+    5, 3 and 1 models (m000-m004 halve at 1 and 3, m005-m007 at 3, m008 trains on)."""
+    result = exp.run_fit(
+        ToySpec(), GRID, num_epochs=4, early_stopping="hyperband", objective="val_acc",
+        mode="max", overwrite=True,
+    )  # fmt: skip
+    ids = sorted(_outcome(result))
+    at1, at3 = _values(result, 1), _values(result, 3)
+    b0 = _best({m: at1[m] for m in ids[:5]}, 1)  # max(1, 5 // 3)
+    b0_end = b0  # max(1, 1 // 3) = 1 of 1
+    b1_end = _best({m: at3[m] for m in ids[5:8]}, 1)
+    done = {m for m, (s, _) in _outcome(result).items() if s == "done"}
+    assert done == b0_end | b1_end | {ids[8]}
+    epochs = {m: e for m, (_, e) in _outcome(result).items()}
+    assert all(epochs[m] == 1 for m in set(ids[:5]) - b0)
+    assert all(epochs[m] == 3 for m in set(ids[5:8]) - b1_end)
