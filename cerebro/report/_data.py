@@ -50,6 +50,8 @@ class RunData:
         hops: ``hops`` rows in hop-id order; ``metrics`` decoded only when asked for.
         metrics: per-epoch ``metrics`` rows (``model_id, epoch, split, name, value``).
         evaluations: rows of the optional ``evaluations`` table (test-set results).
+        stopping: rows of the optional ``stopping`` table (every call to the fit's
+            early stopping, in the order made; empty without early stopping).
         now: when the snapshot was taken (``time.time()``).
     """
 
@@ -60,6 +62,7 @@ class RunData:
     hops: list[dict[str, Any]]
     metrics: list[dict[str, Any]]
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    stopping: list[dict[str, Any]] = field(default_factory=list)
     now: float = 0.0
     train_partitions: int = 1
     val_partitions: int = 0
@@ -95,6 +98,18 @@ class RunData:
     def hops_per_model(self) -> int:
         """Hops one model needs for the whole fit: each epoch, every train + val partition."""
         return self.num_epochs * (self.train_partitions + self.val_partitions)
+
+    @property
+    def early_stopping(self) -> dict[str, Any] | None:
+        """The fit's early-stopping rule as its signature records it (``{"type": "sha",
+        ...}``), or ``None`` for a fit without."""
+        rule = self.signature.get("early_stopping")
+        return rule if isinstance(rule, dict) and isinstance(rule.get("type"), str) else None
+
+    @property
+    def stopped_early(self) -> set[str]:
+        """Models early stopping ended (catalog status ``stopped``)."""
+        return {str(m["model_id"]) for m in self.models if m["status"] == "stopped"}
 
     @property
     def finished(self) -> bool:
@@ -271,6 +286,8 @@ def load_run(run_dir: str | Path, hop_metrics: bool = False) -> RunData:
         ]
         metrics = [dict(r) for r in cat.metrics(fid)]
         evaluations = _evaluations(db, fit) if "evaluations" in tables else []
+        # A catalog older than early stopping has no such table.
+        stopping = [dict(r) for r in cat.stopping_log(fid)] if "stopping" in tables else []
         db.execute("ROLLBACK")
     finally:
         cat.close()
@@ -291,6 +308,7 @@ def load_run(run_dir: str | Path, hop_metrics: bool = False) -> RunData:
         hops=hops,
         metrics=metrics,
         evaluations=evaluations,
+        stopping=stopping,
         now=time.time(),
     )
     run.train_partitions, run.val_partitions = _partitions(run)

@@ -14,10 +14,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cerebro.report import _stopping
 from cerebro.report._assets import CSS, JS, TEMPLATE
 from cerebro.report._data import RunData, load_run
+from cerebro.report._stopping import Rung
 from cerebro.report._summary import (
     ModelProgress,
     RunStatus,
@@ -29,10 +31,21 @@ from cerebro.report._summary import (
     summarize,
 )
 
+if TYPE_CHECKING:
+    from cerebro.report._timeline import Tail  # the module imports matplotlib
+
 __all__ = ["write_report"]
 
 PLOTS = "plots"
 REPORT = "report.html"
+# Early stopping's own status colour: a stopped model is neither failed nor a stopped fit
+# (``st-stopped``, the page header's).
+STOPPING_CSS = """
+.st-early{background:#e4e1f5;color:#3f3590}
+table.rungs td.cut{color:#3f3590}
+"""
+# Past this many epochs, the median rule's and pruners' table keeps those that stopped.
+RUNG_ROWS = 15
 
 
 def write_report(
@@ -43,8 +56,9 @@ def write_report(
     The page has a summary (models, epochs, the best model and its hyperparameters, total
     time, worker busy share), learning curves per metric, each hyperparameter against the
     objective, the timeline of hops per worker, failed and diverged models with their
-    errors, and a table of every model, sortable by clicking a column header. It reads the
-    catalog only, so it works during a fit, after it and after a resume.
+    errors, what early stopping did at each rung (when the fit has it), and a table of
+    every model, sortable by clicking a column header. It reads the catalog only, so it
+    works during a fit, after it and after a resume.
 
     Args:
         run_dir: a run directory (the ``output_dir`` of a fit).
@@ -66,7 +80,7 @@ def write_report(
     """
     from cerebro.report._plots import plot_hyperparams, plot_learning_curves
     from cerebro.report._search import plot_search
-    from cerebro.report._timeline import plot_timeline
+    from cerebro.report._timeline import plot_timeline, run_tail
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -81,7 +95,7 @@ def write_report(
     for old in plots.glob("*.png"):  # plots of metrics this run no longer has
         if old.name not in written:
             old.unlink(missing_ok=True)
-    page = _page(run, st, curves, hp, timeline, search)
+    page = _page(run, st, curves, hp, timeline, search, run_tail(run))
     out = run_dir / REPORT
     tmp = out.with_name(f".{REPORT}.tmp-{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")
@@ -104,11 +118,19 @@ def _card(title: str, value: str, sub: str = "") -> str:
     return f'<div class="card"><div class="k">{_e(title)}</div><div class="v">{value}</div>{sub_html}</div>'  # noqa: E501
 
 
+def _status_class(m: ModelProgress) -> str:
+    """The badge class of a model's status: early stopping's ``stopped`` has its own colour
+    (``st-stopped`` is the fit's, in the page header)."""
+    return "st-early" if m.status == "stopped" else f"st-{m.status}"
+
+
 def _status_counts(st: RunStatus) -> str:
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     for m in st.models:
-        counts[m.status] = counts.get(m.status, 0) + 1
-    return " ".join(f'<span class="st st-{_e(s)}">{n} {_e(s)}</span>' for s, n in counts.items())
+        cls = _status_class(m)
+        key = ("stopped early" if cls == "st-early" else m.status, cls)
+        counts[key] = counts.get(key, 0) + 1
+    return " ".join(f'<span class="st {_e(c)}">{n} {_e(s)}</span>' for (s, c), n in counts.items())
 
 
 def _worker_busy(run: RunData, st: RunStatus) -> str:
@@ -273,9 +295,15 @@ def _row(
     vals = {**m.metrics, **m.test}
     best = st.best is not None and st.best["model_id"] == m.model_id
     err = (m.error or "").strip()
+    cls = _status_class(m)
+    title = (
+        f' title="early stopping stopped it after epoch {m.epochs_done}"'
+        if cls == "st-early"
+        else ""
+    )
     cells = [
         f"<td><b>{_e(m.model_id)}</b>{' ★' if best else ''}</td>",
-        f'<td data-v="{_e(m.status)}"><span class="st st-{_e(m.status)}">{_e(m.status)}'
+        f'<td data-v="{_e(m.status)}"><span class="st {_e(cls)}"{title}>{_e(m.status)}'
         "</span></td>",
         _cell(m.epochs_done),
         _cell(m.hops_done),
@@ -301,12 +329,131 @@ def _table(run: RunData, st: RunStatus) -> str:
         f'<th class="{"obj" if h in (st.objective, best_col) else ""}">{_e(h)}</th>' for h in head
     )
     rows = "".join(_row(m, st, hp_names, names, errors) for m in st.models)
+    stopped = (
+        " A model early stopping stopped (status stopped) keeps its values but is never the best."
+        if run.stopped_early
+        else ""
+    )
     return (
         f"<section><h2>All models</h2><p class=hint>{_e(best_col)} is each model's best "
         f"value at any epoch ({_e(st.mode)}), which ranks it; the other metrics are at its "
-        "last epoch; train_seconds is the time its hops ran (as in FitResult.table). Click a "
-        "column header to sort.</p><div class=scroll><table class=sortable id=models>"
+        "last epoch; train_seconds is the time its hops ran (as in FitResult.table)."
+        f"{stopped} Click a column header to sort.</p><div class=scroll>"
+        "<table class=sortable id=models>"
         f"<thead><tr>{ths}</tr></thead><tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def _early_stopping(run: RunData) -> str:
+    """The rule in one line and a table of what happened at each of its rungs."""
+    rule = run.early_stopping
+    if rule is None:
+        return ""
+    objective, mode = _stopping.objective(run)
+    ids = [str(m["model_id"]) for m in run.models]
+    bracket_of = _stopping.brackets(ids, run.planned_models, rule, run.num_epochs)
+    rungs = _stopping.rungs(run.stopping, rule, run.num_epochs, mode, bracket_of)
+    epochs = _stopping.decision_epochs(rule, run.num_epochs, run.stopping)
+    halving = rule.get("type") in _stopping.HALVING
+    where = (
+        f"Rungs at epoch{'s' if len(epochs) != 1 else ''} {', '.join(map(str, epochs))} of "
+        f"{run.num_epochs}. "
+        if halving and epochs
+        else ""
+    )
+    stopped = len(run.stopped_early)
+    done = sum(1 for m in run.models if m["status"] == "done")
+    parts = [
+        f"<section><h2>Early stopping</h2><p>{_e(_stopping.describe(rule))}</p>",
+        f"<p class=hint>{_e(where)}It ranks by {_e(objective)} ({_e(mode)}). {stopped} of "
+        f"{len(run.models)} models stopped early, {done} trained to the end; a stopped model "
+        "keeps its metrics and checkpoints but is never the best model.</p>",
+    ]
+    if bracket_of:
+        parts.append(f"<p class=hint>{_e(_bracket_line(bracket_of, epochs))}</p>")
+    shown = rungs
+    if not halving and len(rungs) > RUNG_ROWS:  # every epoch: keep those that decided
+        shown = [r for r in rungs if r.stopped or r.waiting or r.left]
+    if shown:
+        basis = _stopping.cut_basis(rule)
+        parts.append(_rung_table(shown, objective, mode, bool(bracket_of), basis))
+    if len(shown) < len(rungs):
+        parts.append(
+            f"<p class=hint>{len(rungs) - len(shown)} epoch(s) where no model stopped are "
+            "left out.</p>"
+        )
+    if not rungs or not any(r.reported for r in rungs):
+        parts.append("<p class=hint>No model has reached a rung yet.</p>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _bracket_line(bracket_of: dict[str, int], epochs: list[int]) -> str:
+    """``Brackets (models in ask order): 1: 6 models, rungs at epochs 1, 3; ...``."""
+    sizes: dict[int, int] = {}
+    for b in bracket_of.values():
+        sizes[b] = sizes.get(b, 0) + 1
+    items = []
+    for b, n in sorted(sizes.items()):
+        own = epochs[b:]
+        many = "s" if len(own) > 1 else ""
+        at = (
+            f"rung{many} at epoch{many} {', '.join(map(str, own))}"
+            if own
+            else "no rung (trains to the end)"
+        )
+        items.append(f"{b + 1}: {n} model{'s' if n != 1 else ''}, {at}")
+    return "Brackets (models in ask order): " + "; ".join(items) + "."
+
+
+def _rung_table(
+    rungs: list[Rung], objective: str, mode: str, brackets: bool, basis: str | None
+) -> str:
+    """Per rung: reported, went on, stopped, waiting (and failed while waiting), the cut
+    (of ``basis``, :func:`cerebro.report._stopping.cut_basis`; no column for ``None``)."""
+    sign = "≥" if mode == "max" else "≤"
+    left = any(r.left for r in rungs)
+    head = (["bracket"] if brackets else []) + ["epoch", "reported", "went on", "stopped"]
+    head += ["waiting"] + (["failed while waiting"] if left else [])
+    if basis is not None:
+        head.append(f"cut ({'best ' if basis == 'best' else ''}{objective} {sign})")
+    body = []
+    for r in rungs:
+        cells = [_cell(r.bracket + 1)] if brackets and r.bracket is not None else []
+        cells += [_cell(r.epoch), _cell(r.reported), _cell(r.went_on), _cell(r.stopped)]
+        cells += [_cell(r.waiting)] + ([_cell(r.left)] if left else [])
+        if basis is not None:
+            cells.append(_cell(r.cut).replace('<td class="num"', '<td class="num cut"', 1))
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    ths = "".join(f"<th>{_e(h)}</th>" for h in head)
+    what = {
+        "value": f"the worst {_e(objective)} among those that went on (they had "
+        f"{_e(objective)} {sign} it)",
+        "best": f"the worst best-so-far {_e(objective)} among those that went on",
+    }
+    cut = f"; cut is {what[basis]}" if basis is not None else ""
+    return (
+        "<p class=hint>Per rung (epochs from 1): models that finished that epoch, how many "
+        f"trained on, were stopped or still wait for the rung to decide{cut}.</p>"
+        "<div class=scroll><table class='sortable compact rungs' id=rungs>"
+        f"<thead><tr>{ths}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _tail_sentence(tail: Tail | None) -> str:
+    """One sentence on the tail of the fit (NOTE [ the tail ] in ``_timeline.py``)."""
+    if tail is None or tail.idle <= 0 or tail.seconds <= 0:
+        return ""
+    workers = tail.workers
+    share = 100 * tail.idle / (workers * tail.seconds)
+    idle = f"{fmt_seconds(tail.idle)} of worker time idle ({share:.0f}% of it)"
+    if tail.whole:
+        return f" The fit never had as many models as its {workers} workers: that left {idle}."
+    whole = 100 * tail.seconds / tail.end if tail.end > 0 else 100.0
+    return (
+        f" From {fmt_seconds(tail.start)} after the first hop (shaded), fewer models remained "
+        f"than the {workers} workers: that tail lasted {fmt_seconds(tail.seconds)} "
+        f"({whole:.0f}% of the fit) and left {idle}."
     )
 
 
@@ -317,6 +464,7 @@ def _page(
     hp: Path | None,
     timeline: Path | None,
     search: Path | None = None,
+    tail: Tail | None = None,
 ) -> str:
     title = f"Cerebro report: {run.run_dir.resolve().name}"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.now))
@@ -336,13 +484,18 @@ def _page(
             '<p class="live">The fit stopped before it finished: <code>cerebro resume '
             f"{_e(run.run_dir)}</code> (or the same command) resumes it.</p>"
         )
-    sections = [_summary(run, st), live, _tests(run, st), _failures(st)]
+    sections = [_summary(run, st), live, _tests(run, st), _failures(st), _early_stopping(run)]
     if curves:
         imgs = "".join(_img(p, f"learning curves: {n}") for n, p in curves)
+        marked = (
+            ", and an x ends the curve of a model early stopping stopped"
+            if run.stopped_early
+            else ""
+        )
         sections.append(
             "<section><h2>Learning curves</h2><p class=hint>Per epoch, train and validation; "
             "the best model is the thick black line, dotted lines are failed or diverged "
-            f"models.</p>{imgs}</section>"
+            f"models{marked}.</p>{imgs}</section>"
         )
     if search is not None:
         sections.append(
@@ -360,7 +513,8 @@ def _page(
     if timeline is not None:
         sections.append(
             "<section><h2>Timeline</h2><p class=hint>Every hop per worker over time; gaps "
-            f"are idle workers. {_e(_worker_busy(run, st))}.</p>"
+            f"are idle workers. {_e(_worker_busy(run, st))}."
+            f"{_e(_tail_sentence(tail))}</p>"
             f"{_img(timeline, 'timeline')}</section>"
         )
     sections.append(_table(run, st))
@@ -370,6 +524,6 @@ def _page(
         status=_e(st.state),
         when=_e(when),
         body="\n".join(s for s in sections if s),
-        css=CSS,
+        css=CSS + STOPPING_CSS,
         js=JS,
     )

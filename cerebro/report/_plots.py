@@ -30,6 +30,7 @@ __all__ = [
 BEST_COLOR = "#111111"
 FAILED_COLOR = "#C44E52"
 MODEL_COLOR = "#4C72B0"
+STOP_MARKER = "x"  # ends the curve of a model early stopping stopped
 # Past this many models the legend names the best ones only; the rest are drawn in grey.
 LEGEND_LIMIT = 20
 # A curve with more points than this is a plain line: at 200 epochs markers merge into a
@@ -91,7 +92,9 @@ def plot_learning_curves(run: RunData, st: RunStatus, out_dir: Path) -> list[tup
 def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figure]]:
     """The figures of :func:`plot_learning_curves`, unsaved: ``[(metric name, figure)]``.
 
-    Points carry a marker only while a curve has at most ``MARKER_LIMIT`` of them.
+    Points carry a marker only while a curve has at most ``MARKER_LIMIT`` of them. The
+    curve of a model early stopping stopped ends in an ``x`` of its colour, at its last
+    epoch, so a short curve reads as stopped rather than as unfinished.
     """
     series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]] = {}
     for m in run.metrics:
@@ -100,6 +103,7 @@ def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figur
         s = series.setdefault(m["name"], {}).setdefault(m["split"], {})
         s.setdefault(m["model_id"], []).append((int(m["epoch"]) + 1, float(m["value"])))
     status = {m.model_id: m.status for m in st.models}
+    stopped = run.stopped_early
     best = st.best["model_id"] if st.best else None
     ranges = {
         name: (
@@ -131,20 +135,25 @@ def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figur
                     continue
                 pts = sorted(curves[mid])
                 dropped = status.get(mid) in DROPPED
+                color = colors[mid] if mid in named else "#BBBBBB"
                 ax.plot(
                     [p[0] for p in pts],
                     [p[1] for p in pts],
-                    color=colors[mid] if mid in named else "#BBBBBB",
+                    color=color,
                     lw=1.3,
                     ls=":" if dropped else "-",
                     marker=_marker(len(pts)),
                     ms=3,
                     alpha=0.85,
                 )
+                if mid in stopped:
+                    _stop_mark(ax, pts[-1], color)
             if best in curves:
                 pts = sorted(curves[best])
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 ax.plot(xs, ys, color=BEST_COLOR, lw=2.6, marker=_marker(len(pts)), ms=5, zorder=5)
+                if best in stopped:
+                    _stop_mark(ax, pts[-1], BEST_COLOR, zorder=5.5)
                 low, high = ranges[name]
                 above = ys[-1] <= (low + high) / 2  # the label goes where there is room
                 ax.annotate(
@@ -167,7 +176,7 @@ def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figur
             ax.margins(x=0.06, y=0.08)
         axes[0].set_ylabel(name)
         fig.legend(
-            handles=_legend(ranked, named, colors, status, best, labels, without),
+            handles=_legend(ranked, named, colors, status, best, labels, without, stopped),
             loc="outside right upper",
             fontsize=8,
             frameon=False,
@@ -176,6 +185,11 @@ def learning_curve_figures(run: RunData, st: RunStatus) -> list[tuple[str, Figur
         )
         out.append((name, fig))
     return out
+
+
+def _stop_mark(ax: Any, point: tuple[int, float], color: Any, zorder: float = 4) -> None:
+    """The ``x`` that ends a stopped model's curve."""
+    ax.plot(*point, ls="", marker=STOP_MARKER, color=color, ms=7, mew=1.8, zorder=zorder)
 
 
 def _labels(run: RunData, width: int = 44) -> dict[str, str]:
@@ -201,22 +215,31 @@ def _legend(
     best: str | None,
     labels: dict[str, str],
     without: int,
+    stopped: set[str],
 ) -> list[Line2D]:
     handles = []
     for mid in ranked:
         if mid not in named:
             continue
         label = labels.get(mid, mid)
+        mark: dict[str, Any] = (
+            {"marker": STOP_MARKER, "ms": 6, "mew": 1.5} if mid in stopped else {}
+        )
         if mid == best:
-            handles.append(Line2D([], [], color=BEST_COLOR, lw=3, label=f"{label}  (best)"))
+            tag = "  (best, stopped)" if mid in stopped else "  (best)"
+            handles.append(Line2D([], [], color=BEST_COLOR, lw=3, label=label + tag, **mark))
         else:
             dropped = status.get(mid) in DROPPED
-            tag = f"  ({status[mid]})" if dropped else ""
+            tag = f"  ({status[mid]})" if dropped else "  (stopped)" if mid in stopped else ""
             ls = ":" if dropped else "-"
-            handles.append(Line2D([], [], color=colors[mid], lw=1.5, ls=ls, label=label + tag))
+            handles.append(
+                Line2D([], [], color=colors[mid], lw=1.5, ls=ls, label=label + tag, **mark)
+            )
     rest = len(ranked) - len(named)
     if rest:
-        handles.append(Line2D([], [], color="#BBBBBB", lw=1.5, label=f"{rest} more (grey)"))
+        grey = sum(1 for mid in ranked if mid not in named and mid in stopped)
+        note = f", {grey} of them stopped: x" if grey else ""
+        handles.append(Line2D([], [], color="#BBBBBB", lw=1.5, label=f"{rest} more (grey{note})"))
     if without:
         handles.append(Line2D([], [], ls="", label=f"{without} model(s) without a finished epoch"))
     return handles

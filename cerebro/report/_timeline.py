@@ -16,23 +16,34 @@ narrower than ``1 / MAX_HOPS_ACROSS`` of the axis and some worker ran more than
 (active) time instead, and each stretch is a stacked column: how much of it the worker
 spent training, validating, building/loading/saving models, on failed or lost hops, and
 (the empty rest) idle. The x-axis label says how long a stretch is.
+
+NOTE [ the tail ]
+Towards the end of a fit fewer models remain than there are workers (early stopping makes
+this stretch longer), and the workers without a model idle. A model *remains* at time
+``t`` while one of its hops ends after ``t``; the tail runs from when fewer than
+``workers`` models remain to the last hop's end. :func:`tail` measures it (in active
+seconds, as the figure's axis), the figure shades it (unless it is the whole fit: fewer
+models than workers from the start) and the report says how long it lasted and how many
+worker-seconds were idle in it.
 """
 
 from __future__ import annotations
 
 import bisect
 import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Polygon
 
 from cerebro.report._data import RunData
 from cerebro.report._plots import save_figure
 from cerebro.report._summary import active_segments, driver_restarts, fmt_seconds, hop_intervals
 
-__all__ = ["ActiveClock", "plot_timeline", "timeline_figure"]
+__all__ = ["ActiveClock", "Tail", "plot_timeline", "run_tail", "tail", "timeline_figure"]
 
 COLORS = {
     "train": "#4C72B0",
@@ -55,6 +66,7 @@ MAX_HOPS_ACROSS = 250
 MIN_BINNED_HOPS = 100  # ... and a worker ran more hops than this (each then >= ~12 px)
 BINS = 120
 LANE = 0.76  # a worker lane's height (workers are 1 apart)
+TAIL_COLOR = "#F2E6B3"  # the tail's shading (NOTE [ the tail ])
 
 
 class ActiveClock:
@@ -82,6 +94,66 @@ class ActiveClock:
             (self.offsets[i], self.segments[i][0] - self.segments[i - 1][1])
             for i in range(1, len(self.segments))
         ]
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The stretch at the end with fewer models than workers (NOTE [ the tail ]).
+
+    ``start`` and ``end`` are on the clock of the hops given; ``idle`` is worker-seconds
+    no hop ran in ``[start, end]``; ``whole``: fewer models than workers from the first
+    hop on.
+    """
+
+    start: float
+    end: float
+    idle: float
+    workers: int
+    whole: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def tail(hops: Iterable[tuple[str, float, float]], workers: int) -> Tail | None:
+    """The tail of hops ``(model_id, start, end)`` run by ``workers`` workers; ``None``
+    when there is none (never fewer models than workers before the end, or no hops).
+
+    The tail starts where the ``workers``-th latest model end lies: from then on fewer
+    than ``workers`` models have a hop ending later.
+    """
+    spans = [(m, float(s), float(e)) for m, s, e in hops]
+    if not spans or workers < 1:
+        return None
+    ends: dict[str, float] = {}
+    for m, _, e in spans:
+        ends[m] = max(ends.get(m, e), e)
+    first = min(s for _, s, _ in spans)
+    last = max(ends.values())
+    latest = sorted(ends.values(), reverse=True)
+    whole = len(latest) < workers
+    start = first if whole else latest[workers - 1]
+    if last <= start:
+        return None
+    busy = sum(max(min(e, last) - max(s, start), 0.0) for _, s, e in spans)
+    idle = max(workers * (last - start) - busy, 0.0)
+    return Tail(start, last, idle, workers, whole)
+
+
+def run_tail(run: RunData) -> Tail | None:
+    """:func:`tail` of a finished fit's hops, in active seconds since its first hop (the
+    timeline's axis, resume gaps cut out); ``None`` while the fit runs (its models'
+    ends are not known yet)."""
+    if not run.finished:
+        return None
+    hops = [h for h in run.hops if h["start"] is not None]
+    intervals = hop_intervals(run)
+    clock = ActiveClock(active_segments(intervals, breaks=driver_restarts(run)))
+    return tail(
+        ((h["model_id"], clock(s), clock(e)) for h, (s, e) in zip(hops, intervals, strict=True)),
+        run.workers,
+    )
 
 
 def _category(status: str, kind: str) -> str:
@@ -142,6 +214,11 @@ def timeline_figure(run: RunData) -> Figure | None:
     else:
         present = _draw_hops(ax, spans, overhead, labels, total)
         note = ""
+    shaded = run_tail(run)
+    if shaded is not None and shaded.whole:
+        shaded = None  # the whole axis: the report's sentence says it, shading shows nothing
+    if shaded is not None:
+        _draw_tail(ax, shaded)
     for pos, gap in clock.gaps():
         ax.axvline(pos, color="#333333", ls="--", lw=1)
         ax.text(
@@ -154,14 +231,32 @@ def timeline_figure(run: RunData) -> Figure | None:
     cut = " (gaps cut out)" if clock.gaps() else ""
     ax.set_xlabel(f"seconds since the first hop{cut}{note}")
     ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=COLORS[c], label=NAMES[c]) for c in COLORS if c in present]
+    if shaded is not None:
+        handles.append(Patch(color=TAIL_COLOR, label="tail: fewer models than workers"))
     fig.legend(
-        handles=[Patch(color=COLORS[c], label=NAMES[c]) for c in COLORS if c in present],
+        handles=handles,
         loc="outside lower center",
         ncols=6,
         fontsize=9,
         frameon=False,
     )
     return fig
+
+
+def _draw_tail(ax: Any, t: Tail) -> None:
+    """Shade the tail behind the hops, a dotted line where it starts.
+
+    A polygon, not ``axvspan``'s rectangle: rectangles on this axis are busy-share columns.
+    """
+    corners = [(t.start, 0.0), (t.end, 0.0), (t.end, 1.0), (t.start, 1.0)]
+    ax.add_patch(
+        Polygon(
+            corners, closed=True, color=TAIL_COLOR, alpha=0.6, lw=0, zorder=0,
+            transform=ax.get_xaxis_transform(),
+        )
+    )  # fmt: skip
+    ax.axvline(t.start, color="#8a6d00", ls=":", lw=1.2, zorder=0.5)
 
 
 def _fmt_bin(seconds: float) -> str:
