@@ -21,6 +21,11 @@ costs are 1-10 per train hop, so a latency of 0.05 is 0.5-5% of one.
 against the targets (``_simplot.py``); with ``--from-json`` it redraws saved results
 without simulating again.
 
+``--walks`` measures what fixed walks independent of the workers cost (NOTE [ Walks
+independent of the workers ]): ``fixed+next`` with P = W, 2W and 4W train partitions (and as
+many val partitions), against the same lower bound, next to the old walk that depended on
+the workers.
+
 ``--traces`` replays real fits instead: each hop takes the time it took in a recorded fit
 (a trace: what ``bench/suite.py`` stores with each Cerebro run, or a run's
 ``catalog.sqlite``), with the latency that fit's median gap between hops, under 20
@@ -89,6 +94,56 @@ def run(quick: bool, latency: float = 0.0) -> dict:
         for v in VARIANTS
     }
     return {"latency": latency, "scenarios": rows, "summary": summary}
+
+
+def walks(quick: bool) -> dict:
+    """Makespan / lower bound of ``fixed+next`` for P = W, 2W, 4W partitions, for the walk
+    of (seed, model, epoch) only and the old walk that depended on the workers."""
+    workers = (8, 16) if quick else (8, 16, 32, 64)
+    models = (16, 64) if quick else (16, 64, 256)
+    rows = []
+    for w in workers:
+        for m in models:
+            for per in (1, 2, 4):
+                for straggler in (1.0, 1.5):
+                    seed = 1000 * w + m + int(10 * straggler) + 7 * per
+                    sc = make_scenario(
+                        num_workers=w,
+                        num_models=m,
+                        train_per_worker=per,
+                        val_per_worker=per,
+                        straggler=straggler,
+                        seed=seed,
+                    )
+                    ratios = {
+                        f"walk={walk}": simulate(
+                            sc.scheduler("fixed", walk=walk), sc.duration, lookahead=True
+                        ).ratio
+                        for walk in ("partitions", "workers")
+                    }
+                    rows.append(
+                        {"workers": w, "models": m, "P": per * w,
+                         "straggler": straggler, **ratios}
+                    )  # fmt: skip
+                    print(
+                        f"{w:>7} {m:>6} {per * w:>5} {straggler:>9.1f}  "
+                        f"{ratios['walk=partitions']:>10.3f} {ratios['walk=workers']:>10.3f}",
+                        flush=True,
+                    )
+    summary = {
+        walk: {
+            "mean": statistics.mean(r[walk] for r in rows),
+            "worst": max(r[walk] for r in rows),
+            "mean_by_P": {
+                f"{k}W": statistics.mean(
+                    r[walk] for r in rows if r["P"] == k * r["workers"]
+                )
+                for k in (1, 2, 4)
+            },
+        }
+        for walk in ("walk=partitions", "walk=workers")
+    }
+    return {"scenarios": rows, "summary": summary}
 
 
 class _WorkOnly(Scheduler):
@@ -168,6 +223,9 @@ def main() -> None:
     )
     parser.add_argument("--plot", type=Path, help="also draw the ratios into this PNG")
     parser.add_argument(
+        "--walks", action="store_true", help="fixed walks for P = W, 2W, 4W partitions"
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         nargs="+",
@@ -189,6 +247,20 @@ def main() -> None:
                 parser.error(f"{path} holds no synthetic-grid results (saved by --json)")
             saved.append((f"latency {data.get('latency', 0.0)}", data))
         print(f"wrote {plot_ratios(saved, args.plot)}")
+        return
+    if args.walks:
+        print(
+            "makespan / lower bound of fixed+next, 2 epochs, sizes 1-10x, jitter 10%\n"
+            f"{'workers':>7} {'models':>6} {'P':>5} {'straggler':>9}  "
+            f"{'walk(P)':>10} {'walk(W)':>10}"
+        )
+        result = walks(args.quick)
+        for walk, s in result["summary"].items():
+            by = "  ".join(f"P={k}: {v:.3f}" for k, v in s["mean_by_P"].items())
+            print(f"{walk:<10} mean {s['mean']:.3f} worst {s['worst']:.3f}  ({by})")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
         return
     if args.traces:
         traces = load_traces(args.traces)

@@ -72,6 +72,8 @@ class FitState:
     skipped: int = 0  # hops stopped models will not run (the progress bar's total shrinks)
     total_hops: int = 0  # every hop of every planned model (the bar's total before that)
     progress: Any = None  # the progress bar (run_loop's)
+    threads: int | None = None  # torch threads per hop (NOTE [ same bits at any scale ])
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         self.index = {m: i for i, m in enumerate(sorted(self.configs, key=ask_order))}
@@ -154,6 +156,8 @@ def _task(state: FitState, hop: Hop) -> HopTask:
         out_ckpt=out,
         init_seed=derive_seed(state.seed, "init", index),
         shuffle_seed=derive_seed(state.seed, "shuffle", index, hop.epoch, hop.partition),
+        threads=state.threads,
+        deterministic=state.deterministic,
     )
 
 

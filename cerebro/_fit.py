@@ -65,6 +65,7 @@ def run_fit_loop(
         val_owner=val_owner,
         policy=settings.policy,
         seed=settings.seed,
+        walk=json.loads(catalog.fit(fit_id)["config"]).get("walk", "workers"),
     )
     state = FitState(
         fit_id,
@@ -78,6 +79,8 @@ def run_fit_loop(
         mode=settings.mode,
         planned=None if settings.search == "grid" else settings.planned_models(),
         stopper=settings.make_stopper(search_dir),
+        threads=settings.threads_per_hop,
+        deterministic=settings.deterministic,
     )
     per_model = settings.num_epochs * (len(train_owner) + len(val_owner))
     state.total_hops = settings.planned_models() * per_model

@@ -221,5 +221,7 @@ def open_fit(
         catalog.delete_fit(plan.replace)
         shutil.rmtree(run_dir / "models", ignore_errors=True)
     shutil.rmtree(run_dir / SEARCH_DIR, ignore_errors=True)  # a study no fit owns any more
-    config = {"models": planned, "workers": workers, "code": code}
+    # "walk": how the fixed policy orders a model's hops (a fit created before walks were
+    # independent of the workers has none, and resumes with the old one).
+    config = {"models": planned, "workers": workers, "code": code, "walk": "partitions"}
     return catalog.create_fit(signature, config, [])

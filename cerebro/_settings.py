@@ -30,6 +30,20 @@ ON_ERROR = ("continue", "stop")
 _NAMED = ("grid", "random", "tpe")
 
 
+# NOTE [ same bits at any scale ]
+# A fit's models are functions of the seed, the data's partitions and the spec, not of the
+# workers: each model walks the partitions in an order of (seed, model, epoch) only (NOTE
+# [ Walks independent of the workers ] in the scheduler), each hop's rows and minibatches
+# depend on (seed, model, epoch, partition), and metrics are summed in partition order.
+# What is left is the numerics of a hop: torch's CPU kernels split work by the intra-op
+# thread count and round differently with another one, and some GPU kernels are
+# nondeterministic. So deterministic=True runs every hop with ``threads_per_hop`` threads
+# (default 1) on every worker, whatever its cores, and torch's deterministic algorithms;
+# with the fixed policy (the only one whose walks are fixed) the same fit then gives the
+# same bits on 1, 2 or 8 workers, local or Ray. Without it a worker uses its share of the
+# cores (fastest) and results are the same for the same worker count.
+
+
 def positive_int(name: str, value: Any) -> int:
     """``value`` if it is an int >= 1; a ``TypeError`` or ``ParamsError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -102,6 +116,7 @@ class FitSettings:
     sampler: Any = field(default=None, compare=False, repr=False)  # search="sampler:..."
     sampler_key: str | None = None  # the sampler as given: NOTE [ a sampler's identity ]
     early_stopping: EarlyStopping | None = None
+    threads_per_hop: int | None = None  # None: the worker's (cores / workers)
 
     @classmethod
     def check(
@@ -119,6 +134,7 @@ class FitSettings:
         max_live_models: int | None = None,
         deterministic: bool = False,
         early_stopping: Any = None,
+        threads_per_hop: int | None = None,
     ) -> FitSettings:
         """Check every argument before any work; errors name the argument and the fix."""
         name, sampler = _search_name(search)
@@ -151,11 +167,6 @@ class FitSettings:
                     "num_models is for search='random', 'tpe' or a sampler: search='grid' "
                     f"trains every point of the grid ({len(grid_points(space))} here)."
                 )
-            if deterministic:
-                raise ParamsError(
-                    "deterministic=True is for adaptive samplers (search='tpe'...): a grid "
-                    "fit is reproducible as it is."
-                )
         elif num_models is None:
             raise ParamsError(
                 f"search={search!r} needs num_models=N, the number of models to try."
@@ -164,13 +175,23 @@ class FitSettings:
             num_models = positive_int("num_models", num_models)
         if max_live_models is not None:
             max_live_models = positive_int("max_live_models", max_live_models)
-        rule = parse_early_stopping(early_stopping, num_epochs)
-        if rule is not None and deterministic:
+        if threads_per_hop is not None:
+            threads_per_hop = positive_int("threads_per_hop", threads_per_hop)
+        if deterministic and policy != "fixed":
             raise ParamsError(
-                "deterministic=True does not combine with early_stopping yet: a stopped "
-                "model is told to the sampler at a time that depends on the other models. "
-                "For a reproducible search with early stopping use search='random' (its "
-                "draws never depend on results) with early_stopping='sha'."
+                f"deterministic=True needs policy='fixed' (got {policy!r}): only its walks "
+                "over the partitions are fixed in advance; the others follow timing."
+            )
+        if deterministic and threads_per_hop is None:
+            threads_per_hop = 1  # NOTE [ same bits at any scale ]
+        rule = parse_early_stopping(early_stopping, num_epochs)
+        if rule is not None and deterministic and name not in ("grid", "random"):
+            raise ParamsError(
+                "deterministic=True with an adaptive sampler does not combine with "
+                "early_stopping yet: a stopped model is told to the sampler at a time that "
+                "depends on the other models. For a reproducible search with early stopping "
+                "use search='random' (its draws never depend on results) with "
+                "early_stopping='sha'."
             )
         return cls(
             space,
@@ -187,6 +208,7 @@ class FitSettings:
             sampler,
             None if sampler is None else _sampler_key(sampler),
             rule,
+            threads_per_hop,
         )
 
     @property
@@ -240,6 +262,10 @@ class FitSettings:
                 "max_live_models": self.max_live_models,
                 "deterministic": self.deterministic,
             }
+        if self.deterministic:
+            out["deterministic"] = True
+        if self.threads_per_hop is not None:
+            out["threads_per_hop"] = self.threads_per_hop
         if self.early_stopping is not None:
             out["early_stopping"] = self.early_stopping.to_json()
         return out
@@ -274,6 +300,7 @@ class FitSettings:
             sampler,
             d.get("sampler_key"),
             stopping_from_json(stopping, pruner),
+            d.get("threads_per_hop"),
         )
 
     def signature(self, spec: object, data: str, workers: int) -> str:
@@ -324,5 +351,6 @@ class FitSettings:
             max_live=live,
             mode=self.mode,
             search_dir=search_dir,
-            deterministic=self.deterministic,
+            # random draws never depend on results: no generations needed
+            deterministic=self.deterministic and self.search != "random",
         )

@@ -51,7 +51,7 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
             f"{path} must define {', '.join(missing)} at module level (an experiment file "
             f"defines {', '.join(_REQUIRED)} (or space instead of param_grid), and "
             "optionally seed, fraction, workers, objective, mode, search, num_models, "
-            "max_live_models, deterministic, early_stopping)."
+            "max_live_models, deterministic, early_stopping, threads_per_hop)."
         )
     return module
 
@@ -97,6 +97,7 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
         max_live_models=getattr(module, "max_live_models", None),
         deterministic=getattr(module, "deterministic", False),
         early_stopping=getattr(module, "early_stopping", None),
+        threads_per_hop=getattr(module, "threads_per_hop", None),
         overwrite=args.overwrite,
         allow_changed_code=args.allow_changed_code,
     )

@@ -504,6 +504,7 @@ class Experiment:
         max_live_models: int | None = None,
         deterministic: bool = False,
         early_stopping: Any = None,
+        threads_per_hop: int | None = None,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -531,6 +532,7 @@ class Experiment:
             max_live_models=max_live_models,
             deterministic=deterministic,
             early_stopping=early_stopping,
+            threads_per_hop=threads_per_hop,
         )
         return self._run_steps(
             (etl_spec, etl_settings), spec, settings, overwrite, allow_changed_code
@@ -592,6 +594,7 @@ class Experiment:
         max_live_models: int | None = None,
         deterministic: bool = False,
         early_stopping: Any = None,
+        threads_per_hop: int | None = None,
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -624,10 +627,14 @@ class Experiment:
             num_models: how many models a search tries (not for the grid).
             max_live_models: models training at once (default: every grid point; twice
                 the workers for a search). A new model is asked whenever one ends.
-            deterministic: a search's asks in generations of ``max_live_models``, each
-                told only the results of earlier ones, so an adaptive sampler (TPE) gives
-                the same models for the same seed whatever the timing; workers wait for
-                each generation's slowest model.
+            deterministic: the same models, bit for bit, for the same seed on any number
+                of workers (up to the data's partitions), local or on Ray: every hop runs
+                with ``threads_per_hop`` torch threads and torch's deterministic algorithms,
+                with ``policy="fixed"``; an adaptive sampler (TPE) asks in generations of
+                ``max_live_models``, each told only the results of earlier ones (workers
+                wait for each generation's slowest model). Costs speed: see the README.
+            threads_per_hop: torch intra-op threads of each hop (default: the worker's
+                share of the cores; 1 with ``deterministic``).
             early_stopping: stop models early at epoch boundaries: ``"sha"``
                 (synchronous successive halving: same seed, same survivors), ``"asha"``
                 (asynchronous, never waits), ``"hyperband"`` (synchronous brackets),
@@ -662,6 +669,7 @@ class Experiment:
             max_live_models=max_live_models,
             deterministic=deterministic,
             early_stopping=early_stopping,
+            threads_per_hop=threads_per_hop,
         )
         return self._fit(spec, settings, overwrite, allow_changed_code)
 

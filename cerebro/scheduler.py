@@ -9,9 +9,9 @@ runs once its current one ends). Its only randomness is its own ``random.Random(
 
 Example:
     >>> s = Scheduler(["a", "b"], num_epochs=1, train_owner={0: 0, 1: 1}, val_owner={})
-    >>> [(x.worker, x.hop.model_id) for x in s.assign()]
-    [(0, 'a'), (1, 'b')]
-    >>> s.complete(Hop("a", 0, "train", 0)), s.remaining_hops()
+    >>> [(x.worker, x.hop.model_id, x.hop.partition) for x in s.assign()]
+    [(0, 'b', 0), (1, 'a', 1)]
+    >>> s.complete(Hop("a", 0, "train", 1)), s.remaining_hops()
     ([], 3)
 """
 
@@ -25,11 +25,12 @@ from typing import Literal
 
 from cerebro.errors import ParamsError
 
-__all__ = ["POLICIES", "Assignment", "EpochEnd", "Hop", "HopKind", "Scheduler"]
+__all__ = ["POLICIES", "WALKS", "Assignment", "EpochEnd", "Hop", "HopKind", "Scheduler"]
 
 HopKind = Literal["train", "val"]
 
 POLICIES: tuple[str, ...] = ("fixed", "lrf", "random")
+WALKS: tuple[str, ...] = ("partitions", "workers")
 
 
 @dataclass(frozen=True, order=True)
@@ -109,6 +110,14 @@ class EpochEnd:
 # its own index only: what the models already there do never changes when one joins. It
 # is indexed as a candidate at once, so an idle worker gets it at the next `assign`.
 #
+# NOTE [ Walks independent of the workers ]
+# A model's training is its sequence of train hops (partition order per epoch; rows and
+# minibatches inside a hop depend on the seed, the model, the epoch and the partition). With
+# walk="partitions" that sequence is a function of (seed, model index, epoch) and the
+# partitions alone, so the same fit on 1, 2 or 8 workers (any W <= P) trains the same
+# models; only who runs each hop, and when, changes. bench/scheduler_sim.py measures what
+# the fixed orders cost against the makespan lower bound for P from W to 4W.
+#
 # NOTE [ Paused models ]
 # Early stopping with synchronous rungs holds a model at an epoch boundary until its rung
 # decides (`pause`); it is in no `_cand` meanwhile, so the workers train the other models.
@@ -147,14 +156,16 @@ class Scheduler:
       work (sum of ``cost`` over its hops not yet completed), ties broken by the rng.
     * ``"fixed"``: every model's train order in each epoch is fixed in advance as a
       function of (seed, model index, epoch) only, so each model sees the same sequence of
-      train hops, hence trains to the same result, whatever the hop durations. The orders
-      form a Latin square over workers: a seeded base order of the partitions visits the
-      workers round-robin (each worker's first partition, then each one's second...), and
-      model ``i`` walks it from offset ``i mod W``. The first ``W`` models never contend;
-      model ``i + W`` follows model ``i`` in lockstep, which in simulation beats seeded
-      independent orders. Only a model's next train hop is runnable; val hops keep a free
-      order (they do not change the model; sort val metrics by partition before summing
-      them for bit-identical aggregates). Workers are ranked as in ``"lrf"``; a model
+      train hops, hence trains to the same result, whatever the hop durations and however
+      many workers hold the partitions (NOTE [ Walks independent of the workers ]). The
+      orders form a Latin square: the base order of epoch ``e`` is the partitions
+      ``0..P-1`` rotated by a seeded amount, and model ``i`` walks it from offset
+      ``i mod P``. With partition ``p`` on worker ``p mod W``, a walk visits the workers
+      round-robin; models whose offsets differ mod ``W`` never contend, and the others
+      follow one in lockstep, which in simulation beats seeded independent orders. Only a
+      model's next train hop is runnable; val hops keep a free order (they do not change
+      the model; sort val metrics by partition before summing them for bit-identical
+      aggregates). Workers are ranked as in ``"lrf"``; a model
       whose epoch's training is done (it validates next) goes before any that trains,
       then models are ranked as in ``"lrf"`` (NOTE [ Validation first ]).
 
@@ -170,6 +181,9 @@ class Scheduler:
         policy: one of :data:`POLICIES`.
         seed: seed of the scheduler's own ``random.Random``.
         cost: estimated cost of a hop (e.g. its expected seconds); default 1 per hop.
+        walk: ``"partitions"`` (the fixed orders above) or ``"workers"``, the walk of fits
+            made before walks were independent of the workers (its base order interleaves
+            the workers and model ``i`` starts at ``i mod W``), so that they resume.
 
     Raises:
         ParamsError: (a ``ValueError``) for an unknown policy, ``num_epochs < 1``,
@@ -188,8 +202,12 @@ class Scheduler:
         policy: str = "fixed",
         seed: int = 0,
         cost: Callable[[Hop], float] | None = None,
+        walk: str = "partitions",
     ) -> None:
         _check_args(model_ids, num_epochs, train_owner, policy)
+        if walk not in WALKS:
+            raise ParamsError(f"walk must be one of {WALKS}, got {walk!r}")
+        self._walk = walk
         self._policy = policy
         self._seed = seed
         self._rng = random.Random(seed)
@@ -531,29 +549,36 @@ class Scheduler:
         return m
 
     def _base_order(self, epoch: int) -> list[int]:
-        # NOTE [ Fixed order ]: depends on (seed, epoch) only, never on timing. Workers in a
-        # seeded order, each one's partitions in a seeded order; then round r lists the r-th
-        # partition of every worker, so consecutive entries sit on different workers.
+        # NOTE [ Fixed order ]: depends on (seed, epoch) only, never on timing, and for
+        # walk="partitions" not on the workers either (NOTE [ Walks independent of the
+        # workers ]).
         if epoch not in self._bases:
             rng = random.Random(f"cerebro.scheduler.fixed:{self._seed}:{epoch}")
-            ws = sorted(set(self._train_owner.values()))
-            rng.shuffle(ws)
-            parts = {w: [p for p, o in self._train_owner.items() if o == w] for w in ws}
-            for w in ws:
-                rng.shuffle(parts[w])
-            rounds = max(map(len, parts.values()))
-            self._bases[epoch] = [
-                parts[w][r] for r in range(rounds) for w in ws if r < len(parts[w])
-            ]
+            if self._walk == "partitions":
+                parts = sorted(self._train_owner)
+                r = rng.randrange(len(parts))
+                self._bases[epoch] = parts[r:] + parts[:r]
+            else:  # the walk fits made before 0.2 resume with: interleaved by worker
+                ws = sorted(set(self._train_owner.values()))
+                rng.shuffle(ws)
+                by = {w: [p for p, o in self._train_owner.items() if o == w] for w in ws}
+                for w in ws:
+                    rng.shuffle(by[w])
+                rounds = max(map(len, by.values()))
+                self._bases[epoch] = [
+                    by[w][r] for r in range(rounds) for w in ws if r < len(by[w])
+                ]
         return self._bases[epoch]
 
     def _start_epoch(self, m: _Model) -> None:
         m.train_todo, m.val_todo = list(self._train_owner), list(self._val_owner)
         if self._policy == "fixed":
-            # Latin square: model i starts at offset i mod (number of train workers) and
-            # walks the base order, so the first workers' worth of models never collide
-            # and the rest follow one of them in lockstep.
-            base, offset = self._base_order(m.epoch), m.index % self._train_workers
+            # Latin square: model i starts at offset i mod (partitions, or train workers
+            # for the old walk) and walks the base order, so the first models never
+            # collide and the rest follow one of them in lockstep.
+            base = self._base_order(m.epoch)
+            period = len(base) if self._walk == "partitions" else self._train_workers
+            offset = m.index % period
             m.train_todo = [base[(offset + k) % len(base)] for k in range(len(base))]
 
     def _pending(self, m: _Model) -> list[Hop]:

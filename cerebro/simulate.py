@@ -173,9 +173,15 @@ class Scenario:
         return self.cost(hop) * self.slowdown[worker] * (1 + self.jitter * (2 * u - 1))
 
     def scheduler(
-        self, policy: str, *, seed: int | None = None, use_cost: bool = True
+        self,
+        policy: str,
+        *,
+        seed: int | None = None,
+        use_cost: bool = True,
+        walk: str = "partitions",
     ) -> Scheduler:
-        """A fresh scheduler for this scenario (``cost`` given unless ``use_cost`` is off)."""
+        """A fresh scheduler for this scenario (``cost`` given unless ``use_cost`` is off;
+        ``walk`` as :class:`~cerebro.scheduler.Scheduler`'s)."""
         return Scheduler(
             self.model_ids,
             num_epochs=self.num_epochs,
@@ -184,6 +190,7 @@ class Scenario:
             policy=policy,
             seed=self.seed if seed is None else seed,
             cost=self.cost if use_cost else None,
+            walk=walk,
         )
 
 

@@ -53,6 +53,7 @@ def setup_worker(
 ) -> dict[str, Any] | UserFailure:
     """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
     torch.set_num_threads(threads)
+    state["threads"] = threads  # a hop that names no thread count gets this one
     tuned = keep_freed_memory()  # before the first minibatch allocates anything
     state.clear()  # a pooled process may have served an earlier step
     state["models"] = ModelCache(default_budget())
@@ -363,6 +364,17 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _hop_numerics(state: dict[str, Any], task: HopTask) -> None:
+    """The intra-op threads and deterministic algorithms the hop asks for (NOTE [ same
+    bits at any scale ] in ``cerebro/_settings.py``): kernels round differently with other
+    thread counts, so a deterministic fit runs every hop with the same count everywhere."""
+    threads = task.threads if task.threads is not None else state.get("threads")
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != task.deterministic:
+        torch.use_deterministic_algorithms(task.deterministic)
+
+
 def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     """Run one hop in this worker on a partition it holds.
 
@@ -374,6 +386,7 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     spec: MinibatchSpec = state["spec"]
     device: torch.device = state["device"]
     name = type(spec).__name__
+    _hop_numerics(state, task)
     start = time.time()
     cache: ModelCache = state["models"]
     t0 = time.perf_counter()

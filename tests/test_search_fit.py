@@ -167,7 +167,8 @@ def test_a_failing_model_is_told_failed_and_the_search_goes_on(exp: Experiment) 
         ({"search": "grid", "num_models": 3}, "num_models is for search='random'"),
         ({"search": "bayes", "num_models": 3}, "'grid', 'random', 'tpe' or an Optuna sampler"),
         ({"search": "random", "num_models": 0}, "num_models must be at least 1"),
-        ({"search": "grid", "deterministic": True}, "deterministic=True is for adaptive"),
+        ({"deterministic": True, "policy": "lrf"}, "deterministic=True needs policy='fixed'"),
+        ({"threads_per_hop": 0}, "threads_per_hop must be at least 1"),
     ],
 )
 def test_search_arguments_are_checked_before_anything_runs(

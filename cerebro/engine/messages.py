@@ -32,6 +32,8 @@ class HopTask:
     out_ckpt: str | None  # where a train hop writes the new state
     init_seed: int
     shuffle_seed: int
+    threads: int | None = None  # torch intra-op threads for this hop; None: the worker's
+    deterministic: bool = False  # torch.use_deterministic_algorithms for this hop
 
 
 @dataclass
