@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cerebro import Experiment
 from cerebro.partitions import partition_path
@@ -38,6 +39,7 @@ from toy import (
     SlowSpec,
     ToyETL,
     ToySpec,
+    WideSpec,
     done_hops,
     hop_rows,
     hop_task,
@@ -635,3 +637,27 @@ def test_local_instance_listens_on_loopback_only(tmp_path: Path) -> None:
     assert report["new"], "Ray opened no listening socket?"
     assert all(_loopback(a) for a in report["new"]), report["new"]
     assert report["new_node_id"]
+
+
+def test_deterministic_fit_on_ray_matches_local_on_another_worker_count(
+    data: dict[str, Any],
+) -> None:
+    """NOTE [ same bits at any scale ]: 2 Ray actors on two nodes and 1 local worker (with
+    the cores of 2) train the same weights, bit for bit, in deterministic mode."""
+    from test_same_bits import tensors
+
+    grid = {"lr": [0.05], "hidden": [16384], "batch_size": [16]}
+    params = dict(data["params"], output_dir=str(data["root"] / "det-local"))
+    with Experiment(
+        dict(params, etl_dir=str(data["local"].data_dir)), workers=1, verbose=False
+    ) as local:
+        local.run_fit(WideSpec(), grid, num_epochs=2, seed=5, deterministic=True)
+    exp = _ray_experiment(data, "det-ray", etl_dir=str(data["root"] / "ray" / "data"))
+    exp.run_fit(WideSpec(), grid, num_epochs=2, seed=5, deterministic=True)
+    exp.close()
+    a, b = tensors(local.output_dir), tensors(exp.output_dir)
+    assert a.keys() == b.keys() and len(a) == 3
+    for key in a:
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+    assert _per_hop_metrics(local.catalog_path) == _per_hop_metrics(exp.catalog_path)

@@ -11,20 +11,9 @@ import pytest
 import torch
 
 from cerebro import Experiment
-from toy import ToyETL, ToySpec, computed
+from toy import ToyETL, WideSpec, computed
 
 GRID = {"lr": [0.05, 0.2], "hidden": [16384, 20000], "batch_size": [16]}
-
-
-class WideSpec(ToySpec):
-    """The toy model with an L2 penalty over a wide layer: summing 10^5 squares is split
-    across torch's intra-op threads and rounds differently with another thread count (on a
-    machine of 2 cores or more, 1 worker gets 2 threads and 2 workers 1 each)."""
-
-    def _step(self, mo: dict[str, Any], minibatch: Any) -> tuple[torch.Tensor, float]:
-        loss, acc = super()._step(mo, minibatch)
-        l2 = sum(p.pow(2).sum() for p in mo["model"].parameters())
-        return loss + 1e-6 * l2, acc
 
 
 @pytest.fixture(scope="module")
