@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +17,7 @@ import pytest
 import torch
 
 from cerebro import Experiment
-from toy import ToyETL, WideSpec, computed
+from toy import ToyETL, WideSpec, computed, done_hops, hop_rows, worker_pids
 
 GRID = {"lr": [0.05, 0.2], "hidden": [16384, 20000], "batch_size": [16]}
 
@@ -61,18 +67,93 @@ def _same(a: dict[Any, dict[str, torch.Tensor]], b: dict[Any, dict[str, torch.Te
             assert torch.equal(t, b[key][name]), (key, name)
 
 
+class SlowWide(WideSpec):
+    """WideSpec, each train minibatch 5 ms longer: time to kill a process mid-fit."""
+
+    def train(
+        self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any
+    ) -> dict[str, float]:
+        time.sleep(0.005)
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+def _fit(data: dict[str, str], out: Path, workers: int, spec: Any = None) -> Any:
+    with Experiment(dict(data, output_dir=str(out)), workers=workers, verbose=False) as exp:
+        return exp.run_fit(spec or WideSpec(), GRID, **FIT)
+
+
+FIT = {"num_epochs": 2, "seed": 3, "deterministic": True}
+
+
+@pytest.fixture(scope="module")
+def reference(
+    six: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, dict[Any, dict[str, torch.Tensor]]]:
+    """What one worker computes: every hop's and epoch's metrics, every checkpoint."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    _fit(six, out, 1)
+    return computed(out / "catalog.sqlite"), tensors(out)
+
+
 def test_one_two_and_three_workers_train_the_same_bits(
-    six: dict[str, str], tmp_path: Path
+    six: dict[str, str], reference: Any, tmp_path: Path
 ) -> None:
-    runs = []
-    for workers in (1, 2, 3):
-        out = tmp_path / f"w{workers}"
-        with Experiment(dict(six, output_dir=str(out)), workers=workers, verbose=False) as exp:
-            exp.run_fit(WideSpec(), GRID, num_epochs=2, seed=3, deterministic=True)
-        runs.append((computed(out / "catalog.sqlite"), tensors(out)))
-    (hops, metrics), weights = runs[0]
+    expected, weights = reference
     assert len(weights) == 4 * 3  # 4 models: 2 epochs' checkpoints and the last
-    for (other_hops, other_metrics), other_weights in runs[1:]:
-        assert other_hops == hops  # every hop's per-minibatch metrics
-        assert other_metrics == metrics  # every epoch metric
-        _same(weights, other_weights)
+    for workers in (2, 3):
+        _fit(six, tmp_path / f"w{workers}", workers)
+        # every hop's per-minibatch metrics, every epoch metric, every tensor
+        assert computed(tmp_path / f"w{workers}" / "catalog.sqlite") == expected
+        _same(weights, tensors(tmp_path / f"w{workers}"))
+
+
+def test_a_killed_worker_changes_no_bit(
+    six: dict[str, str], reference: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            pids = worker_pids()
+            if done_hops(out / "catalog.sqlite") >= 10 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    _fit(six, out, 3, SlowWide())
+    t.join()
+    assert killed
+    assert "lost" in {r["status"] for r in hop_rows(out / "catalog.sqlite")}
+    assert computed(out / "catalog.sqlite") == reference[0]
+    _same(reference[1], tensors(out))
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_same_bits import FIT, GRID, SlowWide
+from cerebro import Experiment
+Experiment({params!r}, workers=2, verbose=False).run_fit(SlowWide(), GRID, **FIT)
+"""
+
+
+def test_a_killed_driver_resumed_changes_no_bit(
+    six: dict[str, str], reference: Any, tmp_path: Path
+) -> None:
+    params = dict(six, output_dir=str(tmp_path / "run"))
+    script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    catalog = tmp_path / "run" / "catalog.sqlite"
+    deadline = time.time() + 120
+    while done_hops(catalog) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the fit finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    Experiment.resume(tmp_path / "run", verbose=False)
+    assert computed(catalog) == reference[0]
+    _same(reference[1], tensors(tmp_path / "run"))
