@@ -42,6 +42,7 @@ from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
 from cerebro.errors import CerebroError, ParamsError, SpecError
+from cerebro.etl import count_lines, default_partitions
 from cerebro.etl._run import _fingerprint as etl_fingerprint
 from cerebro.params import (
     ETL_MARK,
@@ -338,7 +339,8 @@ class Experiment:
         *,
         partitions: int | None = None,
     ) -> dict[str, Any]:
-        """Preprocess every split into partitions (one per worker by default).
+        """Preprocess every split into partitions (by default one per 10,000 train rows, up
+        to 64, and at least one per worker: see :func:`cerebro.etl.default_partitions`).
 
         The output goes to ``etl_dir`` when params has it (created if missing), else to
         ``DIR/data``. It is reused when the inputs (CSV contents, spec code, fraction, seed,
@@ -462,7 +464,11 @@ class Experiment:
         """Check ``run_etl``'s arguments before any work."""
         if isinstance(fraction, bool) or not isinstance(fraction, int | float):
             raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-        parts = positive_int("partitions", partitions if partitions is not None else self.workers)
+        if partitions is None:
+            train = self.params.mains.get("train")
+            rows = count_lines(train) - 1 if train is not None and train.is_file() else 0
+            partitions = default_partitions(int(rows * min(float(fraction), 1.0)), self.workers)
+        parts = positive_int("partitions", partitions)
         return {"fraction": fraction, "seed": seed, "partitions": parts}
 
     def _remember_fit(self, spec: MinibatchSpec, settings: FitSettings) -> None:

@@ -157,3 +157,14 @@ def test_a_killed_driver_resumed_changes_no_bit(
     Experiment.resume(tmp_path / "run", verbose=False)
     assert computed(catalog) == reference[0]
     _same(reference[1], tensors(tmp_path / "run"))
+
+
+def test_the_default_partition_count_follows_the_data_not_the_workers(tmp_path: Path) -> None:
+    from cerebro.etl import count_lines, default_partitions
+
+    assert [default_partitions(rows, 2) for rows in (240, 20_000, 20_001, 10**8)] == [2, 2, 3, 64]
+    assert default_partitions(35_000, 1) == default_partitions(35_000, 4) == 4
+    assert default_partitions(35_000, 8) == 8  # each worker needs one
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(2500)))
+    assert count_lines(csv) == 2501
