@@ -86,6 +86,7 @@ def _sampler_key(sampler: Any) -> str:
 
 
 _PRUNER = "pruner.pkl"
+DETERMINISTIC_GENERATION = 8  # a deterministic adaptive search's max_live_models default
 
 
 def _load_pruner(search_dir: Path) -> Any:
@@ -229,10 +230,17 @@ class FitSettings:
     def max_live(self, workers: int) -> int | None:
         """Models training at once: ``max_live_models``; for a sampler by default twice
         the workers (enough that none idles while a model is runnable, few enough that
-        each result is told before most asks); for the grid every model."""
+        each result is told before most asks), or ``DETERMINISTIC_GENERATION`` for a
+        deterministic adaptive one; for the grid every model."""
         if self.max_live_models is not None:
             return self.max_live_models
-        return None if self.search == "grid" else 2 * workers
+        if self.search == "grid":
+            return None
+        if self.deterministic and self.search != "random":
+            # generations of asks: a size of the workers would give other models on
+            # another worker count (NOTE [ same bits at any scale ])
+            return DETERMINISTIC_GENERATION
+        return 2 * workers
 
     def to_json(self) -> dict[str, Any]:
         """What ``resume`` needs (``DIR/experiment.json``); :meth:`from_json` reads it."""

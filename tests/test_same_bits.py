@@ -168,3 +168,50 @@ def test_the_default_partition_count_follows_the_data_not_the_workers(tmp_path: 
     csv = tmp_path / "t.csv"
     csv.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(2500)))
     assert count_lines(csv) == 2501
+
+
+def _tpe() -> dict[str, Any]:
+    """TPE past its random start-up after 2 trials, in generations of 2."""
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=4, n_startup_trials=2)
+    return {"search": sampler, "num_models": 6, "max_live_models": 2}
+
+
+def _random_sha() -> dict[str, Any]:
+    return {"search": "random", "num_models": 6, "early_stopping": "sha"}
+
+
+@pytest.mark.parametrize("search", [_tpe, _random_sha], ids=["tpe", "random+sha"])
+def test_searches_and_synchronous_halving_keep_the_bits(
+    six: dict[str, str], tmp_path: Path, search: Any
+) -> None:
+    from cerebro.search import loguniform
+
+    space = {"lr": loguniform(0.01, 0.5), "hidden": [16384], "batch_size": [16]}
+    runs = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        with Experiment(dict(six, output_dir=str(out)), workers=workers, verbose=False) as e:
+            result = e.run_fit(
+                WideSpec(), space, num_epochs=4, seed=2, deterministic=True, **search()
+            )
+        runs.append((result.table[["lr", "status", "epochs"]], computed(out / "catalog.sqlite")))
+        weights = tensors(out)
+        if workers == 1:
+            first = weights
+        else:
+            _same(first, weights)
+    assert runs[0][0].equals(runs[1][0])
+    assert runs[0][1] == runs[1][1]
+
+
+def test_a_deterministic_adaptive_search_asks_in_generations_of_a_fixed_size() -> None:
+    from cerebro._settings import DETERMINISTIC_GENERATION, FitSettings
+    from cerebro.search import loguniform
+
+    space = {"lr": loguniform(0.01, 0.5), "batch_size": [16]}
+    tpe = FitSettings.check(space, 2, search="tpe", num_models=4, deterministic=True)
+    assert {tpe.max_live(w) for w in (1, 3, 64)} == {DETERMINISTIC_GENERATION}
+    rnd = FitSettings.check(space, 2, search="random", num_models=4, deterministic=True)
+    assert rnd.max_live(3) == 6  # random draws ignore results: no generations needed
