@@ -38,7 +38,7 @@ def epoch(
         decision = "continue"  # its last epoch: it ends done whatever the rule says
     rec.events.append(("report", model_id, epoch, value, decision))
     if decision == "stop":
-        rec.stopped.append(model_id)
+        _stopped(state, rec, model_id)
     if last:
         state.stopper.end(model_id, "done")
         rec.events.append(("end", model_id, None, None, "done"))
@@ -73,7 +73,15 @@ def _resolutions(state: FitState, rec: StopRecord) -> None:
     for model_id, decision in state.stopper.resolved():
         rec.resolved.append((model_id, decision))
         if decision == "stop":
-            rec.stopped.append(model_id)
+            _stopped(state, rec, model_id)
+
+
+def _stopped(state: FitState, rec: StopRecord, model_id: str) -> None:
+    """The stopper stopped ``model_id``: it ends (a pruner's trial becomes pruned)."""
+    assert state.stopper is not None
+    rec.stopped.append(model_id)
+    state.stopper.end(model_id, "stopped")
+    rec.events.append(("end", model_id, None, None, "stopped"))
 
 
 def apply(state: FitState, sched: Scheduler, rec: StopRecord, progress: Any = None) -> None:
