@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,23 @@ GRID = {"lr": [0.05, 0.2], "hidden": [16384, 20000], "batch_size": [16]}
 
 
 @pytest.fixture(scope="module")
-def six(tmp_path_factory: pytest.TempPathFactory, toy_csvs: dict[str, str]) -> dict[str, str]:
-    """The toy data in 6 partitions (more than any worker count below)."""
-    root = tmp_path_factory.mktemp("six")
-    with Experiment(dict(toy_csvs, output_dir=str(root)), workers=2, verbose=False) as exp:
-        exp.run_etl(ToyETL(), seed=1, partitions=6)
-    return {"etl_dir": str(exp.data_dir)}
+def exps(
+    tmp_path_factory: pytest.TempPathFactory, toy_csvs: dict[str, str]
+) -> Iterator[dict[int, Experiment]]:
+    """Warm experiments of 1, 2 and 3 workers on the toy data in 6 partitions (more than
+    any of them has workers), each refitting in its own run directory."""
+    root = tmp_path_factory.mktemp("same-bits")
+    two = Experiment(dict(toy_csvs, output_dir=str(root / "w2")), workers=2, verbose=False)
+    two.run_etl(ToyETL(), seed=1, partitions=6)
+    data = {"etl_dir": str(two.data_dir)}
+    out = {2: two}
+    for w in (1, 3):
+        out[w] = Experiment(dict(data, output_dir=str(root / f"w{w}")), workers=w, verbose=False)
+    try:
+        yield out
+    finally:
+        for e in out.values():
+            e.close()
 
 
 def tensors(run_dir: Path) -> dict[tuple[str, int | None], dict[str, torch.Tensor]]:
@@ -77,57 +89,58 @@ class SlowWide(WideSpec):
         return super().train(model_object, minibatch, hyperparams, device)
 
 
-def _fit(data: dict[str, str], out: Path, workers: int, spec: Any = None) -> Any:
-    with Experiment(dict(data, output_dir=str(out)), workers=workers, verbose=False) as exp:
-        return exp.run_fit(spec or WideSpec(), GRID, **FIT)
+def _fit(exp: Experiment, spec: Any = None) -> Path:
+    """The module's deterministic grid fit, afresh on ``exp``'s workers; its run dir."""
+    exp.run_fit(spec or WideSpec(), GRID, overwrite=True, **FIT)
+    return exp.output_dir
 
 
 FIT = {"num_epochs": 2, "seed": 3, "deterministic": True}
 
 
 @pytest.fixture(scope="module")
-def reference(
-    six: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Any, dict[Any, dict[str, torch.Tensor]]]:
+def reference(exps: dict[int, Experiment]) -> tuple[Any, dict[Any, dict[str, torch.Tensor]]]:
     """What one worker computes: every hop's and epoch's metrics, every checkpoint."""
-    out = tmp_path_factory.mktemp("one") / "run"
-    _fit(six, out, 1)
+    out = _fit(exps[1])
     return computed(out / "catalog.sqlite"), tensors(out)
 
 
 def test_one_two_and_three_workers_train_the_same_bits(
-    six: dict[str, str], reference: Any, tmp_path: Path
+    exps: dict[int, Experiment], reference: Any
 ) -> None:
     expected, weights = reference
     assert len(weights) == 4 * 3  # 4 models: 2 epochs' checkpoints and the last
     for workers in (2, 3):
-        _fit(six, tmp_path / f"w{workers}", workers)
+        out = _fit(exps[workers])
         # every hop's per-minibatch metrics, every epoch metric, every tensor
-        assert computed(tmp_path / f"w{workers}" / "catalog.sqlite") == expected
-        _same(weights, tensors(tmp_path / f"w{workers}"))
+        assert computed(out / "catalog.sqlite") == expected
+        _same(weights, tensors(out))
 
 
-def test_a_killed_worker_changes_no_bit(
-    six: dict[str, str], reference: Any, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
+def test_a_killed_worker_changes_no_bit(exps: dict[int, Experiment], reference: Any) -> None:
+    catalog = exps[3].catalog_path
     killed: list[int] = []
 
     def killer() -> None:
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
-            pids = worker_pids()
-            if done_hops(out / "catalog.sqlite") >= 10 and pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
+            rows = hop_rows(catalog)
+            # this fit's (the catalog holds the last fit's hops until this one starts)
+            started = any(r["status"] == "running" for r in rows)
+            if started and sum(r["status"] == "done" for r in rows) >= 10:
+                # one of this fit's workers (the other experiments' are alive too)
+                ours = {r["pid"] for r in rows if r["status"] == "done"} & set(worker_pids())
+                if ours:
+                    os.kill(min(ours), signal.SIGKILL)
+                    killed.append(min(ours))
             time.sleep(0.01)
 
     t = threading.Thread(target=killer)
     t.start()
-    _fit(six, out, 3, SlowWide())
+    out = _fit(exps[3], SlowWide())
     t.join()
     assert killed
-    assert "lost" in {r["status"] for r in hop_rows(out / "catalog.sqlite")}
+    assert "lost" in {r["status"] for r in hop_rows(catalog)}
     assert computed(out / "catalog.sqlite") == reference[0]
     _same(reference[1], tensors(out))
 
@@ -142,9 +155,9 @@ Experiment({params!r}, workers=2, verbose=False).run_fit(SlowWide(), GRID, **FIT
 
 
 def test_a_killed_driver_resumed_changes_no_bit(
-    six: dict[str, str], reference: Any, tmp_path: Path
+    exps: dict[int, Experiment], reference: Any, tmp_path: Path
 ) -> None:
-    params = dict(six, output_dir=str(tmp_path / "run"))
+    params = {"etl_dir": str(exps[2].data_dir), "output_dir": str(tmp_path / "run")}
     script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     catalog = tmp_path / "run" / "catalog.sqlite"
@@ -184,26 +197,23 @@ def _random_sha() -> dict[str, Any]:
 
 @pytest.mark.parametrize("search", [_tpe, _random_sha], ids=["tpe", "random+sha"])
 def test_searches_and_synchronous_halving_keep_the_bits(
-    six: dict[str, str], tmp_path: Path, search: Any
+    exps: dict[int, Experiment], search: Any
 ) -> None:
     from cerebro.search import loguniform
 
     space = {"lr": loguniform(0.01, 0.5), "hidden": [16384], "batch_size": [16]}
     runs = []
     for workers in (1, 3):
-        out = tmp_path / f"w{workers}"
-        with Experiment(dict(six, output_dir=str(out)), workers=workers, verbose=False) as e:
-            result = e.run_fit(
-                WideSpec(), space, num_epochs=4, seed=2, deterministic=True, **search()
-            )
-        runs.append((result.table[["lr", "status", "epochs"]], computed(out / "catalog.sqlite")))
-        weights = tensors(out)
-        if workers == 1:
-            first = weights
-        else:
-            _same(first, weights)
-    assert runs[0][0].equals(runs[1][0])
-    assert runs[0][1] == runs[1][1]
+        exp = exps[workers]
+        result = exp.run_fit(
+            WideSpec(), space, num_epochs=4, seed=2, deterministic=True, overwrite=True,
+            **search(),
+        )  # fmt: skip
+        table = result.table[["lr", "status", "epochs"]]
+        runs.append((table, computed(exp.catalog_path), tensors(exp.output_dir)))
+    (table, done, weights), (other_table, other_done, other_weights) = runs
+    assert table.equals(other_table) and done == other_done
+    _same(weights, other_weights)
 
 
 def test_a_deterministic_adaptive_search_asks_in_generations_of_a_fixed_size() -> None:

@@ -257,3 +257,16 @@ def test_a_model_stopped_while_it_waits_leaves_the_scheduler() -> None:
     assert [x.hop.model_id for x in s.assign()] == ["b"]
     with pytest.raises(ValueError, match="only a live model"):
         s.pause("a")
+
+
+def test_status_names_the_models_that_wait_at_a_rung() -> None:
+    from cerebro.report._summary import _waiting
+
+    log = [
+        {"event": "report", "model_id": "m000", "epoch": 0, "decision": "continue"},
+        {"event": "report", "model_id": "m001", "epoch": 0, "decision": "wait"},
+        {"event": "report", "model_id": "m000", "epoch": 2, "decision": "wait"},
+        {"event": "report", "model_id": "m002", "epoch": 0, "decision": "stop"},
+        {"event": "no_more", "model_id": None, "epoch": None, "decision": None},
+    ]
+    assert _waiting(log) == {"m000", "m001"}

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cerebro.report._data import NoFitError, catalog_path, load_run, unstarted
-from cerebro.report._summary import RunStatus, fmt_seconds, fmt_value, sort_metrics, summarize
+from cerebro.report._summary import (
+    LIVE,
+    RunStatus,
+    fmt_seconds,
+    fmt_value,
+    sort_metrics,
+    summarize,
+)
 
 __all__ = ["read_status", "status_text"]
 
@@ -62,7 +69,7 @@ def _models(st: RunStatus) -> str:
     n = len(st.models)
     if st.planned_models <= n:
         return f"{n} models"
-    running = sum(1 for m in st.models if m.status in ("pending", "running"))
+    running = sum(1 for m in st.models if m.status in LIVE)
     return f"{n} of {st.planned_models} models asked, {running} live, {n - running} ended"
 
 

@@ -34,7 +34,7 @@ __all__ = ["ModelProgress", "RunStatus", "active_segments", "driver_restarts", "
 # Two hops further apart than this (seconds, across all workers) mean the driver was not
 # running in between (a stopped and resumed fit): that gap is not counted as idle time.
 RESUME_GAP = 60.0
-LIVE = ("pending", "running")
+LIVE = ("pending", "running", "waiting")  # waiting: at a synchronous rung of early stopping
 DROPPED = ("failed", "diverged")
 ENDED_EARLY = (*DROPPED, "stopped")  # ended before num_epochs: no more hops to come
 
@@ -234,6 +234,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         mid = mrow["model_id"]
         epochs_done[mid] = max(epochs_done.get(mid, 0), int(mrow["epoch"]) + 1)
     test_objective = objective.startswith("test_")
+    waiting = _waiting(run.stopping)
     models = []
     for row in run.models:
         mid = row["model_id"]
@@ -241,6 +242,8 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         status = row["status"]
         if status in LIVE and (stopped or dead):  # NOTE [ a fit that is not running ... ]
             status = "interrupted"
+        elif status == "running" and mid in waiting:
+            status = "waiting"
         b = ranked.get(mid)
         models.append(
             ModelProgress(
@@ -317,6 +320,15 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         now=run.now,
         **driver,
     )
+
+
+def _waiting(log: list[dict[str, Any]]) -> set[str]:
+    """Models whose last report to early stopping waits for its rung to decide."""
+    last: dict[str, str | None] = {}
+    for row in log:
+        if row["event"] == "report":
+            last[str(row["model_id"])] = row["decision"]
+    return {m for m, d in last.items() if d == "wait"}
 
 
 def _driver(run: RunData) -> dict[str, Any]:
