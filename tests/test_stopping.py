@@ -183,7 +183,7 @@ def test_any_optuna_pruner() -> None:
         (SuccessiveHalving(grace_period=9), 9, "grace_period=9 leaves no rung"),
         (ASHA(reduction_factor=1), 9, "reduction_factor must be at least 2"),
         (Hyperband(brackets=4), 9, "at most 3 brackets"),
-        (MedianStopping(grace_period=3), 3, "lower it"),
+        (MedianStopping(grace_period=3), 3, "median: grace_period=3 leaves no rung"),
     ],
 )
 def test_bad_rules_say_what_to_change(value: object, epochs: int, message: str) -> None:

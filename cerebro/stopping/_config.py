@@ -37,6 +37,16 @@ def _knob(rule: str, name: str, value: Any, least: int) -> None:
         raise ParamsError(f"{rule}: {name} must be at least {least}, got {value}.")
 
 
+def _grace(rule: str, grace_period: Any, num_epochs: int) -> None:
+    """A grace period is an int from 1 that leaves a decision before the last epoch."""
+    _knob(rule, "grace_period", grace_period, 1)
+    if grace_period >= num_epochs:
+        raise ParamsError(
+            f"{rule}: grace_period={grace_period} leaves no rung before the last epoch "
+            f"(num_epochs={num_epochs}); lower grace_period or raise num_epochs."
+        )
+
+
 class EarlyStopping:
     """Base of the ``early_stopping=`` rules."""
 
@@ -66,14 +76,8 @@ class _Halving(EarlyStopping):
     reduction_factor: int = 3
 
     def check(self, num_epochs: int) -> None:
-        _knob(self.name, "grace_period", self.grace_period, 1)
+        _grace(self.name, self.grace_period, num_epochs)
         _knob(self.name, "reduction_factor", self.reduction_factor, 2)
-        if self.grace_period >= num_epochs:
-            raise ParamsError(
-                f"{self.name}: grace_period={self.grace_period} leaves no rung before the "
-                f"last epoch (num_epochs={num_epochs}); lower grace_period or raise "
-                "num_epochs."
-            )
 
     def rungs(self, num_epochs: int) -> list[int]:
         return rung_epochs(self.grace_period, self.reduction_factor, num_epochs)
@@ -152,13 +156,8 @@ class MedianStopping(EarlyStopping):
     min_samples: int = 3
 
     def check(self, num_epochs: int) -> None:
-        _knob(self.name, "grace_period", self.grace_period, 1)
+        _grace(self.name, self.grace_period, num_epochs)
         _knob(self.name, "min_samples", self.min_samples, 1)
-        if self.grace_period >= num_epochs:
-            raise ParamsError(
-                f"median: grace_period={self.grace_period} leaves no epoch to stop at "
-                f"before the last (num_epochs={num_epochs}); lower it."
-            )
 
     def rungs(self, num_epochs: int) -> list[int]:
         return list(range(self.grace_period, num_epochs))
