@@ -20,6 +20,7 @@ from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.engine.messages import HopTask
 from cerebro.errors import ParamsError, UserCodeError
+from cerebro.etl._partitions import owner
 from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import Scheduler
 from cerebro.spec import MinibatchSpec
@@ -50,9 +51,9 @@ def run_fit_loop(
     """
     w = workers
     splits = manifest["splits"]
-    train_owner = {p: p % w for p, n in enumerate(splits["train"]["sizes"])}
+    train_owner = {p: owner(p, w) for p, n in enumerate(splits["train"]["sizes"])}
     val_owner = (
-        {p: p % w for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
+        {p: owner(p, w) for p, n in enumerate(splits["val"]["sizes"]) if n > 0}
         if "val" in splits
         else {}
     )
@@ -105,8 +106,8 @@ def run_fit_loop(
         catalog.set_fit_status(fit_id, "done")
         return
     owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
-    for split, owner in (("train", train_owner), ("val", val_owner)):
-        for p, worker in owner.items():
+    for split, owners in (("train", train_owner), ("val", val_owner)):
+        for p, worker in owners.items():
             owned[worker].setdefault(split, []).append(p)
     engine = make_engine(owned)
     done = sched.total_hops() - sched.remaining_hops() - state.skipped

@@ -42,7 +42,7 @@ from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
 from cerebro.errors import CerebroError, ParamsError, SpecError
-from cerebro.etl import count_lines, default_partitions
+from cerebro.etl import count_lines, default_partitions, owner
 from cerebro.etl._run import _fingerprint as etl_fingerprint
 from cerebro.params import (
     ETL_MARK,
@@ -815,7 +815,7 @@ class Experiment:
                 spec = with_components(spec, ref.components)
             owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
             for p in parts:
-                owned[p % w].setdefault(kind, []).append(p)
+                owned[owner(p, w)].setdefault(kind, []).append(p)
             engine = self._engine(spec, owned)
             try:
                 return ref, evaluate(engine, ref, kind, parts, batch_size)

@@ -30,6 +30,7 @@ from cerebro.engine._ray_nodes import (
     spec_payload,
 )
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
+from cerebro.etl._partitions import owner
 from cerebro.etl._run import (
     _CHUNK_ROWS,
     MANIFEST,
@@ -65,7 +66,7 @@ def ray_etl(
 ) -> dict[str, Any]:
     """Preprocess every split into ``partitions`` partitions on the nodes of a Ray cluster.
 
-    Partition ``p`` goes to worker slot ``p % workers``, and slot ``w`` to alive node
+    Partition ``p`` goes to worker slot ``owner(p, workers)``, and slot ``w`` to alive node
     ``w % N`` (head node first): the placement :class:`~cerebro.engine.ray.RayEngine` uses.
     Skips the work when ``data_dir``'s manifest already describes the same inputs, spec,
     fraction, seed and partitions on nodes that are still in the cluster.
@@ -150,7 +151,7 @@ def ray_etl(
             "workers": workers,
             "placement": {
                 plan.split: [
-                    {k: slots[p % workers][k] for k in ("node_id", "ip", "root")}
+                    {k: slots[owner(p, workers)][k] for k in ("node_id", "ip", "root")}
                     for p in range(partitions)
                 ]
                 for plan in plans
@@ -228,10 +229,10 @@ def _run(
             object_dir = params.object_dir(plan.split)
             for p, size in enumerate(plan.sizes):
                 if size == 0:
-                    w = p % workers
+                    w = owner(p, workers)
                     in_flight[actors[w].etl_empty.remote(slots[w]["root"], plan.split, p)] = 0
             for p, rows in plan.chunks(_CHUNK_ROWS):
-                w = p % workers
+                w = owner(p, workers)
                 ref = actors[w].etl_rows.remote(
                     slots[w]["root"], plan.split, p, plan.sizes[p], object_dir, plan.features, rows
                 )

@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["ROWS_PER_PARTITION", "count_lines", "default_partitions"]
+__all__ = ["ROWS_PER_PARTITION", "count_lines", "default_partitions", "owner"]
 
 ROWS_PER_PARTITION = 10_000  # train rows per partition by default
 MAX_PARTITIONS = 64
+
+
+def owner(partition: int, workers: int) -> int:
+    """The worker (0-based) that holds ``partition`` among ``workers``: the one rule, for
+    the ETL's placement, the fit's hops and the evaluations alike (DESIGN §6)."""
+    return partition % workers
 
 
 def default_partitions(train_rows: int, workers: int) -> int:
