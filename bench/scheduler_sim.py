@@ -135,9 +135,7 @@ def walks(quick: bool) -> dict:
             "mean": statistics.mean(r[walk] for r in rows),
             "worst": max(r[walk] for r in rows),
             "mean_by_P": {
-                f"{k}W": statistics.mean(
-                    r[walk] for r in rows if r["P"] == k * r["workers"]
-                )
+                f"{k}W": statistics.mean(r[walk] for r in rows if r["P"] == k * r["workers"])
                 for k in (1, 2, 4)
             },
         }

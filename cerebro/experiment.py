@@ -647,8 +647,8 @@ class Experiment:
                 ``"median"``, a rule with its knobs (``cerebro.stopping.ASHA(
                 grace_period=2, reduction_factor=3)``...) or any ``optuna.pruners``
                 pruner. A stopped model keeps its metrics and checkpoints (status
-                ``stopped``); ``FitResult.best`` is chosen among models that trained to
-                the end. ``num_epochs`` is the most a model trains.
+                ``stopped``); ``FitResult.best`` is never a stopped model.
+                ``num_epochs`` is the most a model trains.
             overwrite: discard an earlier fit in this run directory that this call cannot
                 continue: a different one, or this one trained with other spec code. (A fit
                 that trained nothing, e.g. one whose spec the probe rejected, is replaced

@@ -40,7 +40,7 @@ class FitResult:
             split. :attr:`objective` says which.
         mode: ``"min"`` or ``"max"``; default: the fit's, else ``"min"``.
         include_stopped: let a model early stopping stopped be :attr:`best` (by default
-            only models that trained to the end can be).
+            none can be: its value came from fewer epochs than the others').
 
     Attributes:
         objective, mode: what ranks the models here (given or chosen as above), the same
@@ -170,14 +170,15 @@ class FitResult:
         table = pd.DataFrame(rows)
         if stopping:
             table["stopped_epoch"] = table["stopped_epoch"].astype("Int64")
-        among = "every model" if self.include_stopped else "models that trained to the end"
+        among = "every model" if self.include_stopped else "models early stopping did not stop"
         table.attrs.update(objective=self.objective, mode=self.mode, best_among=among)
         return table
 
     @property
     def best(self) -> dict[str, Any]:
         """The model with the best objective at any epoch (ties: earliest epoch, then
-        lowest model id), of those that trained to the end unless ``include_stopped``.
+        lowest model id), leaving out models early stopping stopped unless
+        ``include_stopped``.
 
         Returns:
             ``model_id``, ``hyperparams``, ``objective``, ``mode``, ``value``, ``epoch``
@@ -190,9 +191,9 @@ class FitResult:
         """
         if not self._ranked and self._per_model:
             raise ValueError(
-                "no model that trained to the end has a value for the objective "
-                f"{self.objective!r} (early stopping stopped the others); read "
-                "FitResult(..., include_stopped=True).best to rank stopped models too."
+                "early stopping stopped every model that has a value for the objective "
+                f"{self.objective!r}, so none may be the best; read FitResult(..., "
+                "include_stopped=True).best to rank stopped models too."
             )
         if not self._ranked:
             have = sorted({f"{m['split']}_{m['name']}" for m in self._metrics})

@@ -90,7 +90,7 @@ def test_result_status_and_report_name_the_same_best(run_dir: Path) -> None:
     assert table.attrs == {
         "objective": "val_epoch_loss",
         "mode": "min",
-        "best_among": "models that trained to the end",
+        "best_among": "models early stopping did not stop",
     }
     assert set(result.history["epoch"]) == {1, 2, 3}
 

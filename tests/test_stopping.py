@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 from cerebro._settings import FitSettings
@@ -270,3 +272,45 @@ def test_status_names_the_models_that_wait_at_a_rung() -> None:
         {"event": "no_more", "model_id": None, "epoch": None, "decision": None},
     ]
     assert _waiting(log) == {"m000", "m001"}
+
+
+def test_a_pruner_fit_cannot_resume_without_its_saved_pruner(tmp_path: Path) -> None:
+    rule = parse_early_stopping(optuna.pruners.ThresholdPruner(upper=0.5), num_epochs=3)
+    settings = FitSettings.check({"lr": [0.1], "batch_size": [8]}, 3, early_stopping=rule)
+    record = settings.to_json()
+    with pytest.raises(ParamsError, match="holds no saved pruner"):
+        FitSettings.from_json(record, tmp_path / "search")
+    settings.make_stopper(tmp_path / "search")  # a fit's start keeps it
+    back = FitSettings.from_json(record, tmp_path / "search")
+    assert back.early_stopping == settings.early_stopping
+
+
+def test_an_unknown_walk_is_refused() -> None:
+    with pytest.raises(ParamsError, match="walk must be one of"):
+        Scheduler(["a"], num_epochs=1, train_owner={0: 0}, val_owner={}, walk="zigzag")
+
+
+def test_best_is_never_a_stopped_model_unless_asked(tmp_path: Path) -> None:
+    from cerebro.catalog import Catalog
+    from cerebro.result import FitResult
+
+    path = tmp_path / "catalog.sqlite"
+    cat = Catalog(path)
+    fits = []
+    for second in ("done", "stopped"):
+        fit = cat.create_fit(json.dumps({"early_stopping": {"type": "sha"}, "n": second}), {}, [])
+        cat.add_models(fit, [("m000", {"lr": 0.1}), ("m001", {"lr": 0.2})])
+        cat.epoch_done(fit, "m000", 0, {"val": {"loss": 0.1}}, None)
+        cat.epoch_done(fit, "m001", 0, {"val": {"loss": 0.5}}, None)
+        cat.set_model_status(fit, "m000", "stopped")
+        cat.set_model_status(fit, "m001", second)
+        fits.append(fit)
+    cat.close()
+    assert FitResult(path, fits[0]).best["model_id"] == "m001"  # the better m000 stopped
+    everyone = FitResult(path, fits[0], include_stopped=True)
+    assert everyone.best["model_id"] == "m000"
+    table = everyone.table.set_index("model_id")
+    assert table.loc["m000", "stopped_epoch"] == 1 and pd.isna(table.loc["m001", "stopped_epoch"])
+    assert table.attrs["best_among"] == "every model"
+    with pytest.raises(ValueError, match="early stopping stopped every model that has a value"):
+        _ = FitResult(path, fits[1]).best  # every model stopped

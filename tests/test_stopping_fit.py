@@ -66,7 +66,7 @@ def test_sha_on_a_grid_keeps_the_best_third_at_each_rung(exp: Experiment) -> Non
     ]
     # the best is the model that trained to the end, as the table says
     assert result.best["model_id"] in last
-    assert result.table.attrs["best_among"] == "models that trained to the end"
+    assert result.table.attrs["best_among"] == "models early stopping did not stop"
     everyone = type(result)(result.catalog_path, result.fit_id, include_stopped=True)
     assert everyone.best["value"] >= result.best["value"]
     # a stopped model keeps its checkpoint: it loads, tests and predicts like any model
