@@ -191,3 +191,22 @@ def test_the_progress_bar_names_its_metric_and_counts_epochs_from_1(tmp_path: Pa
     assert "epoch 1/2, best val_loss=0.5 (min)" in text
     assert "16/16" in text and "epoch 2/2, best val_loss=0.5 (min)" in text
     catalog.close()
+
+
+def test_models_left_waiting_at_a_rung_nothing_can_complete_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """A stopper that never decides (a bug) must not end the fit as if it were done."""
+    from cerebro.errors import CerebroError
+    from cerebro.stopping import Stopper
+
+    class NeverDecides(Stopper):
+        def report(self, model_id: str, epochs: int, value: float) -> Any:
+            return "wait"
+
+    catalog, state, sched = _fit(tmp_path, on_error="stop", epochs=2)
+    state.stopper = NeverDecides()
+    with pytest.raises(CerebroError, match="2 model.s. wait at a rung .* cannot decide"):
+        run_loop(catalog, state, sched, ScriptedEngine(fail=set()), _NoBar())
+    assert sched.paused == 2
+    catalog.close()
