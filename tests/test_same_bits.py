@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ import pytest
 import torch
 
 from cerebro import Experiment
-from toy import ToyETL, WideSpec, computed, done_hops, hop_rows, worker_pids
+from toy import ToyETL, WideSpec, computed, hop_rows, kill_driver_after, worker_pids
 
 GRID = {"lr": [0.05, 0.2], "hidden": [16384, 20000], "batch_size": [16]}
 
@@ -159,14 +157,8 @@ def test_a_killed_driver_resumed_changes_no_bit(
 ) -> None:
     params = {"etl_dir": str(exps[2].data_dir), "output_dir": str(tmp_path / "run")}
     script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    kill_driver_after(script, tmp_path / "run", hops=20)
     catalog = tmp_path / "run" / "catalog.sqlite"
-    deadline = time.time() + 120
-    while done_hops(catalog) < 20 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the fit finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     Experiment.resume(tmp_path / "run", verbose=False)
     assert computed(catalog) == reference[0]
     _same(reference[1], tensors(tmp_path / "run"))

@@ -4,12 +4,7 @@ ends, kept in a study Optuna reads, and resumed after a driver SIGKILL."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +17,7 @@ from cerebro.report import status_text
 from cerebro.report._data import load_run
 from cerebro.report._search import importances
 from cerebro.search import choice, loguniform, randint
-from toy import ToySpec, computed, done_hops
+from toy import ToySpec, computed, kill_driver_after
 
 SPACE = {
     "lr": loguniform(1e-3, 3e-1),
@@ -215,14 +210,8 @@ def test_deterministic_tpe_survives_a_driver_sigkill_bit_for_bit(
     expected_values = [t.value for t in expected.study.trials]
     params = dict(toy_data, output_dir=str(tmp_path / "cut"))
     script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    kill_driver_after(script, tmp_path / "cut", hops=20)
     catalog = tmp_path / "cut" / "catalog.sqlite"
-    deadline = time.time() + 120
-    while done_hops(catalog) < 20 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the search finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert "of 8 models asked" in status_text(tmp_path / "cut")  # the rest is to come
     resumed = Experiment.resume(tmp_path / "cut", verbose=False)
     assert _hyperparams(resumed) == _hyperparams(expected)

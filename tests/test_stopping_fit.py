@@ -5,10 +5,7 @@ stopped models told to Optuna as pruned with their last value."""
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import pytest
 from cerebro import Experiment
 from cerebro.errors import ParamsError
 from cerebro.search import choice, loguniform
-from toy import SlowSpec, ToySpec, computed, done_hops
+from toy import SlowSpec, ToySpec, computed, kill_driver_after
 
 GRID = {"lr": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0], "batch_size": [16]}
 SHA = {"num_epochs": 4, "early_stopping": "sha", "objective": "val_acc", "mode": "max"}
@@ -126,15 +123,9 @@ def test_sha_after_a_driver_sigkill_has_the_same_rungs_and_survivors(
     reference = computed(exp.output_dir / "catalog.sqlite")
     params = dict(toy_data, output_dir=str(tmp_path / "cut"))
     script = DRIVER.format(tests=str(Path(__file__).parent), params=params)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-    catalog = tmp_path / "cut" / "catalog.sqlite"
-    deadline = time.time() + 120
     # kill while some models wait at the first rung and others still train towards it
-    while done_hops(catalog) < 22 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the fit finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_driver_after(script, tmp_path / "cut", hops=22)
+    catalog = tmp_path / "cut" / "catalog.sqlite"
     waiting = [r for r in _report_order(tmp_path / "cut") if r[2] == "wait"]
     assert waiting, "killed before any model waited at the rung"
     resumed = Experiment.resume(tmp_path / "cut", verbose=False)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -275,3 +278,17 @@ def worker_pids() -> list[int]:
         if ppid == os.getpid() and state != "Z" and b"cerebro.engine._child" in cmd:
             out.append(int(d.name))
     return out
+
+
+def kill_driver_after(script: str, run_dir: Path, hops: int, within: float = 120) -> None:
+    """Run ``script`` as a driver in its own process group and SIGKILL the group (driver
+    and workers) once ``run_dir``'s catalog has ``hops`` done hops; fails if the fit ends
+    first."""
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    catalog = run_dir / "catalog.sqlite"
+    deadline = time.time() + within
+    while done_hops(catalog) < hops and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the fit finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
