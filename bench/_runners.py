@@ -87,6 +87,7 @@ def run_cerebro(
     from _hops import hop_overhead, hop_trace
 
     from cerebro import Experiment
+    from cerebro.etl import owner
     from cerebro.partitions import Partition, partition_path
 
     ex = wl.module
@@ -121,7 +122,7 @@ def run_cerebro(
         for split in ("train", "val"):
             p = 0
             while partition_path(data_dir, split, p).is_dir():
-                held[p % workers] += Partition(partition_path(data_dir, split, p)).nbytes()
+                held[owner(p, workers)] += Partition(partition_path(data_dir, split, p)).nbytes()
                 p += 1
         return {
             "wall_s": wall,

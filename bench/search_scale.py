@@ -22,6 +22,7 @@ from cerebro._controller import FitState, run_loop
 from cerebro._settings import FitSettings
 from cerebro.catalog import Catalog
 from cerebro.engine.messages import HopDone, HopOutcome, HopTask
+from cerebro.etl import owner
 from cerebro.scheduler import Scheduler
 from cerebro.search import choice, loguniform, randint
 from cerebro.spec import MinibatchSpec
@@ -90,8 +91,8 @@ def main() -> int:
         root = Path(tmp)
         catalog = Catalog(root / "catalog.sqlite")
         fit_id = catalog.create_fit("bench", {"models": args.models, "workers": w}, [])
-        owner = {p: p % w for p in range(w)}
-        sched = Scheduler([], num_epochs=args.epochs, train_owner=owner, val_owner=owner)
+        owners = {p: owner(p, w) for p in range(w)}
+        sched = Scheduler([], num_epochs=args.epochs, train_owner=owners, val_owner=owners)
         state = FitState(fit_id, _Spec(), {}, root / "models", 1, args.epochs, "continue")
         search = settings.make_search(root / "search", w)
         asking = [0.0]
