@@ -53,9 +53,9 @@ def setup_worker(
 ) -> dict[str, Any] | UserFailure:
     """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
     torch.set_num_threads(threads)
-    state["threads"] = threads  # a hop that names no thread count gets this one
     tuned = keep_freed_memory()  # before the first minibatch allocates anything
     state.clear()  # a pooled process may have served an earlier step
+    state["threads"] = threads  # a hop that names no thread count gets this one
     state["models"] = ModelCache(default_budget())
     # Building the first optimizer of a process imports torch's compiler stack (about a
     # second). Pay it here, in parallel on every worker, rather than in the first hops.

@@ -345,3 +345,26 @@ def test_cache_size_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CEREBRO_MODEL_CACHE_MB", "-5")
     with pytest.raises(ValueError, match="CEREBRO_MODEL_CACHE_MB must be 0 or more"):
         default_budget()
+
+
+def test_a_hop_that_names_no_thread_count_gets_the_workers_own_again(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    """A deterministic fit's hops run with threads_per_hop threads; the next fit on the
+    same warm worker, without deterministic mode, gets the worker's share back."""
+    before = torch.get_num_threads()
+    try:
+        state: dict[str, Any] = {}
+        (tmp_path / "misc").mkdir()
+        etl_dir, misc = str(Path(data["etl_dir"])), str(tmp_path / "misc")
+        setup_worker(state, ToySpec(), etl_dir, {"train": [0]}, misc, 3, "cpu")
+        ckpt = str(tmp_path / "a.pt")
+        det = HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1, threads=1, deterministic=True)
+        assert isinstance(run_hop(state, det), HopOutcome)
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        plain = HopTask("m000", HP, "train", 0, 1, ckpt, str(tmp_path / "b.pt"), 7, 2)
+        assert isinstance(run_hop(state, plain), HopOutcome)
+        assert torch.get_num_threads() == 3 and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(False)
