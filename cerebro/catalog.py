@@ -356,8 +356,7 @@ class Catalog:
         with self.transaction() as db:
             self._write_stopping(db, fit_id, stopping)
 
-    @staticmethod
-    def _write_stopping(db: sqlite3.Connection, fit_id: int, rec: StopRecord) -> None:
+    def _write_stopping(self, db: sqlite3.Connection, fit_id: int, rec: StopRecord) -> None:
         for event, model_id, epoch, value, decision in rec.events:
             db.execute(
                 "INSERT INTO stopping(fit_id, event, model_id, epoch, value, decision) "
@@ -371,15 +370,9 @@ class Catalog:
                 (decision, fit_id, model_id),
             )
         for model_id in rec.stopped:
-            db.execute(
-                "UPDATE models SET status='stopped', error=NULL WHERE fit_id=? AND model_id=?",
-                (fit_id, model_id),
-            )
+            self.set_model_status(fit_id, model_id, "stopped")
         for model_id, status, error in rec.status:
-            db.execute(
-                "UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
-                (status, error, fit_id, model_id),
-            )
+            self.set_model_status(fit_id, model_id, status, error)
 
     def stopping_log(self, fit_id: int) -> list[sqlite3.Row]:
         """Every call to the fit's stopper, in the order made (NOTE [ stopping seam ])."""
