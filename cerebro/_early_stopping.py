@@ -10,6 +10,7 @@ a synchronous rung, resume). A resumed fit replays the recorded calls into a fre
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cerebro.catalog import Catalog, StopRecord
@@ -20,7 +21,7 @@ from cerebro.scheduler import Scheduler
 if TYPE_CHECKING:
     from cerebro._controller import FitState
 
-__all__ = ["apply", "end", "epoch", "no_more", "restore", "settle", "stuck"]
+__all__ = ["apply", "end", "epoch", "no_more", "restore", "settle", "stuck", "waiting"]
 
 
 def epoch(
@@ -127,19 +128,26 @@ def restore(catalog: Catalog, state: FitState) -> None:
     stopper.resolved()  # decided before the kill: the catalog has them already
 
 
+def waiting(log: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Models whose last report in the stopping ``log`` (rows of the catalog's table)
+    waits for its rung to decide."""
+    last: dict[str, Any] = {}
+    for row in log:
+        if row["event"] == "report":
+            last[str(row["model_id"])] = row["decision"]
+    return {m for m, d in last.items() if d == "wait"}
+
+
 def settle(catalog: Catalog, state: FitState, sched: Scheduler) -> None:
     """Resume, after the hops were replayed: stopped models end, waiting ones wait."""
-    waiting = {}
-    for row in catalog.stopping_log(state.fit_id):
-        if row["event"] == "report":
-            waiting[row["model_id"]] = row["decision"] == "wait"
+    held = waiting([dict(r) for r in catalog.stopping_log(state.fit_id)])
     for row in catalog.models(state.fit_id):
         model_id = row["model_id"]
         if row["status"] == "stopped":
             state.skipped += sched.remaining_hops(model_id)
             sched.stop_model(model_id)
             state.stopped.add(model_id)
-        elif waiting.get(model_id) and row["status"] not in ("failed", "diverged", "done"):
+        elif model_id in held and row["status"] not in ("failed", "diverged", "done"):
             sched.pause(model_id)
     state.rerank()
 

@@ -262,7 +262,7 @@ def test_a_model_stopped_while_it_waits_leaves_the_scheduler() -> None:
 
 
 def test_status_names_the_models_that_wait_at_a_rung() -> None:
-    from cerebro.report._summary import _waiting
+    from cerebro._early_stopping import waiting
 
     log = [
         {"event": "report", "model_id": "m000", "epoch": 0, "decision": "continue"},
@@ -271,7 +271,7 @@ def test_status_names_the_models_that_wait_at_a_rung() -> None:
         {"event": "report", "model_id": "m002", "epoch": 0, "decision": "stop"},
         {"event": "no_more", "model_id": None, "epoch": None, "decision": None},
     ]
-    assert _waiting(log) == {"m000", "m001"}
+    assert waiting(log) == {"m000", "m001"}
 
 
 def test_a_pruner_fit_cannot_resume_without_its_saved_pruner(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cerebro import _ranking
+from cerebro._early_stopping import waiting
 from cerebro.report._data import RunData
 from cerebro.report._data import driver as lock_holder
 
@@ -234,7 +235,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         mid = mrow["model_id"]
         epochs_done[mid] = max(epochs_done.get(mid, 0), int(mrow["epoch"]) + 1)
     test_objective = objective.startswith("test_")
-    waiting = _waiting(run.stopping)
+    held = waiting(run.stopping)
     models = []
     for row in run.models:
         mid = row["model_id"]
@@ -242,7 +243,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         status = row["status"]
         if status in LIVE and (stopped or dead):  # NOTE [ a fit that is not running ... ]
             status = "interrupted"
-        elif status == "running" and mid in waiting:
+        elif status == "running" and mid in held:
             status = "waiting"
         b = ranked.get(mid)
         models.append(
@@ -320,15 +321,6 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         now=run.now,
         **driver,
     )
-
-
-def _waiting(log: list[dict[str, Any]]) -> set[str]:
-    """Models whose last report to early stopping waits for its rung to decide."""
-    last: dict[str, str | None] = {}
-    for row in log:
-        if row["event"] == "report":
-            last[str(row["model_id"])] = row["decision"]
-    return {m for m, d in last.items() if d == "wait"}
 
 
 def _driver(run: RunData) -> dict[str, Any]:
