@@ -6,7 +6,6 @@ import copy
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cerebro._atomic import replacing, write_atomic
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
@@ -156,12 +156,10 @@ def import_start(path: Path, model_id: str, hyperparams: dict[str, Any], into: P
     f = read_model_file(path, f"the starting point of model {model_id}:")
     if f.kind != "objects":
         return str(path)
-    into.mkdir(parents=True, exist_ok=True)
     out = into / f"imported-{path.name}"
-    tmp = into / f".{out.name}.tmp-{os.getpid()}"
     state = {"model_id": model_id, "hyperparams": dict(hyperparams)}
-    torch.save({**state, "components": _state_of(f.content)}, tmp)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        torch.save({**state, "components": _state_of(f.content)}, tmp)
     return str(out)
 
 
@@ -359,11 +357,7 @@ def write_predictions(path: Path, outcomes: list[HopOutcome]) -> Path:
     w = csv.writer(buf)
     w.writerow(["row_id", "output_class", "confidence"])
     w.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, buf.getvalue())
 
 
 def record_test(catalog: Catalog, ref: ModelRef, metrics: dict[str, float]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 
+from cerebro._atomic import write_atomic
 from cerebro.catalog import Catalog
 from cerebro.errors import CerebroError, ParamsError
 
@@ -80,20 +81,14 @@ class RunLock:
             self._fd = None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_experiment(run_dir: Path, settings: dict[str, Any], section: str, spec: object) -> None:
     """Remember how a step was called (``settings`` and its spec by value) for ``resume``."""
     run_dir = Path(run_dir)
     (run_dir / "specs").mkdir(exist_ok=True)
-    _atomic_write(run_dir / "specs" / f"{section}.pkl", cloudpickle.dumps(spec))
+    write_atomic(run_dir / "specs" / f"{section}.pkl", cloudpickle.dumps(spec))
     session = load_experiment(run_dir) or {}
     session.update(settings)
-    _atomic_write(run_dir / _SESSION, json.dumps(session, indent=1, default=str).encode())
+    write_atomic(run_dir / _SESSION, json.dumps(session, indent=1, default=str).encode())
 
 
 def load_experiment(run_dir: Path) -> dict[str, Any] | None:

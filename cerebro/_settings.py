@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from cerebro._atomic import write_atomic
 from cerebro.errors import ParamsError
 from cerebro.scheduler import POLICIES
 from cerebro.search import GridSearch, Search, Space, grid_points, parse_space
@@ -335,10 +336,7 @@ class FitSettings:
         if rule is None:
             return None
         if isinstance(rule, OptunaPruner) and not (search_dir / _PRUNER).is_file():
-            search_dir.mkdir(parents=True, exist_ok=True)
-            tmp = search_dir / f".{_PRUNER}.tmp"
-            tmp.write_bytes(cloudpickle.dumps(rule.pruner))
-            tmp.replace(search_dir / _PRUNER)
+            write_atomic(search_dir / _PRUNER, cloudpickle.dumps(rule.pruner))
         return rule.make(self.num_epochs, self.planned_models(), self.mode)
 
     def make_search(self, search_dir: Path, workers: int) -> Search:

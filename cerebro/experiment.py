@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle
 
 from cerebro import etl
+from cerebro._atomic import replacing
 from cerebro._evaluate import (
     aggregate,
     check_batch_size,
@@ -318,13 +319,12 @@ class Experiment:
         d = self.output_dir / "misc"
         d.mkdir(exist_ok=True)
         for f in self.params.misc:
-            target, tmp = d / f.name, d / f".{f.name}.tmp"
+            target = d / f.name
             try:
                 if not target.exists() or target.stat().st_size != f.stat().st_size:
-                    shutil.copyfile(f, tmp)
-                    os.replace(tmp, target)
+                    with replacing(target) as tmp:
+                        shutil.copyfile(f, tmp)
             except OSError as e:
-                tmp.unlink(missing_ok=True)
                 raise ParamsError(
                     f"params['misc'] file {f} could not be copied into {d}: {e}. Check that "
                     "it is a readable file and that the output folder has room."

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cerebro._atomic import swap_dir
+
 __all__ = ["Partition", "PartitionWriter", "StructureError", "flatten", "partition_path"]
 
 _FORMAT = 1
@@ -201,10 +203,7 @@ class PartitionWriter:
             "leaves": leaves_meta,
         }
         (self.tmp / "meta.json").write_text(json.dumps(meta))
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
-        return self.path
+        return swap_dir(self.tmp, self.path)
 
 
 def write_partition(path: Path, rows: Iterable[tuple[int, Any]], n: int) -> Path:

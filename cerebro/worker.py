@@ -13,9 +13,10 @@ ran it or what that worker ran before: with the "fixed" scheduling policy a run 
 bit-identical to any other run with the same seed.
 
 NOTE [ atomic checkpoints ]
-A hop writes ``<out>.tmp-<pid>`` and renames it to ``<out>``; the controller records the
-new checkpoint in the catalog only after the hop returns. A killed worker or driver leaves
-at worst an unreferenced file, never a half-written one that the catalog points at.
+A hop writes its checkpoint through ``cerebro._atomic.replacing`` (NOTE [ atomic renames ]);
+the controller records the new checkpoint in the catalog only after the hop returns. A
+killed worker or driver leaves at worst an unreferenced file, never a half-written one that
+the catalog points at.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cerebro._atomic import replacing
 from cerebro._pack import pack
 from cerebro.allocator import keep_freed_memory
 from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
@@ -188,14 +190,10 @@ def _save(components: dict[str, Any], out: str, task: HopTask) -> torch.Tensor:
         },
         "rng": rng,
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
     try:
-        with _no_zip_crc():
+        with replacing(out) as tmp, _no_zip_crc():
             torch.save(pack(state), tmp)  # one record per dtype, not per tensor: faster loads
-        os.replace(tmp, out)
     except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
-        Path(tmp).unlink(missing_ok=True)
         raise OSError(
             f"could not write it ({e}); the disk may be full or a file-size limit reached"
         ) from e

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cerebro._atomic import write_atomic
 from cerebro.engine._ray_nodes import (
     alive_nodes,
     connect,
@@ -159,9 +160,7 @@ def ray_etl(
             "seconds": seconds,
         },
     }
-    tmp = data_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, data_dir / MANIFEST)
+    write_atomic(data_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -14,7 +14,7 @@ hold it, and :class:`RayEngine` pins each slot's actor to that node
 
 NOTE [ models travel through the driver ]
 The driver reads ``task.in_ckpt``, sends the bytes with the hop, and writes the bytes the
-hop returns to ``task.out_ckpt`` (temp name, then ``os.replace``) before it reports
+hop returns to ``task.out_ckpt`` (NOTE [ atomic renames ]) before it reports
 ``HopDone``. The controller and catalog are unchanged, and the driver holds every model's
 latest state: a lost node loses no completed hop.
 
@@ -33,13 +33,13 @@ mode" is off). It stays up for later fits in the same process; Ray stops it at e
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cerebro._atomic import write_atomic
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._ray_etl import ray_etl
 from cerebro.engine._ray_nodes import (
@@ -225,6 +225,20 @@ class RayEngine:
                 continue
             self._finish_setup(w, result)
 
+    def kill_worker(self, worker: int) -> None:
+        """Testing hook (NOTE [ killing a worker in a test ] in :mod:`cerebro.testing`):
+        SIGKILL slot ``worker``'s actor process, as the OOM killer would (the actor must
+        run on this machine: a local Ray, or ``ray.cluster_utils.Cluster``); :meth:`poll`
+        finds out as it does for any death. A replacement still setting up, whose process
+        is not known yet, is ended with ``ray.kill``."""
+        import os
+        import signal
+
+        if any(w == worker for w, _, _ in self._setting_up.values()):
+            kill(self._ray, self._actors[worker])
+        else:
+            os.kill(self.info[worker]["pid"], signal.SIGKILL)
+
     def submit(self, worker: int, task: HopTask) -> None:
         """Start ``task`` on ``worker``, or right after the hops already sent there."""
         try:
@@ -311,7 +325,7 @@ class RayEngine:
         if state is not None and task.out_ckpt is not None:
             s0 = time.perf_counter()
             try:
-                _write_atomic(task.out_ckpt, state)
+                write_atomic(task.out_ckpt, state)
             except OSError as e:
                 failure = UserFailure(
                     "saving the checkpoint", f"{task.out_ckpt}: {e}", "", system=True
@@ -384,11 +398,3 @@ def _placement(
 
 def _ip_of(where: dict[str, list[dict[str, Any]]], node_id: str) -> str:
     return next(e["ip"] for es in where.values() for e in es if e["node_id"] == node_id)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cerebro._atomic import write_atomic
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, Output, RemoteError, parallel_map
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
@@ -293,9 +294,7 @@ def run_etl(
         "partitions": partitions,
         "splits": {plan.split: {"rows": len(plan.rows), "sizes": plan.sizes} for plan in plans},
     }
-    tmp = data_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, data_dir / MANIFEST)
+    write_atomic(data_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cerebro._atomic import write_atomic
+
 __all__ = ["load_mnist_5k", "mnist_5k_path", "write_digits", "write_mnist"]
 
 
@@ -42,10 +44,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return True
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cerebro._atomic import write_atomic
 from cerebro.report import _stopping
 from cerebro.report._assets import CSS, JS, TEMPLATE
 from cerebro.report._data import RunData, load_run
@@ -96,11 +96,7 @@ def write_report(
         if old.name not in written:
             old.unlink(missing_ok=True)
     page = _page(run, st, curves, hp, timeline, search, run_tail(run))
-    out = run_dir / REPORT
-    tmp = out.with_name(f".{REPORT}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomic(run_dir / REPORT, page)
 
 
 def _e(x: Any) -> str:

@@ -8,7 +8,6 @@ renamed (a reader never sees half a PNG).
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from cerebro._atomic import replacing
 from cerebro.report._data import RunData
 from cerebro.report._summary import DROPPED, RunStatus, fmt_value, objective_value
 
@@ -40,10 +40,8 @@ MARKER_LIMIT = 30
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG to a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     return path
 
 

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cerebro._atomic import swap_dir
 from cerebro.report._data import RunData, load_run
 
 __all__ = ["write_tensorboard"]
@@ -66,11 +67,7 @@ def write_tensorboard(run_dir: str | Path) -> Path:
                 _write_model(writer, run, model, domains)
             finally:
                 writer.close()
-        old = run_dir / f".{TENSORBOARD}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

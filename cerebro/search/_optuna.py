@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cerebro._atomic import write_atomic
 from cerebro.errors import ParamsError
 from cerebro.params import ModelConfig
 from cerebro.search._base import Search
@@ -230,10 +230,7 @@ class OptunaSearch(Search):
         return ModelConfig(f"m{trial.number:03d}", params)
 
     def _save_sampler(self, asked: int) -> None:
-        path, tmp = self._dir / "sampler.pkl", self._dir / f".sampler.pkl.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump((asked, self.sampler), f)
-        os.replace(tmp, path)
+        write_atomic(self._dir / "sampler.pkl", pickle.dumps((asked, self.sampler)))
         self._asked_by_sampler = asked
 
     @property
