@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import importlib
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -596,26 +597,37 @@ def test_seed_breaks_ties_of_dynamic_policies(policy: str) -> None:
 
 
 def test_module_is_pure_and_its_examples_run() -> None:
-    tree = ast.parse(Path(scheduler_module.__file__).read_text())
-    imported = {
-        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-    }
-    imported |= {
-        n.module.split(".")[0]
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module
-    }
-    assert not imported & {"os", "time", "torch", "ray", "numpy", "threading"}
-    calls = {
-        n.func.attr
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
-        and isinstance(n.func.value, ast.Name)
-        and n.func.value.id == "random"
-    }
-    assert calls <= {"Random"}, f"global random functions used: {calls}"
-    assert doctest.testmod(scheduler_module).failed == 0
+    """STYLE rule 3, for every module of the scheduler package."""
+    folder = Path(scheduler_module.__file__).parent
+    names = sorted(p.stem for p in folder.glob("_*.py") if p.stem != "__init__")
+    assert {"_policies", "_progress", "_scheduler"} <= set(names)
+    for module in [scheduler_module] + [
+        importlib.import_module(f"cerebro.scheduler.{n}") for n in names
+    ]:
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {
+            a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import)
+            for a in n.names
+        }
+        imported |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+        }
+        assert not imported & {"os", "time", "torch", "ray", "numpy", "threading"}, module
+        calls = {
+            n.func.attr
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "random"
+        }
+        assert calls <= {"Random"}, f"global random functions used in {module}: {calls}"
+        assert doctest.testmod(module).failed == 0
 
 
 # -- properties over random runs -------------------------------------------------------------
