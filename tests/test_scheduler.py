@@ -7,7 +7,7 @@ import doctest
 import importlib
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import cerebro.scheduler as scheduler_module
 from cerebro.errors import ParamsError
-from cerebro.scheduler import POLICIES, Assignment, EpochEnd, Hop, Scheduler
+from cerebro.scheduler import POLICIES, Assignment, Board, EpochEnd, Hop, Policy, Scheduler
+from cerebro.scheduler._policies import FixedOrder, MostWorkFirst, RandomGreedy
 from cerebro.simulate import make_scenario, simulate
 
 
@@ -628,6 +629,89 @@ def test_module_is_pure_and_its_examples_run() -> None:
         }
         assert calls <= {"Random"}, f"global random functions used in {module}: {calls}"
         assert doctest.testmod(module).failed == 0
+
+
+# -- policies as objects ---------------------------------------------------------------------
+
+
+class LowestIndexFirst(Policy):
+    """A policy of one's own: the earliest model first, idle workers in id order, no rng."""
+
+    name = "lowest-index"
+    augments = False
+
+    def worker_order(self, workers: list[int], board: Board) -> list[int]:
+        return workers
+
+    def top(self, cands: Mapping[int, None], board: Board) -> list[int]:
+        return [min(cands)]
+
+
+class BackwardWalks(Policy):
+    """Fixed walks of one's own: each epoch trains from the last partition down."""
+
+    name = "backward"
+
+    def train_order(self, index: int, epoch: int, train_owner: Mapping[int, int]) -> list[int]:
+        return sorted(train_owner, reverse=True)
+
+    def runnable_train(self, todo: list[int]) -> list[int]:
+        return todo[:1]
+
+
+def test_a_policy_object_plugs_in_and_decides() -> None:
+    def fresh(policy: Policy, seed: int = 0) -> Scheduler:
+        owner = {p: p % 2 for p in range(4)}
+        ids = [f"m{i}" for i in range(3)]
+        return Scheduler(
+            ids, num_epochs=2, train_owner=owner, val_owner=owner, policy=policy, seed=seed
+        )
+
+    s = fresh(LowestIndexFirst())
+    assert [(a.worker, a.hop.model_id) for a in s.assign()] == [(0, "m0"), (1, "m1")]
+    # It draws nothing from the scheduler's rng, so the seed changes nothing.
+    runs = {
+        tuple(
+            x.hop for x in simulate(fresh(LowestIndexFirst(), seed), random_durations(2)).schedule
+        )
+        for seed in range(3)
+    }
+    assert len(runs) == 1
+    s = fresh(LowestIndexFirst())
+    check_final(s, drive(s, Trace.of(s, "lrf"), random_durations(4), fail_p=0.1, lookahead=True))
+    # The scheduler's rules hold for walks of one's own, which every model follows.
+    s = fresh(BackwardWalks())
+    trace = drive(s, Trace(all_hops(s), fixed=True), random_durations(1), lookahead=True)
+    check_final(s, trace)
+    for m, e in [(m, e) for m in s.model_ids for e in range(2)]:
+        train = [h.partition for h in trace.sequence(m) if (h.kind, h.epoch) == ("train", e)]
+        assert train == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match="policy 'backward'"):
+        fresh(BackwardWalks()).replay(Hop("m0", 0, "train", 0))  # out of its order
+
+
+@pytest.mark.parametrize(
+    ("name", "policy"),
+    [
+        ("fixed", lambda: FixedOrder(seed=5)),
+        ("lrf", MostWorkFirst),
+        ("random", RandomGreedy),
+    ],
+)
+def test_a_policy_s_name_stands_for_its_object(name: str, policy: Callable[[], Policy]) -> None:
+    assert POLICIES == ("fixed", "lrf", "random")
+    sc = make_scenario(num_workers=3, num_models=7, train_per_worker=2, straggler=2.0, seed=5)
+    by_name = simulate(sc.scheduler(name), sc.duration, lookahead=True).schedule
+    s = Scheduler(
+        sc.model_ids,
+        num_epochs=sc.num_epochs,
+        train_owner=sc.train_owner,
+        val_owner=sc.val_owner,
+        policy=policy(),
+        seed=sc.seed,
+        cost=sc.cost,
+    )
+    assert simulate(s, sc.duration, lookahead=True).schedule == by_name
 
 
 # -- properties over random runs -------------------------------------------------------------
