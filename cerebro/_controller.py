@@ -28,6 +28,7 @@ from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics, MinibatchSpec
+from cerebro.statuses import DROPPED, HopStatus, ModelStatus
 from cerebro.stopping import Stopper
 
 __all__ = ["FitState", "derive_seed", "postfix", "replay", "run_loop"]
@@ -61,7 +62,7 @@ class FitState:
     deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
     quiet: bool = False  # hide what metrics_agg prints (verbose=False: no progress bar)
     index: dict[str, int] = field(init=False)  # model id -> its place in ask order (seeds)
-    ended: list[tuple[str, str]] = field(default_factory=list)  # (model, status) to tell
+    ended: list[tuple[str, ModelStatus]] = field(default_factory=list)  # (model, status) to tell
     model_best: dict[str, _ranking.Best] = field(default_factory=dict)  # each model's best
     planned: int | None = None  # models the search will ask in all (progress)
     stopper: Stopper | None = None  # early stopping (NOTE [ stopping seam ])
@@ -105,11 +106,7 @@ def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
         for ck in catalog.epoch_checkpoints(state.fit_id, row["model_id"]):
             state.keep.add(ck["path"])
     n = 0
-    dropped = {
-        row["model_id"]
-        for row in catalog.models(state.fit_id)
-        if row["status"] in ("failed", "diverged")
-    }
+    dropped = {row["model_id"] for row in catalog.models(state.fit_id) if row["status"] in DROPPED}
     for row in catalog.done_hops(state.fit_id):
         if row["model_id"] in dropped:
             continue
@@ -178,7 +175,7 @@ def _finish_epoch(
     if only_if_missing and catalog.has_epoch_metrics(state.fit_id, end.model_id, end.epoch):
         # A kill can land between storing the last epoch and marking the model done.
         if last:
-            catalog.set_model_status(state.fit_id, end.model_id, "done")
+            catalog.set_model_status(state.fit_id, end.model_id, ModelStatus.DONE)
         return
     hp = dict(state.configs[end.model_id].hyperparams)
     result: dict[str, dict[str, float]] = {}
@@ -224,14 +221,19 @@ def _finish_epoch(
         if name in result.get(split, {}):
             state.search.report(end.model_id, end.epoch + 1, result[split][name])
     if last:
-        catalog.set_model_status(state.fit_id, end.model_id, "done")
-        state.ended.append((end.model_id, "done"))
+        catalog.set_model_status(state.fit_id, end.model_id, ModelStatus.DONE)
+        state.ended.append((end.model_id, ModelStatus.DONE))
     if rec is not None:
         _early_stopping.apply(state, sched, rec, progress)
 
 
 def _fail_model(
-    catalog: Catalog, state: FitState, sched: Scheduler, model_id: str, status: str, message: str
+    catalog: Catalog,
+    state: FitState,
+    sched: Scheduler,
+    model_id: str,
+    status: ModelStatus,
+    message: str,
 ) -> None:
     rec: StopRecord | None = None
     if state.stopper is not None:
@@ -400,7 +402,7 @@ def _record_event(
     hop = _hop(event)
     hop_id = hop_ids.pop(hop)
     if isinstance(event, WorkerLost):
-        catalog.hop_ended(hop_id, "lost", event.reason)
+        catalog.hop_ended(hop_id, HopStatus.LOST, event.reason)
         sched.requeue(hop)
         if not event.started:
             return  # it was queued behind the hop that was running: not its fault
@@ -413,7 +415,7 @@ def _record_event(
                 state,
                 sched,
                 hop.model_id,
-                "failed",
+                ModelStatus.FAILED,
                 f"{_where(state, hop.model_id)}: its hop killed the worker "
                 f"process {MAX_MODEL_DEATHS} times ({event.reason}); the "
                 "model's code likely crashes natively or runs out of memory",
@@ -441,7 +443,7 @@ def _on_failure(
         # NOTE [ system failures stop the fit ] A full disk or a broken worker is not the
         # model's fault: failing models one by one would wreck the search. Stop instead; the
         # catalog keeps every completed hop and `cerebro resume DIR` goes on once fixed.
-        catalog.hop_ended(hop_id, "lost", f"{failure.function}: {failure.message}")
+        catalog.hop_ended(hop_id, HopStatus.LOST, f"{failure.function}: {failure.message}")
         raise CerebroError(
             f"{failure.function} failed for {where}: {failure.message}. Completed hops are "
             "kept: fix the cause (free disk space, raise the file-size limit) and resume with "
@@ -450,8 +452,8 @@ def _on_failure(
     err = UserCodeError(
         failure.message, function=failure.function, where=where, user_traceback=failure.traceback
     )
-    catalog.hop_ended(hop_id, "failed", str(err))
-    _fail_model(catalog, state, sched, hop.model_id, "failed", str(err))
+    catalog.hop_ended(hop_id, HopStatus.FAILED, str(err))
+    _fail_model(catalog, state, sched, hop.model_id, ModelStatus.FAILED, str(err))
     if state.on_error == "stop":
         raise err
 
@@ -465,8 +467,8 @@ def _on_done(
             f"{_where(state, hop.model_id)} diverged: metric {outcome.nonfinite!r} became "
             f"NaN or infinite in epoch {hop.epoch + 1}, {hop.kind} partition {hop.partition}"
         )
-        catalog.hop_ended(hop_id, "diverged", msg)
-        _fail_model(catalog, state, sched, hop.model_id, "diverged", msg)
+        catalog.hop_ended(hop_id, HopStatus.DIVERGED, msg)
+        _fail_model(catalog, state, sched, hop.model_id, ModelStatus.DIVERGED, msg)
         return
     new = event.task.out_ckpt
     catalog.hop_done(hop_id, outcome, new)
@@ -483,6 +485,6 @@ def _on_done(
         try:
             _finish_epoch(catalog, state, sched, end, progress=state.progress)
         except UserCodeError as e:
-            _fail_model(catalog, state, sched, end.model_id, "failed", str(e))
+            _fail_model(catalog, state, sched, end.model_id, ModelStatus.FAILED, str(e))
             if state.on_error == "stop":
                 raise

@@ -17,6 +17,7 @@ from cerebro.catalog import Catalog, StopRecord
 from cerebro.errors import CerebroError
 from cerebro.params import ask_order
 from cerebro.scheduler import Scheduler
+from cerebro.statuses import FINAL, ModelStatus
 
 if TYPE_CHECKING:
     from cerebro._controller import FitState
@@ -41,13 +42,13 @@ def epoch(
     if decision == "stop":
         _stopped(state, rec, model_id)
     if last:
-        state.stopper.end(model_id, "done")
-        rec.events.append(("end", model_id, None, None, "done"))
+        state.stopper.end(model_id, ModelStatus.DONE)
+        rec.events.append(("end", model_id, None, None, ModelStatus.DONE))
     _resolutions(state, rec)
     return rec
 
 
-def end(state: FitState, model_id: str, status: str, error: str | None) -> StopRecord:
+def end(state: FitState, model_id: str, status: ModelStatus, error: str | None) -> StopRecord:
     """A model failed or diverged: it leaves its rung (which may now decide)."""
     rec = StopRecord(status=[(model_id, status, error)])
     assert state.stopper is not None
@@ -81,8 +82,8 @@ def _stopped(state: FitState, rec: StopRecord, model_id: str) -> None:
     """The stopper stopped ``model_id``: it ends (a pruner's trial becomes pruned)."""
     assert state.stopper is not None
     rec.stopped.append(model_id)
-    state.stopper.end(model_id, "stopped")
-    rec.events.append(("end", model_id, None, None, "stopped"))
+    state.stopper.end(model_id, ModelStatus.STOPPED)
+    rec.events.append(("end", model_id, None, None, ModelStatus.STOPPED))
 
 
 def apply(state: FitState, sched: Scheduler, rec: StopRecord, progress: Any = None) -> None:
@@ -103,7 +104,7 @@ def _stop(state: FitState, sched: Scheduler, model_id: str, progress: Any) -> No
     state.skipped += sched.remaining_hops(model_id)
     sched.stop_model(model_id)
     state.stopped.add(model_id)
-    state.ended.append((model_id, "stopped"))
+    state.ended.append((model_id, ModelStatus.STOPPED))
     state.rerank()
     if progress is not None and getattr(progress, "total", None) is not None:
         progress.total = state.total_hops - state.skipped
@@ -143,11 +144,11 @@ def settle(catalog: Catalog, state: FitState, sched: Scheduler) -> None:
     held = waiting([dict(r) for r in catalog.stopping_log(state.fit_id)])
     for row in catalog.models(state.fit_id):
         model_id = row["model_id"]
-        if row["status"] == "stopped":
+        if row["status"] == ModelStatus.STOPPED:
             state.skipped += sched.remaining_hops(model_id)
             sched.stop_model(model_id)
             state.stopped.add(model_id)
-        elif model_id in held and row["status"] not in ("failed", "diverged", "done"):
+        elif model_id in held and row["status"] not in FINAL:
             sched.pause(model_id)
     state.rerank()
 

@@ -24,6 +24,7 @@ from cerebro.etl._partitions import owner
 from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import Scheduler
 from cerebro.spec import MinibatchSpec
+from cerebro.statuses import FitStatus
 
 __all__ = ["run_fit_loop"]
 
@@ -103,7 +104,7 @@ def run_fit_loop(
                 if path == str(start):
                     state.keep.add(path)  # the user's file: never cleaned up as a step
     if sched.done:
-        catalog.set_fit_status(fit_id, "done")
+        catalog.set_fit_status(fit_id, FitStatus.DONE)
         return
     owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
     for split, owners in (("train", train_owner), ("val", val_owner)):
@@ -117,13 +118,13 @@ def run_fit_loop(
         _probe(engine, first, train_owner, val_owner, settings.objective)
         run_loop(catalog, state, sched, engine, progress, search)
     except BaseException:
-        catalog.set_fit_status(fit_id, "stopped")
+        catalog.set_fit_status(fit_id, FitStatus.STOPPED)
         progress.leave = False  # cleared, not left with a newline: the error follows directly
         raise
     finally:
         progress.close()
         engine.shutdown()
-    catalog.set_fit_status(fit_id, "done")
+    catalog.set_fit_status(fit_id, FitStatus.DONE)
 
 
 def _probe(

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cerebro.statuses import ModelStatus
+
 __all__ = [
     "Best",
     "better",
@@ -125,7 +127,7 @@ def contenders(
     ``"stopped"`` (unless ``include_stopped``)."""
     if include_stopped:
         return list(ranked)
-    out = {str(m["model_id"]) for m in models if m["status"] == "stopped"}
+    out = {str(m["model_id"]) for m in models if m["status"] == ModelStatus.STOPPED}
     return [b for b in ranked if b.model_id not in out]
 
 

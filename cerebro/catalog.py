@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cerebro.statuses import FitStatus, HopStatus, ModelStatus
+
 __all__ = ["Catalog", "StopRecord"]
 
 _SCHEMA = """
@@ -61,7 +63,7 @@ CREATE TABLE IF NOT EXISTS checkpoints(
 
 @dataclass
 class StopRecord:
-    """What one moment of early stopping writes (see ``cerebro/_stopping.py``).
+    """What one moment of early stopping writes (see ``cerebro/_early_stopping.py``).
 
     ``events``: calls to the stopper as ``(event, model_id, epoch, value, decision)``;
     ``resolved``: waiting models now decided; ``stopped``: models it stopped;
@@ -73,7 +75,7 @@ class StopRecord:
     )
     resolved: list[tuple[str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
-    status: list[tuple[str, str, str | None]] = field(default_factory=list)
+    status: list[tuple[str, ModelStatus, str | None]] = field(default_factory=list)
 
 
 class Catalog:
@@ -149,12 +151,12 @@ class Catalog:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO fits(signature, config, status, created) VALUES (?,?,?,?)",
-                (signature, json.dumps(config), "running", time.time()),
+                (signature, json.dumps(config), FitStatus.RUNNING, time.time()),
             )
             fit_id = int(cur.lastrowid)  # type: ignore[arg-type]
             db.executemany(
                 "INSERT INTO models(fit_id, model_id, hyperparams, status) VALUES (?,?,?,?)",
-                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models],
+                [(fit_id, m, json.dumps(hp), ModelStatus.PENDING) for m, hp in models],
             )
         return fit_id
 
@@ -163,7 +165,7 @@ class Catalog:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO models(fit_id, model_id, hyperparams, status) VALUES (?,?,?,?)",
-                [(fit_id, m, json.dumps(hp), "pending") for m, hp in models],
+                [(fit_id, m, json.dumps(hp), ModelStatus.PENDING) for m, hp in models],
             )
 
     def fit_code(self, fit_id: int) -> str | None:
@@ -180,7 +182,7 @@ class Catalog:
     def done_hop_count(self, fit_id: int) -> int:
         """How many hops of the fit completed: 0 for a fit that trained nothing."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM hops WHERE fit_id=? AND status='done'", (fit_id,)
+            "SELECT COUNT(*) FROM hops WHERE fit_id=? AND status=?", (fit_id, HopStatus.DONE)
         ).fetchone()
         return int(row[0])
 
@@ -197,10 +199,10 @@ class Catalog:
             ):
                 db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
 
-    def set_fit_status(self, fit_id: int, status: str) -> None:
+    def set_fit_status(self, fit_id: int, status: FitStatus) -> None:
         """Set a fit's status; an end status stamps ``finished``, except when the fit was
         already in it (a finished fit run again computes nothing, so it ended back then)."""
-        finished = time.time() if status in ("done", "failed", "stopped") else None
+        finished = None if status == FitStatus.RUNNING else time.time()
         self.db.execute(
             "UPDATE fits SET finished = CASE WHEN status = ? AND finished IS NOT NULL "
             "THEN finished ELSE ? END, status = ? WHERE fit_id = ?",
@@ -213,7 +215,7 @@ class Catalog:
         ).fetchall()
 
     def set_model_status(
-        self, fit_id: int, model_id: str, status: str, error: str | None = None
+        self, fit_id: int, model_id: str, status: ModelStatus, error: str | None = None
     ) -> None:
         self.db.execute(
             "UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
@@ -228,12 +230,11 @@ class Catalog:
         cur = self.db.execute(
             "INSERT INTO hops(fit_id, model_id, epoch, kind, partition, worker, start, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
-            (fit_id, model_id, epoch, kind, partition, worker, time.time(), "running"),
+            (fit_id, model_id, epoch, kind, partition, worker, time.time(), HopStatus.RUNNING),
         )
         self.db.execute(
-            "UPDATE models SET status='running' WHERE fit_id=? AND model_id=? "
-            "AND status='pending'",
-            (fit_id, model_id),
+            "UPDATE models SET status=? WHERE fit_id=? AND model_id=? AND status=?",
+            (ModelStatus.RUNNING, fit_id, model_id, ModelStatus.PENDING),
         )
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
@@ -244,9 +245,10 @@ class Catalog:
                 "SELECT fit_id, model_id, kind FROM hops WHERE hop_id=?", (hop_id,)
             ).fetchone()
             db.execute(
-                "UPDATE hops SET status='done', pid=?, start=?, end=?, rows=?, user_seconds=?,"
+                "UPDATE hops SET status=?, pid=?, start=?, end=?, rows=?, user_seconds=?,"
                 " load_seconds=?, save_seconds=?, metrics=? WHERE hop_id=?",
                 (
+                    HopStatus.DONE,
                     outcome.pid,
                     outcome.start,
                     outcome.end,
@@ -265,8 +267,9 @@ class Catalog:
                     (checkpoint, row["fit_id"], row["model_id"]),
                 )
 
-    def hop_ended(self, hop_id: int, status: str, error: str | None = None) -> None:
-        """Close a hop that did not complete: ``failed`` (user code) or ``lost`` (worker)."""
+    def hop_ended(self, hop_id: int, status: HopStatus, error: str | None = None) -> None:
+        """Close a hop that did not complete: failed or diverged (the model's code) or lost
+        (its worker died)."""
         self.db.execute(
             "UPDATE hops SET status=?, end=?, error=? WHERE hop_id=?",
             (status, time.time(), error, hop_id),
@@ -275,15 +278,16 @@ class Catalog:
     def abandon_running(self, fit_id: int) -> int:
         """Mark hops left 'running' by a dead driver as lost; returns how many."""
         cur = self.db.execute(
-            "UPDATE hops SET status='lost', error='driver stopped during the hop', "
-            "end=COALESCE(end, start) WHERE fit_id=? AND status='running'",
-            (fit_id,),
+            "UPDATE hops SET status=?, error='driver stopped during the hop', "
+            "end=COALESCE(end, start) WHERE fit_id=? AND status=?",
+            (HopStatus.LOST, fit_id, HopStatus.RUNNING),
         )
         return cur.rowcount
 
     def done_hops(self, fit_id: int) -> list[sqlite3.Row]:
         return self.db.execute(
-            "SELECT * FROM hops WHERE fit_id=? AND status='done' ORDER BY hop_id", (fit_id,)
+            "SELECT * FROM hops WHERE fit_id=? AND status=? ORDER BY hop_id",
+            (fit_id, HopStatus.DONE),
         ).fetchall()
 
     def hops(self, fit_id: int) -> list[sqlite3.Row]:
@@ -298,8 +302,8 @@ class Catalog:
         order = "hop_id" if kind == "train" else "partition"
         rows = self.db.execute(
             f"SELECT metrics FROM hops WHERE fit_id=? AND model_id=? AND epoch=? AND kind=? "
-            f"AND status='done' ORDER BY {order}",
-            (fit_id, model_id, epoch, kind),
+            f"AND status=? ORDER BY {order}",
+            (fit_id, model_id, epoch, kind, HopStatus.DONE),
         ).fetchall()
         values: dict[str, list[float]] = {}
         sizes: list[int] = []
@@ -370,7 +374,7 @@ class Catalog:
                 (decision, fit_id, model_id),
             )
         for model_id in rec.stopped:
-            self.set_model_status(fit_id, model_id, "stopped")
+            self.set_model_status(fit_id, model_id, ModelStatus.STOPPED)
         for model_id, status, error in rec.status:
             self.set_model_status(fit_id, model_id, status, error)
 

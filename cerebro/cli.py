@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle
 
 from cerebro.errors import CerebroError
+from cerebro.statuses import DROPPED, FitStatus
 
 __all__ = ["load_experiment_file", "main"]
 
@@ -115,7 +116,7 @@ def _say_if_finished_before(result: Any, output_dir: Path, started: float, quiet
         fit = catalog.fit(result.fit_id)
     finally:
         catalog.close()
-    if not quiet and fit["status"] == "done" and (fit["finished"] or started) < started:
+    if not quiet and fit["status"] == FitStatus.DONE and (fit["finished"] or started) < started:
         print(
             f"cerebro: the fit in {output_dir} was already finished; showing its results "
             "(to train again, give another --output or delete that folder).",
@@ -140,7 +141,7 @@ def _print_result(result: Any, output_dir: Path) -> None:
         )
     except ValueError as e:
         print(f"\nno best model: {e}")
-    failed = result.table[result.table["status"].isin(["failed", "diverged"])]
+    failed = result.table[result.table["status"].isin(sorted(DROPPED))]
     for _, row in failed.iterrows():
         print(f"\n{row['model_id']} {row['status']}: {row['error']}", file=sys.stderr)
     print(f"run directory: {output_dir}")

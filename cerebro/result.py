@@ -15,6 +15,7 @@ import pandas as pd
 from cerebro import _ranking
 from cerebro.catalog import Catalog
 from cerebro.params import ask_order
+from cerebro.statuses import ModelStatus
 
 __all__ = ["FitResult"]
 
@@ -164,7 +165,9 @@ class FitResult:
             row["train_seconds"] = round(self._seconds.get(mid, 0.0), 3)
             row["status"] = model["status"]
             if stopping:
-                row["stopped_epoch"] = row["epochs"] if model["status"] == "stopped" else None
+                row["stopped_epoch"] = (
+                    row["epochs"] if model["status"] == ModelStatus.STOPPED else None
+                )
             row["error"] = model["error"]
             rows.append(row)
         table = pd.DataFrame(rows)

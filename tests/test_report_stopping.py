@@ -393,3 +393,37 @@ def test_no_section_without_early_stopping(tmp_path: Path) -> None:
     run = _run(tmp_path)
     run.signature.pop("early_stopping")
     assert _early_stopping(run) == ""
+
+
+def test_tensorboard_counts_a_stopped_model_as_ended_not_running(
+    fit: FitResult, tmp_path: Path
+) -> None:
+    """The hparams view filters by session status: early stopping is a normal end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    from cerebro.report import write_tensorboard
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(fit.catalog_path.parent, run_dir, ignore=shutil.ignore_patterns("models"))
+    tb = write_tensorboard(run_dir)
+    t = fit.table.set_index("model_id")
+    for model_id in (t.index[t.status == "stopped"][0], t.index[t.status == "done"][0]):
+        acc = EventAccumulator(str(tb / model_id))
+        acc.Reload()
+        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+        assert end.status == api_pb2.STATUS_SUCCESS, model_id
+
+
+def test_every_status_the_catalog_holds_is_one_of_the_enums(fit: FitResult) -> None:
+    from cerebro.statuses import FitStatus, HopStatus, ModelStatus
+
+    with sqlite3.connect(fit.catalog_path) as db:
+        fits = {r[0] for r in db.execute("SELECT status FROM fits")}
+        models = {r[0] for r in db.execute("SELECT status FROM models")}
+        hops = {r[0] for r in db.execute("SELECT status FROM hops")}
+    assert fits == {FitStatus.DONE}
+    assert models == {ModelStatus.DONE, ModelStatus.STOPPED}
+    assert hops == {HopStatus.DONE}
+    assert set(fit.table.status) <= set(ModelStatus)

@@ -23,6 +23,7 @@ from typing import Any
 from cerebro._rundir import load_experiment
 from cerebro.catalog import Catalog
 from cerebro.errors import CerebroError
+from cerebro.statuses import FitStatus, ModelStatus
 
 __all__ = ["NoFitError", "RunData", "catalog_path", "driver", "load_run", "unstarted"]
 
@@ -109,11 +110,11 @@ class RunData:
     @property
     def stopped_early(self) -> set[str]:
         """Models early stopping ended (catalog status ``stopped``)."""
-        return {str(m["model_id"]) for m in self.models if m["status"] == "stopped"}
+        return {str(m["model_id"]) for m in self.models if m["status"] == ModelStatus.STOPPED}
 
     @property
     def finished(self) -> bool:
-        return self.fit["status"] != "running"
+        return self.fit["status"] != FitStatus.RUNNING
 
     @property
     def end_time(self) -> float:

@@ -30,6 +30,7 @@ from cerebro.report._summary import (
     sort_metrics,
     summarize,
 )
+from cerebro.statuses import FitStatus, ModelStatus
 
 if TYPE_CHECKING:
     from cerebro.report._timeline import Tail  # the module imports matplotlib
@@ -117,7 +118,7 @@ def _card(title: str, value: str, sub: str = "") -> str:
 def _status_class(m: ModelProgress) -> str:
     """The badge class of a model's status: early stopping's ``stopped`` has its own colour
     (``st-stopped`` is the fit's, in the page header)."""
-    return "st-early" if m.status == "stopped" else f"st-{m.status}"
+    return "st-early" if m.status == ModelStatus.STOPPED else f"st-{m.status}"
 
 
 def _status_counts(st: RunStatus) -> str:
@@ -358,7 +359,7 @@ def _early_stopping(run: RunData) -> str:
         else ""
     )
     stopped = len(run.stopped_early)
-    done = sum(1 for m in run.models if m["status"] == "done")
+    done = sum(1 for m in run.models if m["status"] == ModelStatus.DONE)
     parts = [
         f"<section><h2>Early stopping</h2><p>{_e(_stopping.describe(rule))}</p>",
         f"<p class=hint>{_e(where)}It ranks by {_e(objective)} ({_e(mode)}). {stopped} of "
@@ -465,17 +466,17 @@ def _page(
     title = f"Cerebro report: {run.run_dir.resolve().name}"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.now))
     live = ""
-    if st.fit_status == "running" and st.driver_alive is False:
+    if st.fit_status == FitStatus.RUNNING and st.driver_alive is False:
         live = (
             f'<p class="live">The fit was interrupted: its driver (process {st.driver_pid}) is '
             "not running on this machine. Rerun the same command to resume it.</p>"
         )
-    elif st.fit_status == "running":
+    elif st.fit_status == FitStatus.RUNNING:
         live = (
             '<p class="live">The fit is still running: this is a snapshot. Run '
             "<code>cerebro report DIR</code> again to update it.</p>"
         )
-    elif st.fit_status == "stopped":
+    elif st.fit_status == FitStatus.STOPPED:
         live = (
             '<p class="live">The fit stopped before it finished: <code>cerebro resume '
             f"{_e(run.run_dir)}</code> (or the same command) resumes it.</p>"

@@ -17,7 +17,8 @@ from matplotlib.lines import Line2D
 
 from cerebro._atomic import replacing
 from cerebro.report._data import RunData
-from cerebro.report._summary import DROPPED, RunStatus, fmt_value, objective_value
+from cerebro.report._summary import RunStatus, fmt_value, objective_value
+from cerebro.statuses import DROPPED
 
 __all__ = [
     "hyperparams_figure",

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from cerebro.report._data import RunData
 from cerebro.report._plots import BEST_COLOR, FAILED_COLOR, MODEL_COLOR, save_figure
-from cerebro.report._summary import DROPPED, RunStatus, objective_value
+from cerebro.report._summary import RunStatus, objective_value
+from cerebro.statuses import DROPPED
 
 __all__ = ["importances", "plot_search", "search_figure"]
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from cerebro.report._data import NoFitError, catalog_path, load_run, unstarted
 from cerebro.report._summary import (
-    LIVE,
     RunStatus,
     fmt_seconds,
     fmt_value,
     sort_metrics,
     summarize,
 )
+from cerebro.statuses import LIVE, FitStatus
 
 __all__ = ["read_status", "status_text"]
 
@@ -83,31 +83,31 @@ def format_status(st: RunStatus) -> str:
     if st.hops_running:
         parts.append(f"{st.hops_running} running")
     parts.append(f"elapsed {fmt_seconds(st.elapsed)}")
-    if st.fit_status == "running" and st.driver_alive is not False:
+    if st.fit_status == FitStatus.RUNNING and st.driver_alive is not False:
         parts.append(f"ETA {fmt_seconds(st.eta)}")
     if st.busy is not None:
         parts.append(f"workers busy {100 * st.busy:.0f}%")
     lines.append("  ".join(parts))
-    if st.state == "interrupted":
+    if st.state == FitStatus.INTERRUPTED:
         lines.append(
             f"the fit's driver (process {st.driver_pid}) is not running on this machine: it "
             f"was interrupted; `cerebro resume {st.run_dir}` (or the same command) resumes it"
         )
-    elif st.fit_status == "running" and st.last_activity is not None:
+    elif st.fit_status == FitStatus.RUNNING and st.last_activity is not None:
         idle = st.now - st.last_activity
         if idle > STALE_SECONDS:
             lines.append(
                 f"no hop started or ended for {fmt_seconds(idle)}: the driver may have stopped;"
                 " rerun the same command to resume"
             )
-    elif st.fit_status == "stopped":
+    elif st.fit_status == FitStatus.STOPPED:
         lines.append(
             "the fit stopped before it finished: `cerebro resume "
             f"{st.run_dir}` (or the same command) resumes it"
         )
     if st.best is not None:
         hp = ", ".join(f"{k}={fmt_value(v)}" for k, v in st.best["hyperparams"].items())
-        label = "best so far" if st.state == "running" else "best"
+        label = "best so far" if st.state == FitStatus.RUNNING else "best"
         at = f", epoch {st.best['epoch']} of {st.num_epochs}" if st.best["epoch"] else ""
         lines.append(
             f"{label} by {st.objective} ({st.mode}): {st.best['model_id']} "

@@ -19,6 +19,7 @@ from typing import Any
 from cerebro import _ranking
 from cerebro.params import ask_order
 from cerebro.report._data import RunData
+from cerebro.statuses import DROPPED
 from cerebro.stopping import bracket_sizes, rung_epochs
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 HALVING = ("sha", "asha", "hyperband")
-_FAILED = ("failed", "diverged")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def rungs(
     """
     seen = _reports(log)
     failed = {
-        str(r["model_id"]) for r in log if r.get("event") == "end" and r.get("decision") in _FAILED
+        str(r["model_id"]) for r in log if r.get("event") == "end" and r.get("decision") in DROPPED
     }
     basis = cut_basis(rule)
     best = _best_so_far(seen, mode) if basis == "best" else {}

@@ -29,15 +29,13 @@ from cerebro import _ranking
 from cerebro._early_stopping import waiting
 from cerebro.report._data import RunData
 from cerebro.report._data import driver as lock_holder
+from cerebro.statuses import DROPPED, ENDED_EARLY, LIVE, FitStatus, HopStatus, ModelStatus
 
 __all__ = ["ModelProgress", "RunStatus", "active_segments", "driver_restarts", "summarize"]
 
 # Two hops further apart than this (seconds, across all workers) mean the driver was not
 # running in between (a stopped and resumed fit): that gap is not counted as idle time.
 RESUME_GAP = 60.0
-LIVE = ("pending", "running", "waiting")  # waiting: at a synchronous rung of early stopping
-DROPPED = ("failed", "diverged")
-ENDED_EARLY = (*DROPPED, "stopped")  # ended before num_epochs: no more hops to come
 
 
 @dataclass
@@ -117,8 +115,8 @@ class RunStatus:
     def state(self) -> str:
         """``running``, ``interrupted`` (the catalog says running, its driver is dead),
         ``stopped`` or ``done``."""
-        if self.fit_status == "running" and self.driver_alive is False:
-            return "interrupted"
+        if self.fit_status == FitStatus.RUNNING and self.driver_alive is False:
+            return FitStatus.INTERRUPTED
         return self.fit_status
 
 
@@ -179,7 +177,7 @@ def hop_intervals(run: RunData) -> list[tuple[float, float]]:
             continue
         start = float(h["start"])
         end = h["end"]
-        if end is None and h["status"] == "running" and not run.finished:
+        if end is None and h["status"] == HopStatus.RUNNING and not run.finished:
             end = run.now
         elif end is None:
             session_end = next((b for b in breaks if b > start), math.inf)
@@ -217,13 +215,13 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
     names = {f"{m['split']}_{m['name']}" for m in run.metrics}
     objective, mode = _ranking.choose(objective, mode, names, run.run_dir, run.signature)
     driver = _driver(run)
-    stopped = run.fit["status"] == "stopped"
-    dead = run.fit["status"] == "running" and driver.get("driver_alive") is False
+    stopped = run.fit["status"] == FitStatus.STOPPED
+    dead = run.fit["status"] == FitStatus.RUNNING and driver.get("driver_alive") is False
     order = _ranking.rank(_ranking_rows(run), objective, mode)
     ranked = {b.model_id: b for b in order}
     last = run.last_epoch_metrics()
     tests = run.test_metrics()
-    done_hops = [h for h in run.hops if h["status"] == "done"]
+    done_hops = [h for h in run.hops if h["status"] == HopStatus.DONE]
     per_model: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = {}
     for h in done_hops:
@@ -242,9 +240,9 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         c = per_model.get(mid, {})
         status = row["status"]
         if status in LIVE and (stopped or dead):  # NOTE [ a fit that is not running ... ]
-            status = "interrupted"
-        elif status == "running" and mid in held:
-            status = "waiting"
+            status = ModelStatus.INTERRUPTED
+        elif status == ModelStatus.RUNNING and mid in held:
+            status = ModelStatus.WAITING
         b = ranked.get(mid)
         models.append(
             ModelProgress(
@@ -309,7 +307,7 @@ def summarize(run: RunData, objective: str | None = None, mode: str | None = Non
         hops_total=hops_total,
         hops_running=0
         if stopped or dead
-        else sum(1 for h in run.hops if h["status"] == "running"),
+        else sum(1 for h in run.hops if h["status"] == HopStatus.RUNNING),
         elapsed=elapsed,
         eta=eta,
         busy=busy,

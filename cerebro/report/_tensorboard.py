@@ -25,6 +25,7 @@ from typing import Any
 
 from cerebro._atomic import swap_dir
 from cerebro.report._data import RunData, load_run
+from cerebro.statuses import DROPPED, HopStatus, ModelStatus
 
 __all__ = ["write_tensorboard"]
 
@@ -98,7 +99,7 @@ def _write_model(
     step = 0
     epoch_end: dict[int, float] = {}
     for h in run.hops:
-        if h["model_id"] != mid or h["status"] != "done":
+        if h["model_id"] != mid or h["status"] != HopStatus.DONE:
             continue
         end = float(h["end"] or h["start"])
         epoch_end[int(h["epoch"])] = max(epoch_end.get(int(h["epoch"]), 0.0), end)
@@ -138,15 +139,19 @@ def _write_model(
 
 
 def _set_session_status(sei: Any, status: str) -> None:
-    """The hparams view's session status: failed and diverged models as failures.
+    """The hparams view's session status: done and early-stopped models as successes,
+    failed and diverged ones as failures, the rest as running.
 
     (torch's ``hparams()`` always writes success; the view can filter by status.)
     """
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-    value = {"done": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(
-        status, api_pb2.STATUS_FAILURE if status == "diverged" else api_pb2.STATUS_RUNNING
-    )
+    if status in (ModelStatus.DONE, ModelStatus.STOPPED):
+        value = api_pb2.STATUS_SUCCESS
+    elif status in DROPPED:
+        value = api_pb2.STATUS_FAILURE
+    else:
+        value = api_pb2.STATUS_RUNNING
     meta = sei.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
     data.session_end_info.status = value

@@ -42,6 +42,7 @@ from matplotlib.patches import Patch, Polygon
 from cerebro.report._data import RunData
 from cerebro.report._plots import save_figure
 from cerebro.report._summary import active_segments, driver_restarts, fmt_seconds, hop_intervals
+from cerebro.statuses import HopStatus
 
 __all__ = ["ActiveClock", "Tail", "plot_timeline", "run_tail", "tail", "timeline_figure"]
 
@@ -157,11 +158,12 @@ def run_tail(run: RunData) -> Tail | None:
 
 
 def _category(status: str, kind: str) -> str:
-    if status == "done":
+    """The timeline colour of a hop with catalog ``status``."""
+    if status == HopStatus.DONE:
         return "train" if kind == "train" else "val"
-    if status in ("failed", "diverged"):
+    if status in (HopStatus.FAILED, HopStatus.DIVERGED):
         return "failed"
-    return "running" if status == "running" else "lost"
+    return "running" if status == HopStatus.RUNNING else "lost"
 
 
 def plot_timeline(run: RunData, out_dir: Path) -> Path | None:
@@ -195,7 +197,9 @@ def timeline_figure(run: RunData) -> Figure | None:
         w = int(h["worker"])
         spans.append((x0, x1, w, _category(h["status"], h["kind"])))
         load = save = 0.0
-        if h["status"] == "done":  # building/loading and saving the model: overhead, lighter
+        if (
+            h["status"] == HopStatus.DONE
+        ):  # building/loading and saving the model: overhead, lighter
             load = min(float(h["load_seconds"] or 0.0), x1 - x0)
             save = min(float(h["save_seconds"] or 0.0), x1 - x0 - load)
             cat = _category(h["status"], h["kind"])

@@ -39,6 +39,7 @@ from cerebro.errors import ParamsError
 from cerebro.params import ModelConfig
 from cerebro.search._base import Search
 from cerebro.search._space import Choice, Distribution, FloatRange, IntRange, Space
+from cerebro.statuses import FINAL, ModelStatus
 
 __all__ = [
     "SPACE_KEY",
@@ -243,13 +244,13 @@ class OptunaSearch(Search):
         number = int(model_id.removeprefix("m"))
         if number in self._told:
             return
-        ok = status == "done" and value is not None and math.isfinite(value)
+        ok = status == ModelStatus.DONE and value is not None and math.isfinite(value)
         trial = self._trials.pop(number, None)
         if trial is not None:
-            trial.set_user_attr("cerebro_status", status)
+            trial.set_user_attr("cerebro_status", str(status))
         if ok:
             self.study.tell(number, value, state=optuna.trial.TrialState.COMPLETE)
-        elif status == "stopped":  # Optuna gives a pruned trial its last reported value
+        elif status == ModelStatus.STOPPED:  # Optuna gives a pruned trial its last reported value
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -273,7 +274,7 @@ class OptunaSearch(Search):
     def restore(self, models: Sequence[tuple[ModelConfig, str, float | None]]) -> None:
         known = {c.model_id for c, _, _ in models}
         for config, status, value in models:
-            if status in ("done", "stopped", "failed", "diverged"):
+            if status in FINAL:
                 self.tell(config.model_id, value, status)  # an end the study missed
         trials = self.study.get_trials(deepcopy=False)
         lag = len(trials) - self._asked_by_sampler

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from cerebro.statuses import DROPPED
 from cerebro.stopping._base import Decision, Stopper
 
 __all__ = ["SyncHalving", "bracket_sizes", "rung_epochs"]
@@ -105,7 +106,7 @@ class SyncHalving(Stopper):
 
     def end(self, model_id: str, status: str) -> None:
         b = self._of.get(model_id)
-        if b is not None and model_id in b.alive and status in ("failed", "diverged"):
+        if b is not None and model_id in b.alive and status in DROPPED:
             del b.alive[model_id]
             self._decide(b)
 

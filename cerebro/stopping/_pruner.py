@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cerebro.statuses import ModelStatus
 from cerebro.stopping._base import Decision, Stopper
 
 __all__ = ["PrunerStopper"]
@@ -51,9 +52,9 @@ class PrunerStopper(Stopper):
         if trial is None:
             return
         last = self._last.get(model_id)
-        if status == "done" and last is not None:
+        if status == ModelStatus.DONE and last is not None:
             self.study.tell(trial, last)
-        elif status == "stopped":
+        elif status == ModelStatus.STOPPED:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
