@@ -132,15 +132,18 @@ class Catalog:
     # --- fits and models ----------------------------------------------------------------------
 
     def find_fit(self, signature: str) -> int | None:
+        """The fit trained with exactly these settings (``signature``), or None."""
         row = self.db.execute("SELECT fit_id FROM fits WHERE signature=?", (signature,)).fetchone()
         return None if row is None else int(row[0])
 
     def latest_fit(self) -> sqlite3.Row | None:
+        """The most recently created fit's row, or None in an empty catalog."""
         return self.db.execute(  # type: ignore[no-any-return]
             "SELECT * FROM fits ORDER BY fit_id DESC LIMIT 1"
         ).fetchone()
 
     def fit(self, fit_id: int) -> sqlite3.Row:
+        """One fit's row: signature, config, status, created, finished."""
         return self.db.execute(  # type: ignore[no-any-return]
             "SELECT * FROM fits WHERE fit_id=?", (fit_id,)
         ).fetchone()
@@ -148,6 +151,7 @@ class Catalog:
     def create_fit(
         self, signature: str, config: dict[str, Any], models: list[tuple[str, dict[str, Any]]]
     ) -> int:
+        """A new ``running`` fit with its first models ``pending``, in one transaction."""
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO fits(signature, config, status, created) VALUES (?,?,?,?)",
@@ -175,6 +179,7 @@ class Catalog:
         return None if code is None else str(code)
 
     def set_fit_code(self, fit_id: int, code: str) -> None:
+        """Record the fingerprint of the Minibatch spec code the fit trains with."""
         config = json.loads(self.fit(fit_id)["config"])
         config["code"] = code
         self.db.execute("UPDATE fits SET config=? WHERE fit_id=?", (json.dumps(config), fit_id))
@@ -187,6 +192,7 @@ class Catalog:
         return int(row[0])
 
     def delete_fit(self, fit_id: int) -> None:
+        """Remove a fit and every row that belongs to it (``reset``), in one transaction."""
         with self.transaction() as db:
             for table in (
                 "fits",
@@ -210,6 +216,7 @@ class Catalog:
         )
 
     def models(self, fit_id: int) -> list[sqlite3.Row]:
+        """The fit's models (id, hyperparameters, status, error, checkpoint), by model id."""
         return self.db.execute(
             "SELECT * FROM models WHERE fit_id=? ORDER BY model_id", (fit_id,)
         ).fetchall()
@@ -217,6 +224,7 @@ class Catalog:
     def set_model_status(
         self, fit_id: int, model_id: str, status: ModelStatus, error: str | None = None
     ) -> None:
+        """Set one model's status (and the error that ended it, if any)."""
         self.db.execute(
             "UPDATE models SET status=?, error=? WHERE fit_id=? AND model_id=?",
             (status, error, fit_id, model_id),
@@ -227,6 +235,7 @@ class Catalog:
     def hop_started(
         self, fit_id: int, model_id: str, epoch: int, kind: str, partition: int, worker: int
     ) -> int:
+        """Record a hop sent to ``worker`` (``running``; its model leaves ``pending``)."""
         cur = self.db.execute(
             "INSERT INTO hops(fit_id, model_id, epoch, kind, partition, worker, start, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
@@ -285,12 +294,14 @@ class Catalog:
         return cur.rowcount
 
     def done_hops(self, fit_id: int) -> list[sqlite3.Row]:
+        """The fit's completed hops in the order they completed (what ``resume`` replays)."""
         return self.db.execute(
             "SELECT * FROM hops WHERE fit_id=? AND status=? ORDER BY hop_id",
             (fit_id, HopStatus.DONE),
         ).fetchall()
 
     def hops(self, fit_id: int) -> list[sqlite3.Row]:
+        """Every hop of the fit, whatever its status, in the order started."""
         return self.db.execute(
             "SELECT * FROM hops WHERE fit_id=? ORDER BY hop_id", (fit_id,)
         ).fetchall()
@@ -342,6 +353,7 @@ class Catalog:
                 )
 
     def has_epoch_metrics(self, fit_id: int, model_id: str, epoch: int) -> bool:
+        """Whether the model's aggregated metrics of ``epoch`` are stored."""
         row = self.db.execute(
             "SELECT 1 FROM metrics WHERE fit_id=? AND model_id=? AND epoch=? LIMIT 1",
             (fit_id, model_id, epoch),
@@ -349,6 +361,7 @@ class Catalog:
         return row is not None
 
     def metrics(self, fit_id: int) -> list[sqlite3.Row]:
+        """The fit's aggregated per-epoch metrics, by model, epoch, split and name."""
         return self.db.execute(
             "SELECT * FROM metrics WHERE fit_id=? ORDER BY model_id, epoch, split, name", (fit_id,)
         ).fetchall()
@@ -385,6 +398,7 @@ class Catalog:
         ).fetchall()
 
     def epoch_checkpoints(self, fit_id: int, model_id: str) -> list[sqlite3.Row]:
+        """The checkpoints kept at the model's epoch ends, by epoch."""
         return self.db.execute(
             "SELECT * FROM checkpoints WHERE fit_id=? AND model_id=? ORDER BY epoch",
             (fit_id, model_id),
