@@ -261,3 +261,52 @@ def test_an_experiment_file_may_define_a_space_and_a_search(tmp_path: Path) -> N
     f.write_text("etl_spec = minibatch_spec = params = None\nnum_epochs = 1\n")
     with pytest.raises(CerebroError, match=r"param_grid .*\(or space instead of param_grid\)"):
         load_experiment_file(f)
+
+
+def test_cerebro_run_of_a_search_file_then_its_report_and_tensorboard(tmp_path: Path) -> None:
+    """An experiment file with a space, ``search`` and ``num_models``: ``cerebro run`` asks
+    that many models from Optuna, the study is in the run folder, and ``cerebro report``
+    writes a TensorBoard hparams session per searched model with the value it was asked."""
+    import optuna
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    f = tmp_path / "search_exp.py"
+    f.write_text(
+        EXPERIMENT.replace(
+            'param_grid = {"lr": [0.1, 0.01], "batch_size": [32]}\nnum_epochs = 2\n',
+            "from cerebro.search import loguniform\n"
+            "space = {'lr': loguniform(1e-3, 0.5), 'batch_size': [16, 32]}\n"
+            "search, num_models, num_epochs, seed = 'random', 3, 1, 7\n",
+        )
+    )
+    r = _cerebro("run", str(f), "--workers", "2", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, *rows = r.stdout.splitlines()[:4]
+    cols = header.split()
+    table = [dict(zip(cols, ln.split(), strict=True)) for ln in rows]
+    assert [t["model_id"] for t in table] == ["m000", "m001", "m002"]
+    assert [t["trial"] for t in table] == ["0", "1", "2"]
+    assert all(t["status"] == "done" for t in table)
+    out = tmp_path / "run"
+    study = optuna.load_study(
+        study_name=None, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(out / "search" / "study.log"))
+        ),
+    )  # fmt: skip
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    lrs = {t.number: t.params["lr"] for t in trials}
+    assert all(1e-3 <= lr <= 0.5 for lr in lrs.values()) and len(set(lrs.values())) == 3
+    rep = _cerebro("report", str(out), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    for n, lr in lrs.items():
+        acc = EventAccumulator(str(out / "tensorboard" / f"m{n:03d}"))
+        acc.Reload()
+        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        start = metadata.parse_session_start_info_plugin_data(
+            content[metadata.SESSION_START_INFO_TAG]
+        )
+        assert start.hparams["lr"].number_value == pytest.approx(lr)
+        end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+        assert end.status == api_pb2.STATUS_SUCCESS
