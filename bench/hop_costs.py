@@ -6,10 +6,10 @@ to the compute it wraps:
 
 * the user's work: one ``train`` step and one ``valtest`` step, and so a whole train or
   val hop (steps per partition x step time, 2 workers);
-* loading a model (``worker._build``'s parts): ``torch.load`` of its checkpoint (as a
-  worker writes it), seeding the RNG (``worker._seed``), ``create_model_components``,
+* loading a model (``build_model``'s parts): ``torch.load`` of its checkpoint (as a
+  worker writes it), seeding the RNG (``seed_torch``), ``create_model_components``,
   ``load_state_dict``;
-* saving it (``worker._save``: state dicts, packing, ``torch.save`` to a temp name,
+* saving it (``save_checkpoint``: state dicts, packing, ``torch.save`` to a temp name,
   ``os.replace``), on the disk the run directory is on and, for comparison, on tmpfs
   (``/dev/shm``);
 * one minibatch cut from a memory-mapped partition (``Partition.batch``), and a train
@@ -98,7 +98,8 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     from cerebro.engine._process import Child
     from cerebro.engine.messages import HopTask
     from cerebro.partitions import Partition, partition_path
-    from cerebro.worker import _save, _seed, setup_worker
+    from cerebro.worker import setup_worker
+    from cerebro.worker._checkpoint import save_checkpoint, seed_torch
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as a worker does: freed minibatches are reused, not faulted in
@@ -122,14 +123,14 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
 
     task = HopTask("m000", hp, "train", 0, 0, None, None, 1, 1)
     ckpt = run_dir / "models" / "ckpt.pt"
-    _save(comps, str(ckpt), task)  # exactly as a worker writes it
+    save_checkpoint(comps, str(ckpt), task)  # exactly as a worker writes it
     out["checkpoint_bytes"] = ckpt.stat().st_size
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     fresh = spec.create_model_components(dict(hp))
     cpu = torch.device("cpu")
     out["load"] = {
         "torch.load": _ms(lambda: torch.load(ckpt, map_location="cpu", weights_only=False)),
-        "seed the RNG (worker._seed)": _ms(lambda: _seed(1, cpu)),
+        "seed the RNG (worker._seed)": _ms(lambda: seed_torch(1, cpu)),
         "create_model_components": _ms(lambda: spec.create_model_components(dict(hp))),
         "load_state_dict": _ms(
             lambda: [fresh[k].load_state_dict(state["components"][k]) for k in fresh]
@@ -144,7 +145,7 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
 
         def go() -> None:
             written.append(where / f"step-{len(written):05d}.pt")
-            _save(comps, str(written[-1]), task)
+            save_checkpoint(comps, str(written[-1]), task)
 
         def tidy() -> None:
             if len(written) > 1:

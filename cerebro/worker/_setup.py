@@ -1,0 +1,140 @@
+"""A worker process's set-up, once per fit, and the dispatch of each hop it is sent.
+
+What belongs to one worker rather than to one hop lives here: its threads, device, model
+cache, the spec's set-up hooks and the partitions it holds (``state``), and the per-hop
+settings (threads, deterministic algorithms) a hop asks of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cerebro.allocator import keep_freed_memory
+from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.model_cache import ModelCache, default_budget
+from cerebro.partitions import Partition, partition_path
+from cerebro.spec import MinibatchSpec
+from cerebro.worker._checkpoint import Unusable, build_model, save_checkpoint
+from cerebro.worker._hop import run_minibatches
+
+__all__ = ["run_hop", "setup_worker"]
+
+
+def setup_worker(
+    state: dict[str, Any],
+    spec: MinibatchSpec,
+    data_dir: str,
+    owned: dict[str, list[int]],
+    misc_dir: str,
+    threads: int,
+    device: str,
+) -> dict[str, Any] | UserFailure:
+    """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
+    torch.set_num_threads(threads)
+    tuned = keep_freed_memory()  # before the first minibatch allocates anything
+    state.clear()  # a pooled process may have served an earlier step
+    state["threads"] = threads  # a hop that names no thread count gets this one
+    state["models"] = ModelCache(default_budget())
+    # Building the first optimizer of a process imports torch's compiler stack (about a
+    # second). Pay it here, in parallel on every worker, rather than in the first hops.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    state["spec"] = spec
+    state["device"] = torch.device(device)
+    name = type(spec).__name__
+    for hook, args in (("initialize_worker", ()), ("read_misc", (misc_dir,))):
+        try:
+            getattr(spec, hook)(*args)
+        except Exception as e:  # noqa: BLE001 - reported with the hook's name
+            return UserFailure(
+                f"{name}.{hook}", f"{type(e).__name__}: {e}", traceback.format_exc()
+            )
+    parts: dict[tuple[str, int], Partition] = {}
+    t0 = time.perf_counter()
+    for split, indices in owned.items():
+        for p in indices:
+            parts[(split, p)] = Partition(partition_path(Path(data_dir), split, p))
+    state["partitions"] = parts
+    return {
+        "pid": os.getpid(),
+        "load_seconds": time.perf_counter() - t0,
+        "bytes": sum(p.nbytes() for p in parts.values()),
+        "threads": threads,
+        "allocator_tuned": tuned,
+    }
+
+
+def _hop_numerics(state: dict[str, Any], task: HopTask) -> None:
+    """The intra-op threads and deterministic algorithms the hop asks for (NOTE [ same
+    bits at any scale ] in ``cerebro/_settings.py``): kernels round differently with other
+    thread counts, so a deterministic fit runs every hop with the same count everywhere."""
+    threads = task.threads if task.threads is not None else state.get("threads")
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != task.deterministic:
+        torch.use_deterministic_algorithms(task.deterministic)
+
+
+def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
+    """Run one hop in this worker on a partition it holds.
+
+    Kinds: ``train`` (shuffled, updates and saves the model), ``val`` / ``test`` (in order,
+    ``valtest``), ``predict`` (in order, ``predict``), and ``probe``: one ``train`` minibatch
+    and one ``valtest`` minibatch on a fresh model, saving nothing, to learn the metric
+    names and catch a broken spec before a fit spends any time.
+    """
+    spec: MinibatchSpec = state["spec"]
+    device: torch.device = state["device"]
+    name = type(spec).__name__
+    _hop_numerics(state, task)
+    start = time.time()
+    cache: ModelCache = state["models"]
+    t0 = time.perf_counter()
+    try:
+        built = build_model(spec, task, device, cache)
+        rng = torch.get_rng_state()  # what this hop starts from, for the cache
+        # The user's hooks get a copy: keys they add during the hop are not kept, so a hop
+        # sees the dict create_model_components returned, cached or not.
+        components = dict(built)
+    except Unusable as e:
+        return UserFailure(f"{name}.create_model_components", str(e), "")
+    except Exception as e:  # noqa: BLE001
+        return UserFailure(
+            f"{name}.create_model_components", f"{type(e).__name__}: {e}", traceback.format_exc()
+        )
+    load_seconds = time.perf_counter() - t0
+    run = run_minibatches(spec, task, device, components, state["partitions"])
+    if isinstance(run, UserFailure):
+        return run
+    s0 = time.perf_counter()
+    if task.kind == "train" and task.out_ckpt is not None and run.nonfinite is None:
+        try:
+            saved = save_checkpoint(components, task.out_ckpt, task)
+            cache.put(task.model_id, task.out_ckpt, built, saved)
+        except OSError as e:
+            return UserFailure(
+                "saving the checkpoint",
+                f"{task.out_ckpt}: {e}",
+                traceback.format_exc(),
+                system=True,
+            )
+    elif task.kind != "probe" and task.in_ckpt is not None and run.nonfinite is None:
+        cache.put(task.model_id, task.in_ckpt, built, rng)  # unchanged by evaluation
+    save_seconds = time.perf_counter() - s0
+    return HopOutcome(
+        run.metrics,
+        run.sizes,
+        run.rows,
+        start,
+        time.time(),
+        run.user,
+        load_seconds,
+        save_seconds,
+        nonfinite=run.nonfinite,
+        predictions=run.predictions if task.kind == "predict" else None,
+    )
