@@ -1,23 +1,22 @@
 """The ETL on Ray: ``row_prep`` runs on the worker actors, each node writing its partitions.
 
-The driver reads and checks the CSVs and deals the rows into partitions exactly as the local
-ETL does (:func:`cerebro.etl._read.plan_split`, same seed, same order); then it sends each
-partition's rows, in chunks and in order, to the actor of the worker slot that will own
-that partition in the fit. The actor runs ``row_prep`` and writes the partition to its own
-node's disk with the same writer as the local ETL, so a partition holds the same bytes
-whichever ETL made it. The manifest, on the driver, records where each partition is.
+The driver plans the ETL with the planner the local ETL uses (:mod:`cerebro.etl._plan`:
+the same fingerprint, the same rows in the same partitions, the same manifest); then it sends
+each partition's rows, in chunks and in order, to the actor of the worker slot that will own
+that partition in the fit. The actor runs ``row_prep`` (``cerebro.etl._prep.prep_chunk``) and
+writes the partition to its own node's disk with the same writer as the local ETL, so a
+partition holds the same bytes whichever ETL made it. The manifest, on the driver, adds where
+each partition is.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cerebro._atomic import write_atomic
 from cerebro.engine._ray_nodes import (
     alive_nodes,
     connect,
@@ -32,15 +31,19 @@ from cerebro.engine._ray_nodes import (
 )
 from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
 from cerebro.etl._partitions import owner
-from cerebro.etl._run import (
-    _CHUNK_ROWS,
-    MANIFEST,
-    _fingerprint,
-    _progress,
-    _RowFailure,
-    load_manifest,
+from cerebro.etl._plan import (
+    CHUNK_ROWS,
+    check_fraction,
+    fingerprint,
+    manifest,
     plan_splits,
+    progress_bar,
+    reusable_manifest,
+    start_manifest,
+    write_manifest,
 )
+from cerebro.etl._prep import RowFailure
+from cerebro.etl._read import SplitPlan
 from cerebro.params import Params
 from cerebro.spec import ETLSpec, check_spec
 
@@ -93,8 +96,7 @@ def ray_etl(
         WorkerError: an actor died or could not start.
     """
     check_spec(spec, ETLSpec)
-    if not 0.0 < fraction <= 1.0:
-        raise ParamsError(f"fraction must be in (0, 1], got {fraction!r}.")
+    check_fraction(fraction)
     workers = workers or partitions
     if node_data_dir is not None and not os.path.isabs(node_data_dir):
         raise ParamsError(
@@ -102,10 +104,10 @@ def ray_etl(
             f"{node_data_dir!r}."
         )
     data_dir = Path(data_dir).resolve()
-    fp = _fingerprint(params, spec, partitions, fraction, seed)
+    fp = fingerprint(params, spec, partitions, fraction, seed)
     ray = connect(address, num_cpus=num_cpus)
-    old = load_manifest(data_dir)
-    if old is not None and old.get("fingerprint") == fp and _reusable(ray, old, workers):
+    old = reusable_manifest(data_dir, fp)
+    if old is not None and _reusable(ray, old, workers):
         return old
     nodes = alive_nodes(ray)
     if not nodes:
@@ -128,9 +130,8 @@ def ray_etl(
             a.etl_setup.remote(blob, paths, misc, s["threads"])
             for a, s in zip(actors, slots, strict=True)
         ]
-        plans = _plan(spec, params, partitions, fraction, seed)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / MANIFEST).unlink(missing_ok=True)
+        plans = plan_splits(spec, params, partitions, fraction, seed)
+        start_manifest(data_dir)
         seconds = _run(ray, actors, setups, spec, params, plans, slots, progress)
         seconds["actors_s"] = seconds.pop("setup_done") - t0
     except BaseException:
@@ -144,30 +145,26 @@ def ray_etl(
         raise
     for a, s in zip(actors, slots, strict=True):
         park(ray, s, a)
-    manifest = {
-        "fingerprint": fp,
-        "partitions": partitions,
-        "splits": {plan.split: {"rows": len(plan.rows), "sizes": plan.sizes} for plan in plans},
-        "ray": {
-            "workers": workers,
-            "placement": {
-                plan.split: [
-                    {k: slots[owner(p, workers)][k] for k in ("node_id", "ip", "root")}
-                    for p in range(partitions)
-                ]
-                for plan in plans
-            },
-            "seconds": seconds,
+    record = manifest(fp, partitions, plans)
+    record["ray"] = {
+        "workers": workers,
+        "placement": {
+            plan.split: [
+                {k: slots[owner(p, workers)][k] for k in ("node_id", "ip", "root")}
+                for p in range(partitions)
+            ]
+            for plan in plans
         },
+        "seconds": seconds,
     }
-    write_atomic(data_dir / MANIFEST, json.dumps(manifest, indent=1))
-    return manifest
+    write_manifest(data_dir, record)
+    return record
 
 
-def _reusable(ray: Any, manifest: dict[str, Any], workers: int) -> bool:
+def _reusable(ray: Any, old: dict[str, Any], workers: int) -> bool:
     """Whether the partitions an earlier ETL wrote are still where the manifest says."""
     alive = {n["NodeID"]: n for n in alive_nodes(ray)}
-    info = manifest.get("ray")
+    info = old.get("ray")
     if info is None:  # the local ETL's output: usable when this machine is the whole cluster
         return len(alive) == 1 and all(
             n["NodeManagerAddress"] in ("127.0.0.1", ray.util.get_node_ip_address())
@@ -180,18 +177,13 @@ def _reusable(ray: Any, manifest: dict[str, Any], workers: int) -> bool:
     )
 
 
-def _plan(spec: ETLSpec, params: Params, partitions: int, fraction: float, seed: int) -> list[Any]:
-    """Read and check every split's CSV and deal its rows into partitions (on the driver)."""
-    return plan_splits(spec, params, partitions, fraction, seed)
-
-
 def _run(
     ray: Any,
     actors: list[Any],
     setups: list[Any],
     spec: ETLSpec,
     params: Params,
-    plans: list[Any],
+    plans: list[SplitPlan],
     slots: list[dict[str, Any]],
     progress: bool,
 ) -> dict[str, float]:
@@ -213,7 +205,7 @@ def _run(
     _get(ray, [actors[w].etl_clean.remote(slots[w]["root"], splits) for w in first.values()])
     t1 = time.perf_counter()
     in_flight: dict[Any, int] = {}  # ObjectRef -> rows
-    bar = _progress(sum(len(p.rows) for p in plans), progress)
+    bar = progress_bar(sum(len(p.rows) for p in plans), progress)
 
     def drain(limit: int) -> None:
         while len(in_flight) > limit:
@@ -230,7 +222,7 @@ def _run(
                 if size == 0:
                     w = owner(p, workers)
                     in_flight[actors[w].etl_empty.remote(slots[w]["root"], plan.split, p)] = 0
-            for p, rows in plan.chunks(_CHUNK_ROWS):
+            for p, rows in plan.chunks(CHUNK_ROWS):
                 w = owner(p, workers)
                 ref = actors[w].etl_rows.remote(
                     slots[w]["root"], plan.split, p, plan.sizes[p], object_dir, plan.features, rows
@@ -272,5 +264,5 @@ def _get(ray: Any, refs: list[Any]) -> list[Any]:
 
 
 def _check(result: Any) -> None:
-    if isinstance(result, _RowFailure):
+    if isinstance(result, RowFailure):
         raise result.error()

@@ -1,60 +1,38 @@
-"""Parallel ETL: ``row_prep`` over a pool of processes, streamed into partitions on disk."""
+"""The local ETL's executor: ``row_prep`` over a pool of processes, streamed into partitions.
+
+What it writes is decided by the planner (``_plan``), which the Ray ETL shares; this module
+only runs the plan on this machine's processes and writes the partitions here.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import platform
 import shutil
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cerebro._atomic import write_atomic
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, Output, RemoteError, parallel_map
-from cerebro.errors import CerebroError, ParamsError, UserCodeError, WorkerError
-from cerebro.etl._paths import BadObjectPath, confine
-from cerebro.etl._read import (
-    FeaturesError,
-    SplitPlan,
-    bad_object_paths,
-    feature_columns,
-    object_path_problem,
-    plan_split,
+from cerebro.errors import CerebroError, UserCodeError, WorkerError
+from cerebro.etl._plan import (
+    CHUNK_ROWS,
+    MANIFEST,  # noqa: F401 - see NOTE [ old import paths ]
+    check_fraction,
+    fingerprint,
+    manifest,
+    plan_splits,
+    progress_bar,
+    reusable_manifest,
+    start_manifest,
+    write_manifest,
 )
-from cerebro.params import SPLITS, Params
-from cerebro.partitions import PartitionWriter, StructureError, flatten, partition_path
-from cerebro.spec import ETLSpec, check_spec, code_fingerprint
+from cerebro.etl._prep import RowFailure, prep_chunk
+from cerebro.etl._read import SplitPlan
+from cerebro.params import Params
+from cerebro.partitions import PartitionWriter, StructureError, partition_path
+from cerebro.spec import ETLSpec, check_spec
 
-__all__ = ["MANIFEST", "load_manifest", "run_etl"]
-
-MANIFEST = "manifest.json"
-_CHUNK_ROWS = 256
-
-
-@dataclass
-class _RowFailure:
-    """Why a row could not be prepared, sent back from the process that tried."""
-
-    split: str
-    row_id: Any
-    function: str  # the user hook that failed; "" for a bad object path (the CSV's fault)
-    message: str
-    traceback: str
-
-    def error(self) -> CerebroError:
-        """The error the driver raises for it."""
-        if not self.function:
-            return ParamsError(self.message)
-        return UserCodeError(
-            self.message,
-            function=self.function,
-            where=f"split {self.split!r}, row id {self.row_id}",
-            user_traceback=self.traceback,
-        )
+__all__ = ["run_etl"]
 
 
 # --- in the ETL processes ---------------------------------------------------------------------
@@ -71,93 +49,7 @@ def _setup(state: dict[str, Any], spec: ETLSpec, misc_dir: str, threads: int) ->
     return os.getpid()
 
 
-def _prep_chunk(
-    state: dict[str, Any],
-    split: str,
-    object_dir: str | None,
-    features: list[str],
-    rows: list[dict[str, Any]],
-) -> list[tuple[int, Any]] | _RowFailure:
-    """``row_prep`` over ``rows``, each object path confined to ``object_dir`` first (here,
-    on the disk ``row_prep`` reads: see NOTE [ object paths are confined ] in ``_paths``)."""
-    spec: ETLSpec = state["spec"]
-    name = f"{type(spec).__name__}.row_prep"
-    out = []
-    for row in rows:
-        row_id = row["id"]
-        for col in features:
-            try:
-                row[col] = confine(object_dir or "", row[col])
-            except BadObjectPath as e:
-                problem = object_path_problem(row_id, col, row[col], str(e))
-                fix = f"checked on {platform.node()}, where row_prep reads them"
-                message = bad_object_paths(split, str(object_dir), [problem], fix)
-                return _RowFailure(split, row_id, "", message, "")
-        try:
-            result = spec.row_prep(row, split, object_dir)
-        except Exception as e:  # noqa: BLE001 - reported with the row id
-            return _RowFailure(
-                split, row_id, name, f"{type(e).__name__}: {e}", traceback.format_exc()
-            )
-        why = _check_row(result, split)
-        if why:
-            return _RowFailure(split, row_id, name, why, "")
-        inputs, label = result
-        out.append((int(row_id), (inputs, None if split == "predict" else label)))
-    return out
-
-
-def _check_row(result: Any, split: str) -> str | None:
-    if not isinstance(result, tuple | list) or len(result) != 2:
-        return f"row_prep must return (input, label), got {type(result).__name__}" + (
-            f" of length {len(result)}" if isinstance(result, tuple | list) else ""
-        )
-    inputs, label = result
-    if inputs is None:
-        return "row_prep returned None as the input"
-    if label is None and split != "predict":
-        return f"row_prep returned label None in {split} mode; only predict rows have no label"
-    try:
-        flatten(inputs, "input")
-        if split != "predict":
-            flatten(label, "label")
-    except StructureError as e:
-        return str(e)
-    return None
-
-
 # --- in the driver ----------------------------------------------------------------------------
-
-
-def _fingerprint(
-    params: Params, spec: ETLSpec, partitions: int, fraction: float, seed: int
-) -> dict[str, Any]:
-    splits = {}
-    for split, path in params.mains.items():
-        # Content, not mtime: rewriting identical CSVs must not invalidate the data.
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as e:
-            raise ParamsError(f"{split} CSV {path} could not be read: {e}") from e
-        splits[split] = {"csv": str(path), "sha256": digest.hexdigest()}
-    return {
-        "spec": f"{type(spec).__qualname__}:{code_fingerprint(spec)}",
-        "partitions": partitions,
-        "fraction": fraction,
-        "seed": seed,
-        "splits": splits,
-    }
-
-
-def load_manifest(data_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a finished ETL in ``data_dir``, or None when there is none."""
-    try:
-        return json.loads((Path(data_dir) / MANIFEST).read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return None
 
 
 def run_etl(
@@ -187,21 +79,19 @@ def run_etl(
         ParamsError: a CSV or its object files are wrong (see ``plan_split``).
     """
     check_spec(spec, ETLSpec)
-    if not 0.0 < fraction <= 1.0:
-        raise ParamsError(f"fraction must be in (0, 1], got {fraction!r}.")
-    fp = _fingerprint(params, spec, partitions, fraction, seed)
-    old = load_manifest(data_dir)
-    if old is not None and old.get("fingerprint") == fp:
+    check_fraction(fraction)
+    fp = fingerprint(params, spec, partitions, fraction, seed)
+    old = reusable_manifest(data_dir, fp)
+    if old is not None:
         return old
     plans = plan_splits(spec, params, partitions, fraction, seed)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)
+    start_manifest(data_dir)
     for split_dir in data_dir.iterdir():
         if split_dir.is_dir():
             shutil.rmtree(split_dir)
     items: list[tuple[SplitPlan, int, list[dict[str, Any]]]] = []
     for plan in plans:
-        for p, rows in plan.chunks(_CHUNK_ROWS):
+        for p, rows in plan.chunks(CHUNK_ROWS):
             items.append((plan, p, rows))
         for p, size in enumerate(plan.sizes):
             if size == 0:
@@ -218,7 +108,7 @@ def run_etl(
         ]
     writers: dict[tuple[str, int], PartitionWriter] = {}
     sizes = {(plan.split, p): s for plan in plans for p, s in enumerate(plan.sizes)}
-    bar = _progress(total_rows, progress)
+    bar = progress_bar(total_rows, progress)
     try:
         for child in children:
             r = child.call(_setup, spec, str(misc_dir), 1, label="set-up")
@@ -240,7 +130,7 @@ def run_etl(
                     where=f"split {split!r}",
                     user_traceback=value.traceback,
                 )
-            if isinstance(value, _RowFailure):
+            if isinstance(value, RowFailure):
                 raise value.error()
             key = (split, p)
             if key not in writers:
@@ -261,7 +151,7 @@ def run_etl(
 
         parallel_map(
             children,
-            _prep_chunk,
+            prep_chunk,
             (
                 (plan.split, params.object_dir(plan.split), plan.features, rows)
                 for plan, _, rows in items
@@ -289,42 +179,9 @@ def run_etl(
         for w in writers.values():
             if w.tmp.exists():
                 shutil.rmtree(w.tmp, ignore_errors=True)
-    manifest = {
-        "fingerprint": fp,
-        "partitions": partitions,
-        "splits": {plan.split: {"rows": len(plan.rows), "sizes": plan.sizes} for plan in plans},
-    }
-    write_atomic(data_dir / MANIFEST, json.dumps(manifest, indent=1))
-    return manifest
-
-
-def plan_splits(
-    spec: ETLSpec, params: Params, partitions: int, fraction: float, seed: int
-) -> list[SplitPlan]:
-    """Read and check every split's CSV and deal its rows into partitions (on the driver).
-
-    Shared by the local and the Ray ETL, so both put the same rows in the same partitions.
-    """
-    features = _call_driver_hook(spec, "set_features")
-    try:
-        names = feature_columns(features, params.mains)
-    except FeaturesError as e:
-        raise UserCodeError(
-            str(e), function=f"{type(spec).__name__}.set_features", where="ETL"
-        ) from None
-    return [
-        plan_split(
-            split,
-            params.mains[split],
-            names,
-            params.dirs.get(split),
-            partitions,
-            fraction,
-            seed,
-        )
-        for split in SPLITS
-        if split in params.mains
-    ]
+    record = manifest(fp, partitions, plans)
+    write_manifest(data_dir, record)
+    return record
 
 
 def _hook_name(spec: ETLSpec, err: RemoteError) -> str:
@@ -332,29 +189,12 @@ def _hook_name(spec: ETLSpec, err: RemoteError) -> str:
     return f"{type(spec).__name__}.{hook}"
 
 
-def _call_driver_hook(spec: ETLSpec, name: str) -> Any:
-    try:
-        return getattr(spec, name)()
-    except Exception as e:
-        raise UserCodeError(
-            f"{type(e).__name__}: {e}",
-            function=f"{type(spec).__name__}.{name}",
-            where="ETL",
-            user_traceback=traceback.format_exc(),
-        ) from e
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="ETL rows", unit="row", leave=False)
+# NOTE [ old import paths ]
+#     Three modules outside the ETL still import these from here by their old names:
+#     cerebro/params.py (MANIFEST), cerebro/experiment.py (_fingerprint) and
+#     cerebro/engine/_ray_actor.py (_prep_chunk, _RowFailure). Each should import the public
+#     name from the module that owns it (_plan: MANIFEST, fingerprint; _prep: prep_chunk,
+#     RowFailure); then these lines and the MANIFEST import above go.
+_fingerprint = fingerprint
+_prep_chunk = prep_chunk
+_RowFailure = RowFailure
