@@ -9,90 +9,26 @@ started again runs each remaining hop once and no completed hop twice.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cerebro import _early_stopping, _live, _ranking
+from cerebro._bar import step
+from cerebro._fit_state import FitState, derive_seed
 from cerebro.catalog import Catalog, StopRecord
 from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
 from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import CerebroError, UserCodeError
-from cerebro.params import ModelConfig, ask_order
 from cerebro.scheduler import EpochEnd, Hop, Scheduler
 from cerebro.search import Search
-from cerebro.spec import MinibatchMetrics, MinibatchSpec
+from cerebro.spec import MinibatchMetrics
 from cerebro.statuses import DROPPED, HopStatus, ModelStatus
-from cerebro.stopping import Stopper
 
-__all__ = ["FitState", "derive_seed", "postfix", "replay", "run_loop"]
-
-
-@functools.lru_cache(maxsize=1 << 16)  # called for every hop with a few distinct inputs
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed that depends only on ``parts``: same inputs, same seed, any machine."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-@dataclass
-class FitState:
-    """What the loop needs besides the catalog; rebuilt from the catalog on resume."""
-
-    fit_id: int
-    spec: MinibatchSpec
-    configs: dict[str, ModelConfig]
-    models_dir: Path
-    seed: int
-    num_epochs: int
-    on_error: str
-    checkpoint: dict[str, str | None] = field(default_factory=dict)
-    train_hops: dict[str, int] = field(default_factory=dict)
-    keep: set[str] = field(default_factory=set)  # epoch-end checkpoints: never deleted
-    failures: list[str] = field(default_factory=list)
-    objective: str | None = None  # None: _ranking.default_objective of the first metrics
-    mode: str = "min"
-    best: _ranking.Best | None = None  # the fit's best so far (catalog included), for the bar
-    deaths: dict[Hop, int] = field(default_factory=dict)  # worker deaths during each hop
-    quiet: bool = False  # hide what metrics_agg prints (verbose=False: no progress bar)
-    index: dict[str, int] = field(init=False)  # model id -> its place in ask order (seeds)
-    ended: list[tuple[str, ModelStatus]] = field(default_factory=list)  # (model, status) to tell
-    model_best: dict[str, _ranking.Best] = field(default_factory=dict)  # each model's best
-    planned: int | None = None  # models the search will ask in all (progress)
-    stopper: Stopper | None = None  # early stopping (NOTE [ stopping seam ])
-    search: Search | None = None  # told each model's epochs (an Optuna trial's curve)
-    stopped: set[str] = field(default_factory=set)  # models early stopping ended
-    freed: bool = False  # a model paused at a rung: room for the search to ask another
-    no_more: bool = False  # the stopper was told the search asks no more
-    skipped: int = 0  # hops stopped models will not run (the progress bar's total shrinks)
-    total_hops: int = 0  # every hop of every planned model (the bar's total before that)
-    progress: Any = None  # the progress bar (run_loop's)
-    threads: int | None = None  # torch threads per hop (NOTE [ same bits at any scale ])
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        self.index = {m: i for i, m in enumerate(sorted(self.configs, key=ask_order))}
-
-    def rerank(self) -> None:
-        """The fit's best so far, leaving out stopped models (NOTE [ one meaning of
-        best ]): the progress bar names a model that may become ``FitResult.best``."""
-        self.best = None
-        for model_id, b in self.model_best.items():
-            if model_id not in self.stopped and _ranking.better(b, self.best, self.mode):
-                self.best = b
-
-    def add(self, config: ModelConfig) -> None:
-        """A model the search just asked for joins the fit."""
-        self.configs[config.model_id] = config
-        self.index[config.model_id] = len(self.index)
-        self.checkpoint[config.model_id] = None
-        self.train_hops[config.model_id] = 0
+# FitState and derive_seed live in _fit_state; importable from here as before.
+__all__ = ["FitState", "derive_seed", "replay", "run_loop"]
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:
@@ -289,7 +225,9 @@ def run_loop(
         finished, other = [], []
         for event in events:
             if _plainly_done(event, sched):
-                finished.append(_free(state, sched, event))
+                ends, old = _take(state, sched, event)
+                assert not ends
+                finished.append((event, old))
             else:
                 other.append(event)
         try:
@@ -329,8 +267,13 @@ def _plainly_done(event: Any, sched: Scheduler) -> bool:
     return sched.is_running(hop) and not sched.ends_epoch(hop)
 
 
-def _free(state: FitState, sched: Scheduler, event: HopDone) -> tuple[HopDone, str | None]:
-    """Advance the scheduler and the model's checkpoint in memory; returns what to record."""
+def _take(state: FitState, sched: Scheduler, event: HopDone) -> tuple[list[EpochEnd], str | None]:
+    """A finished hop, in memory (no I/O): the model's new checkpoint and the scheduler's
+    step. Returns the epochs it ended and the checkpoint it superseded (for ``_store``).
+
+    The one path of every finished hop: a plainly done one is taken at once and stored
+    after the next hops start (NOTE [ submit before recording ]), any other is stored
+    right away, before its epoch is aggregated."""
     hop = _hop(event)
     old = None
     new = event.task.out_ckpt
@@ -338,9 +281,20 @@ def _free(state: FitState, sched: Scheduler, event: HopDone) -> tuple[HopDone, s
         old = state.checkpoint[hop.model_id]
         state.checkpoint[hop.model_id] = new
         state.train_hops[hop.model_id] += 1
-    ends = sched.complete(hop)
-    assert not ends
-    return event, old
+    return sched.complete(hop), old
+
+
+def _store(
+    catalog: Catalog, state: FitState, hop_id: int, event: HopDone, old: str | None
+) -> None:
+    """Record a taken hop in the catalog, then delete the checkpoint it superseded (after:
+    until the catalog has the hop, resume restarts from the old one)."""
+    catalog.hop_done(hop_id, event.outcome, event.task.out_ckpt)
+    if old is not None and old not in state.keep:
+        try:
+            os.unlink(old)
+        except FileNotFoundError:
+            pass
 
 
 def _record_done(
@@ -352,42 +306,8 @@ def _record_done(
     progress: Any,
 ) -> None:
     for event, old in finished:
-        catalog.hop_done(hop_ids.pop(_hop(event)), event.outcome, event.task.out_ckpt)
-        if old is not None and old not in state.keep:
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass
-        _progress(state, sched, progress)
-
-
-def _progress(state: FitState, sched: Scheduler, progress: Any) -> None:
-    """One more hop on the bar, with the slowest live model's epoch and the best so far."""
-    if getattr(progress, "disable", False):
-        return  # verbose=False: skip even computing the postfix
-    progress.set_postfix_str(postfix(state, sched), refresh=False)
-    progress.update(1)
-
-
-def postfix(state: FitState, sched: Scheduler) -> str:
-    """``epoch 2/5, best val_loss=0.1438 (min)``: the slowest live model's epoch (from 1)
-    and the fit's best value so far, named with its metric and direction."""
-    live = [m for m in state.configs if sched.remaining_hops(m) > 0]
-    epoch = min((sched.epoch_of(m) for m in live), default=state.num_epochs - 1)
-    text = f"epoch {epoch + 1}/{state.num_epochs}"
-    if state.planned is not None:  # a search: models finished of those it will try
-        text += f", models {len(sched.model_ids) - sched.live}/{state.planned}"
-    if state.best is not None and state.objective is not None:
-        text += f", best {state.objective}={state.best.value:.4g} ({state.mode})"
-    # The tail: fewer models left to train than workers, so some workers idle.
-    workers = len(sched.workers)
-    active = sched.live - sched.paused
-    more = state.planned is not None and len(sched.model_ids) < state.planned
-    if not more and 0 < active < workers:
-        text += f", tail: {active} model{'s' * (active > 1)} left for {workers} workers"
-    if sched.paused:
-        text += f", {sched.paused} waiting at a rung"
-    return text
+        _store(catalog, state, hop_ids.pop(_hop(event)), event, old)
+        step(state, sched, progress)
 
 
 def _record_event(
@@ -424,7 +344,7 @@ def _record_event(
         _on_failure(catalog, state, sched, hop, hop_id, event.failure)
     elif isinstance(event, HopDone):
         _on_done(catalog, state, sched, hop, hop_id, event)
-        _progress(state, sched, progress)
+        step(state, sched, progress)
 
 
 def _on_failure(
@@ -470,18 +390,9 @@ def _on_done(
         catalog.hop_ended(hop_id, HopStatus.DIVERGED, msg)
         _fail_model(catalog, state, sched, hop.model_id, ModelStatus.DIVERGED, msg)
         return
-    new = event.task.out_ckpt
-    catalog.hop_done(hop_id, outcome, new)
-    if new is not None:
-        old = state.checkpoint[hop.model_id]
-        state.checkpoint[hop.model_id] = new
-        state.train_hops[hop.model_id] += 1
-        if old is not None and old not in state.keep:
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass
-    for end in sched.complete(hop):
+    ends, old = _take(state, sched, event)
+    _store(catalog, state, hop_id, event, old)
+    for end in ends:
         try:
             _finish_epoch(catalog, state, sched, end, progress=state.progress)
         except UserCodeError as e:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cerebro import FitResult, cli
-from cerebro._controller import FitState, postfix, replay
+from cerebro._bar import postfix
+from cerebro._controller import FitState, replay
 from cerebro._ranking import Best, default_objective, rank
 from cerebro._rundir import save_experiment
 from cerebro.catalog import Catalog
