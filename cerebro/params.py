@@ -196,7 +196,7 @@ def check_etl_dir(etl_dir: Path) -> None:
 def is_etl_output(folder: Path) -> bool:
     """Whether ``folder`` holds Cerebro's ETL output, finished (a manifest with Cerebro's
     keys) or not (:data:`ETL_MARK`, written before the first partition)."""
-    from cerebro.etl._run import MANIFEST  # not at the top: cerebro.etl imports this module
+    from cerebro.etl._plan import MANIFEST  # not at the top: cerebro.etl imports this module
 
     if (folder / ETL_MARK).is_file():
         return True

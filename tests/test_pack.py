@@ -98,7 +98,7 @@ def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     tmp_path: Path,
 ) -> None:
     from cerebro.engine.messages import HopTask
-    from cerebro.worker import _save
+    from cerebro.worker._checkpoint import save_checkpoint
 
     model, opt = _model_and_adam()
     task = HopTask("m0", {"lr": 0.1}, "train", 0, 0, None, None, 1, 2)
@@ -106,7 +106,7 @@ def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     for before in (True, False):
         torch.serialization.set_crc32_options(before)
         try:
-            _save({"model": model, "optimizer": opt}, str(out), task)
+            save_checkpoint({"model": model, "optimizer": opt}, str(out), task)
             assert torch.serialization.get_crc32_options() is before  # a hook's own saves
         finally:
             torch.serialization.set_crc32_options(True)

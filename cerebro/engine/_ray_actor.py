@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
-from cerebro.etl._run import _prep_chunk, _RowFailure
+from cerebro.etl._prep import RowFailure, prep_chunk
 from cerebro.partitions import PartitionWriter, StructureError, partition_path
 from cerebro.worker import run_hop, setup_worker
 
@@ -132,7 +132,7 @@ class WorkerActor:
         object_dir: str | None,
         features: list[str],
         rows: list[dict[str, Any]],
-    ) -> int | _RowFailure:
+    ) -> int | RowFailure:
         """``row_prep`` a chunk of partition ``p`` and append it; closes the partition when full.
 
         Chunks of one partition arrive in order (one caller, one actor), so the rows land in
@@ -142,15 +142,15 @@ class WorkerActor:
         if key not in self.writers:
             self.writers[key] = PartitionWriter(partition_path(Path(root), split, p), size)
         writer = self.writers[key]
-        out = _prep_chunk(self.state, split, object_dir, features, rows)
-        if isinstance(out, _RowFailure):
+        out = prep_chunk(self.state, split, object_dir, features, rows)
+        if isinstance(out, RowFailure):
             return out
         for row_id, row in out:
             try:
                 writer.append(row_id, row)
             except StructureError as e:
                 name = f"{type(self.state['spec']).__name__}.row_prep"
-                return _RowFailure(split, row_id, name, str(e), "")
+                return RowFailure(split, row_id, name, str(e), "")
         if writer.filled == writer.rows:
             writer.close()
             del self.writers[key]

@@ -14,10 +14,6 @@ checkpoints ]).
 
 from __future__ import annotations
 
-from cerebro.worker._checkpoint import save_checkpoint
 from cerebro.worker._setup import run_hop, setup_worker
 
 __all__ = ["run_hop", "setup_worker"]
-
-# tests/test_pack.py still imports the old name; drop this once it imports save_checkpoint.
-_save = save_checkpoint
