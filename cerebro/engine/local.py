@@ -10,6 +10,7 @@ hop. Workers × threads never exceeds the cores; with GPUs, worker ``i`` gets GP
 from __future__ import annotations
 
 import os
+import signal
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -184,6 +185,12 @@ class LocalEngine:
 
     def pids(self) -> list[int]:
         return [c.pid for c in self._children]
+
+    def kill_worker(self, worker: int) -> None:
+        """Testing hook (NOTE [ killing a worker in a test ] in :mod:`cerebro.testing`):
+        SIGKILL slot ``worker``'s process, as the OOM killer would; :meth:`poll` finds out
+        as it does for any death."""
+        os.kill(self._children[worker].pid, signal.SIGKILL)
 
     def submit(self, worker: int, task: HopTask) -> None:
         """Start ``task`` on ``worker``, or right after the hops already sent there (or once
