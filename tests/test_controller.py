@@ -1,8 +1,9 @@
 """The fit loop's bookkeeping with a scripted engine: which hop is recorded when.
 
-The engine here replays events chosen by the test, so that two hops can end in the same
-poll (rare with real processes, and exactly where ordering bugs hide). Everything else is
-real: the scheduler, a SQLite catalog on disk, the user's spec.
+The engine here (:class:`cerebro.testing.FakeEngine`) ends hops as the test's function
+says, so that two hops can end in the same poll (rare with real processes, and exactly
+where ordering bugs hide). Everything else is real: the scheduler, a SQLite catalog on
+disk, the user's spec.
 """
 
 from __future__ import annotations
@@ -16,77 +17,30 @@ from tqdm import tqdm
 
 from cerebro._controller import FitState, run_loop
 from cerebro.catalog import Catalog
-from cerebro.engine import HopDone, HopFailed, WorkerLost
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import UserCodeError
 from cerebro.params import expand_grid
 from cerebro.scheduler import Scheduler
+from cerebro.testing import Crash, FakeEngine, HopResult, done
 from toy import ToySpec
 
 
-class ScriptedEngine:
-    """Runs nothing: each poll ends every submitted hop; ``fail`` names models that raise."""
+def _failing(fail: set[str]) -> FakeEngine:
+    """Each poll ends every submitted hop; the hops of the models in ``fail`` raise."""
 
-    workers = 2
+    def run(worker: int, task: HopTask) -> HopResult:
+        if task.model_id in fail:
+            return UserFailure("ToySpec.train", "boom", "tb")
+        return done(task)
 
-    def __init__(self, fail: set[str]):
-        self.fail = fail
-        self.running: dict[int, HopTask] = {}
-
-    def submit(self, worker: int, task: HopTask) -> None:
-        assert worker not in self.running, "a busy worker got a second hop"
-        self.running[worker] = task
-
-    def poll(self, timeout: float | None = None) -> list[Any]:
-        events: list[Any] = []
-        for w, task in sorted(self.running.items()):
-            if task.model_id in self.fail:
-                events.append(HopFailed(w, task, UserFailure("ToySpec.train", "boom", "tb")))
-            else:
-                outcome = HopOutcome({"loss": [0.5]}, [4], 4, 0.0, 0.0, 0.0, 0.0, 0.0)
-                events.append(HopDone(w, task, outcome))
-        self.running.clear()
-        return events
-
-    def shutdown(self) -> None:
-        pass
+    return FakeEngine(2, run)
 
 
-class QueueingEngine:
-    """Runs nothing: each poll ends every hop submitted so far, each worker's in order, so a
-    queued hop ends in the same poll as the hop ahead of it (NOTE [ Next hops ]). A hop of a
-    model in ``crash`` kills its worker: it and the hops queued behind it are lost."""
-
-    workers = 2
-
-    def __init__(self, crash: set[str]):
-        self.crash = crash
-        self.queues: dict[int, list[HopTask]] = {0: [], 1: []}
-        self.sent: list[HopTask] = []
-        self.longest = 0
-
-    def submit(self, worker: int, task: HopTask) -> None:
-        self.queues[worker].append(task)
-        self.sent.append(task)
-        assert len(self.queues[worker]) <= 2, "more than one hop queued behind the running one"
-        self.longest = max(self.longest, len(self.queues[worker]))
-
-    def poll(self, timeout: float | None = None) -> list[Any]:
-        events: list[Any] = []
-        for w, tasks in self.queues.items():
-            for k, task in enumerate(tasks):
-                if task.model_id in self.crash:
-                    events += [
-                        WorkerLost(w, t, "killed", started=j == 0) for j, t in enumerate(tasks[k:])
-                    ]
-                    break
-                outcome = HopOutcome({"loss": [0.5]}, [4], 4, 0.0, 0.0, 0.0, 0.0, 0.0)
-                events.append(HopDone(w, task, outcome))
-            tasks.clear()
-        return events
-
-    def shutdown(self) -> None:
-        pass
+def _crashing(crash: set[str]) -> FakeEngine:
+    """Each poll ends every hop submitted so far, each worker's in order, so a queued hop
+    ends in the same poll as the hop ahead of it (NOTE [ Next hops ]). A hop of a model in
+    ``crash`` kills its worker: it and the hops queued behind it are lost."""
+    return FakeEngine(2, lambda w, task: Crash("killed") if task.model_id in crash else done(task))
 
 
 def _fit(
@@ -127,7 +81,7 @@ def test_a_hop_finished_beside_a_failure_that_stops_the_fit_is_recorded(
 ) -> None:
     catalog, state, sched = _fit(tmp_path, on_error="stop")
     with pytest.raises(UserCodeError, match="boom"):
-        run_loop(catalog, state, sched, ScriptedEngine(fail={"m001"}), _NoBar())
+        run_loop(catalog, state, sched, _failing({"m001"}), _NoBar())
     hops = catalog.hops(state.fit_id)
     # m000's first hop ended in the same poll as m001's failure: it is kept as done.
     assert sorted((h["model_id"], h["status"]) for h in hops) == [
@@ -139,7 +93,7 @@ def test_a_hop_finished_beside_a_failure_that_stops_the_fit_is_recorded(
 
 def test_every_hop_is_recorded_once_and_the_epoch_aggregated(tmp_path: Path) -> None:
     catalog, state, sched = _fit(tmp_path, on_error="continue")
-    run_loop(catalog, state, sched, ScriptedEngine(fail=set()), _NoBar())
+    run_loop(catalog, state, sched, _failing(set()), _NoBar())
     hops = catalog.hops(state.fit_id)
     assert len(hops) == 2 * 4 and {h["status"] for h in hops} == {"done"}
     assert {r["model_id"]: r["status"] for r in catalog.models(state.fit_id)} == {
@@ -154,16 +108,18 @@ def test_queued_hops_ending_in_the_poll_of_the_hop_ahead_are_recorded_in_order(
     tmp_path: Path,
 ) -> None:
     catalog, state, sched = _fit(tmp_path, on_error="stop", models=5, epochs=2)
-    engine = QueueingEngine(crash=set())
+    engine = _crashing(set())
     run_loop(catalog, state, sched, engine, _NoBar())
-    assert engine.longest == 2  # hops were queued, and ended with the hop ahead of them
+    # hops were queued (never more than one behind the running one), and ended with the hop
+    # ahead of them
+    assert engine.most_in_flight == 2
     hops = catalog.hops(state.fit_id)
     assert len(hops) == 5 * 2 * 4 and {h["status"] for h in hops} == {"done"}
     assert {r["status"] for r in catalog.models(state.fit_id)} == {"done"}
     assert len(catalog.metrics(state.fit_id)) == 5 * 2 * 2
     for m in state.configs:  # each hop read the checkpoint the train hop before it wrote
         last = None
-        for task in (t for t in engine.sent if t.model_id == m):
+        for task in (t for _, t in engine.submitted if t.model_id == m):
             assert task.in_ckpt == last
             last = task.out_ckpt or last
     catalog.close()
@@ -171,7 +127,7 @@ def test_queued_hops_ending_in_the_poll_of_the_hop_ahead_are_recorded_in_order(
 
 def test_a_hop_lost_while_queued_behind_a_killing_hop_is_not_blamed(tmp_path: Path) -> None:
     catalog, state, sched = _fit(tmp_path, on_error="continue", models=5)
-    run_loop(catalog, state, sched, QueueingEngine(crash={"m001"}), _NoBar())
+    run_loop(catalog, state, sched, _crashing({"m001"}), _NoBar())
     status = {r["model_id"]: r["status"] for r in catalog.models(state.fit_id)}
     assert status.pop("m001") == "failed"
     assert set(status.values()) == {"done"}
@@ -185,7 +141,7 @@ def test_the_progress_bar_names_its_metric_and_counts_epochs_from_1(tmp_path: Pa
     catalog, state, sched = _fit(tmp_path, on_error="continue", epochs=2)
     out = io.StringIO()
     bar = tqdm(total=sched.total_hops(), file=out, mininterval=0, ascii=True)
-    run_loop(catalog, state, sched, ScriptedEngine(fail=set()), bar)
+    run_loop(catalog, state, sched, _failing(set()), bar)
     bar.close()
     text = out.getvalue()
     assert "epoch 1/2, best val_loss=0.5 (min)" in text
@@ -207,6 +163,6 @@ def test_models_left_waiting_at_a_rung_nothing_can_complete_is_an_error(
     catalog, state, sched = _fit(tmp_path, on_error="stop", epochs=2)
     state.stopper = NeverDecides()
     with pytest.raises(CerebroError, match="2 model.s. wait at a rung .* cannot decide"):
-        run_loop(catalog, state, sched, ScriptedEngine(fail=set()), _NoBar())
+        run_loop(catalog, state, sched, _failing(set()), _NoBar())
     assert sched.paused == 2
     catalog.close()
