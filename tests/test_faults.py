@@ -1,4 +1,8 @@
-"""Real SIGKILLs of worker processes during a fit, and the run-directory lock."""
+"""Real SIGKILLs of worker processes during a fit, a full disk, and the run-directory lock.
+
+The engine-level cases (a killed worker loses no hop, the hop queued behind it, its
+replacement set up in the background or failing to) are the engine contract suite's,
+``test_engine_contract.py``, for every engine."""
 
 from __future__ import annotations
 
@@ -8,30 +12,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cerebro import CerebroError, Experiment, MinibatchSpec, UserCodeError, WorkerError
-from cerebro.engine import HopDone, WorkerLost
-from cerebro.engine.local import LocalEngine
-from toy import (
-    GatedSpec,
-    SlowSpec,
-    ToySpec,
-    computed,
-    done_hops,
-    hop_task,
-    poll_until,
-    queue_behind_held,
-    wait_for,
-    worker_pids,
-)
+from cerebro import CerebroError, Experiment, WorkerError
+from toy import ToySpec, computed, worker_pids
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
 
@@ -70,157 +58,6 @@ def prepared(
 @pytest.fixture(scope="module")
 def data(prepared: tuple[dict[str, str], Any]) -> dict[str, str]:
     return prepared[0]
-
-
-def test_killed_worker_is_replaced_and_no_hop_is_lost(
-    data: dict[str, str], tmp_path: Path
-) -> None:
-    exp = Experiment(dict(data, output_dir=str(tmp_path / "run")), workers=2, verbose=False)
-    kills: list[tuple[int, float]] = []
-
-    def killer() -> None:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(kills) < 2:
-            if done_hops(exp.catalog_path) >= 8 + 12 * len(kills):
-                pids = worker_pids()
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    kills.append((pids[0], time.time()))
-            time.sleep(0.02)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    result = exp.run_fit(SlowSpec(0.005), GRID, num_epochs=3)
-    t.join()
-    assert len(kills) == 2
-    con = sqlite3.connect(exp.catalog_path)
-    con.row_factory = sqlite3.Row
-    rows = con.execute("SELECT * FROM hops ORDER BY hop_id").fetchall()
-    con.close()
-    key = ("model_id", "kind", "partition", "epoch")
-    done = Counter(tuple(r[k] for k in key) for r in rows if r["status"] == "done")
-    assert set(done.values()) == {1} and len(done) == 4 * 2 * 2 * 3  # every hop once
-    lost = [r for r in rows if r["status"] == "lost"]
-    # Each kill loses the hop it hit (a kill between two hops loses nothing at all) and
-    # the hop queued behind it, if any, which the loss names as such.
-    ran = [r for r in lost if "queued behind" not in r["error"]]
-    assert 1 <= len(ran) <= 2 and len(lost) <= 4
-    attributed = 0
-    for pid, when in kills:
-        (slot,) = {r["worker"] for r in rows if r["pid"] == pid}
-        # the slot's next hop ran in a new process, after the loss was recorded
-        after = [r for r in rows if r["worker"] == slot and r["pid"] and r["start"] > when]
-        first = min(after, key=lambda r: r["start"])
-        assert first["pid"] != pid
-        mine = [r for r in lost if r["worker"] == slot and when <= r["end"] <= first["start"]]
-        assert len(mine) <= 2
-        # each loss noticed from the process's exit, whose status the error names
-        assert all(f"worker {slot} (exit status signal 9)" in r["error"] for r in mine)
-        attributed += len(mine)
-    assert attributed == len(lost)  # each loss recorded between its kill and the rerun
-    assert len({r["pid"] for r in rows if r["pid"]}) >= 3  # replacement processes ran hops
-    assert set(result.table["status"]) == {"done"}
-
-
-def _engine(data: dict[str, str], spec: MinibatchSpec) -> LocalEngine:
-    owned = [{"train": [0], "val": [0]}, {"train": [1], "val": [1]}]
-    return LocalEngine(
-        spec, str(Path(data["etl_dir"])), owned, "", threads=1, devices=["cpu", "cpu"]
-    )
-
-
-@pytest.mark.timeout(120)  # the old, blocking restart hangs on the gate
-def test_lost_worker_is_reported_at_once_and_replaced_in_the_background(
-    data: dict[str, str], tmp_path: Path
-) -> None:
-    spec = GatedSpec(tmp_path)
-    engine = _engine(data, spec)
-    try:
-        old = engine.pids()[0]
-        for name in ("gate", "hold"):  # the replacement's set-up and the held hop wait
-            (tmp_path / name).touch()
-        engine.submit(0, hop_task(0, hold=True))
-        wait_for(tmp_path / "inside")
-        os.kill(old, signal.SIGKILL)
-        # The loss is reported while the replacement is still setting up...
-        [lost] = poll_until(engine, 1)
-        assert isinstance(lost, WorkerLost) and lost.worker == 0
-        new = engine.pids()[0]
-        assert new != old and engine.info[0]["pid"] == old  # set-up not done yet
-        # ...the slot takes its hop back at once, and the other worker's hops go on.
-        engine.submit(0, hop_task(0))
-        engine.submit(1, hop_task(1))
-        [other] = poll_until(engine, 1)
-        assert isinstance(other, HopDone) and other.worker == 1
-        assert engine.info[0]["pid"] == old
-        (tmp_path / "gate").unlink()  # now the replacement finishes starting and runs it
-        [done] = poll_until(engine, 1)
-        assert isinstance(done, HopDone) and done.worker == 0
-        assert done.outcome.pid == new == engine.info[0]["pid"]
-        assert engine.restarts == [1, 0]
-    finally:
-        engine.shutdown()
-    assert not worker_pids()
-
-
-@pytest.mark.timeout(120)
-def test_a_hop_queued_behind_a_running_one_runs_next_and_dies_with_it(
-    data: dict[str, str], tmp_path: Path
-) -> None:
-    spec = GatedSpec(tmp_path)
-    engine = _engine(data, spec)
-    first, second = hop_task(0, hold=True), replace(hop_task(0), model_id="q")
-    try:
-        # Sent while the slot runs a hop, it runs right after it; each answers in turn.
-        queue_behind_held(engine, tmp_path, first, second)
-        (tmp_path / "hold").unlink()
-        a, b = poll_until(engine, 2)
-        assert (a.task, b.task) == (first, second)
-        assert isinstance(a, HopDone) and isinstance(b, HopDone)
-        assert a.outcome.end <= b.outcome.start and a.outcome.pid == b.outcome.pid
-        # A kill loses both: the running hop "started", the queued one not.
-        queue_behind_held(engine, tmp_path, first, second)
-        (tmp_path / "gate").touch()  # the replacement waits in its set-up
-        os.kill(engine.pids()[0], signal.SIGKILL)
-        a, b = poll_until(engine, 2)
-        assert isinstance(a, WorkerLost) and isinstance(b, WorkerLost)
-        assert (a.task, a.started, b.task, b.started) == (first, True, second, False)
-        assert "queued behind" in b.reason and "queued" not in a.reason
-        # Both sent again to the slot while its replacement sets up: both run, in order.
-        (tmp_path / "hold").unlink()
-        engine.submit(0, first)
-        engine.submit(0, second)
-        (tmp_path / "gate").unlink()
-        a, b = poll_until(engine, 2)
-        assert isinstance(a, HopDone) and isinstance(b, HopDone)
-        assert (a.task, b.task) == (first, second) and a.outcome.pid == engine.pids()[0]
-    finally:
-        engine.shutdown()
-    assert not worker_pids()
-
-
-@pytest.mark.timeout(120)  # the old, blocking restart hangs on the gate
-def test_replacement_whose_set_up_fails_stops_with_the_hook_named(
-    data: dict[str, str], tmp_path: Path
-) -> None:
-    spec = GatedSpec(tmp_path)
-    engine = _engine(data, spec)
-    try:
-        (tmp_path / "hold").touch()
-        engine.submit(0, hop_task(0, hold=True))
-        wait_for(tmp_path / "inside")
-        (tmp_path / "fail").touch()  # the replacement's initialize_worker raises
-        os.kill(engine.pids()[0], signal.SIGKILL)
-        [lost] = poll_until(engine, 1)
-        assert isinstance(lost, WorkerLost)
-        engine.submit(0, hop_task(0))
-        with pytest.raises(UserCodeError, match="no licence server") as info:
-            poll_until(engine, 1)
-        assert "GatedSpec.initialize_worker" in str(info.value)
-        assert "worker 0 set-up" in str(info.value)
-    finally:
-        engine.shutdown()
-    assert not worker_pids()
 
 
 class CrashingSpec(ToySpec):

@@ -7,6 +7,11 @@ engine's. One cluster serves the whole module (Ray starts slowly). The fits go t
 public API, ``Experiment(engine="ray", address=...)``; where a test needs to know where a
 hop ran, its spec records the node of every worker process (:class:`NodeSpec`).
 
+What every engine must do with a lost worker (the hop it ran and the one queued behind it
+lost once each, the replacement set up in the background) is the engine contract suite's,
+``test_engine_contract.py``, which runs the Ray engine too; the cases here are the Ray
+engine's own (nodes, placement, a replacement that never starts).
+
 Ray is imported only inside fixtures and tests, never at collection: ``import cerebro``
 must not pull Ray in (``test_public_api``).
 """
@@ -23,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +47,6 @@ from toy import (
     done_hops,
     hop_rows,
     hop_task,
-    poll_until,
-    queue_behind_held,
-    wait_for,
     write_toy_csvs,
 )
 
@@ -352,60 +353,6 @@ def _gated_engine(data: dict[str, Any], tmp_path: Path) -> Any:
     owned = [{"train": [0]}, {"train": [1]}]
     data_dir = str(data["root"] / "ray" / "data")
     return RayEngine(GatedSpec(tmp_path), data_dir, owned, str(exp._misc_dir()))
-
-
-@pytest.mark.timeout(180)  # the old, blocking restart hangs on the gate
-def test_lost_actor_is_reported_at_once_and_replaced_in_the_background(
-    data: dict[str, Any], tmp_path: Path
-) -> None:
-    from cerebro.engine import HopDone, WorkerLost
-
-    engine = _gated_engine(data, tmp_path)
-    try:
-        old = engine.info[0]["pid"]
-        for name in ("gate", "hold"):  # the replacement's set-up and the held hop wait
-            (tmp_path / name).touch()
-        engine.submit(0, hop_task(0, hold=True))
-        wait_for(tmp_path / "inside")
-        os.kill(old, signal.SIGKILL)
-        [lost] = poll_until(engine, 1)  # reported while the replacement is still setting up
-        assert isinstance(lost, WorkerLost) and lost.worker == 0
-        engine.submit(0, hop_task(0))  # queues behind the set-up
-        engine.submit(1, hop_task(1))
-        [other] = poll_until(engine, 1)
-        assert isinstance(other, HopDone) and other.worker == 1
-        assert engine.info[0]["pid"] == old
-        (tmp_path / "gate").unlink()
-        [done] = poll_until(engine, 1)
-        assert isinstance(done, HopDone) and done.worker == 0
-        assert done.outcome.pid == engine.info[0]["pid"] != old
-        assert engine.restarts == [1, 0]
-    finally:
-        engine.shutdown()
-
-
-@pytest.mark.timeout(180)
-def test_a_hop_queued_behind_a_running_one_runs_next_and_dies_with_it(
-    data: dict[str, Any], tmp_path: Path
-) -> None:
-    from cerebro.engine import HopDone, WorkerLost
-
-    engine = _gated_engine(data, tmp_path)
-    first, second = hop_task(0, hold=True), replace(hop_task(0), model_id="q")
-    try:
-        queue_behind_held(engine, tmp_path, first, second)
-        (tmp_path / "hold").unlink()
-        a, b = poll_until(engine, 2)
-        assert isinstance(a, HopDone) and isinstance(b, HopDone)
-        assert (a.task, b.task) == (first, second) and a.outcome.end <= b.outcome.start
-        queue_behind_held(engine, tmp_path, first, second)
-        os.kill(engine.info[0]["pid"], signal.SIGKILL)
-        a, b = poll_until(engine, 2)
-        assert isinstance(a, WorkerLost) and isinstance(b, WorkerLost)
-        assert (a.task, a.started, b.task, b.started) == (first, True, second, False)
-        assert "queued behind" in b.reason
-    finally:
-        engine.shutdown()
 
 
 @pytest.mark.timeout(180)

@@ -292,3 +292,20 @@ def kill_driver_after(script: str, run_dir: Path, hops: int, within: float = 120
     assert proc.poll() is None, "the fit finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+class LoggedSpec(GatedSpec):
+    """:class:`GatedSpec` whose worker set-up writes its pid to ``started`` when it begins and
+    to ``setups`` once it is done (past the ``gate`` and the ``fail`` check): one line per
+    worker process that started, and per worker set up, for the engine contract suite."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.started, self.setups = str(folder / "started"), str(folder / "setups")
+
+    def initialize_worker(self) -> None:
+        with open(self.started, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        super().initialize_worker()
+        with open(self.setups, "a") as f:
+            f.write(f"{os.getpid()}\n")
