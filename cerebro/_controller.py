@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from typing import Any
+from typing import Any, cast
 
 from cerebro import _early_stopping, _live, _ranking
 from cerebro._bar import step
 from cerebro._fit_state import FitState, derive_seed
 from cerebro.catalog import Catalog, StopRecord
-from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
+from cerebro.engine import Engine, EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
 from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import CerebroError, UserCodeError
-from cerebro.scheduler import EpochEnd, Hop, Scheduler
+from cerebro.scheduler import EpochEnd, Hop, HopKind, Scheduler
 from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics
 from cerebro.statuses import DROPPED, HopStatus, ModelStatus
@@ -220,11 +220,12 @@ def run_loop(
     state.quiet = bool(getattr(progress, "disable", False))
     state.progress = progress
     hop_ids: dict[Hop, int] = {}
-    events: list[Any] = []
+    events: list[EngineEvent] = []
     while True:
-        finished, other = [], []
+        finished: list[tuple[HopDone, str | None]] = []
+        other: list[EngineEvent] = []
         for event in events:
-            if _plainly_done(event, sched):
+            if isinstance(event, HopDone) and _plainly_done(event, sched):
                 ends, old = _take(state, sched, event)
                 assert not ends
                 finished.append((event, old))
@@ -253,15 +254,15 @@ def run_loop(
         events = engine.poll(timeout=1.0)
 
 
-def _hop(event: Any) -> Hop:
+def _hop(event: EngineEvent) -> Hop:
     t = event.task
-    return Hop(t.model_id, t.epoch, t.kind, t.partition)
+    return Hop(t.model_id, t.epoch, cast(HopKind, t.kind), t.partition)  # fit hops: train, val
 
 
-def _plainly_done(event: Any, sched: Scheduler) -> bool:
+def _plainly_done(event: HopDone, sched: Scheduler) -> bool:
     """A finished, finite hop that does not end its model's epoch (most hops), and no
     longer waits behind another hop in the scheduler."""
-    if not isinstance(event, HopDone) or event.outcome.nonfinite is not None:
+    if event.outcome.nonfinite is not None:
         return False
     hop = _hop(event)
     return sched.is_running(hop) and not sched.ends_epoch(hop)
@@ -315,7 +316,7 @@ def _record_event(
     state: FitState,
     sched: Scheduler,
     hop_ids: dict[Hop, int],
-    event: Any,
+    event: EngineEvent,
     progress: Any,
 ) -> None:
     """Record a hop that failed, was lost, diverged or ended its model's epoch."""

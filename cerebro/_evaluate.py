@@ -19,6 +19,7 @@ from cerebro.engine import Engine, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
 from cerebro.engine.messages import HopOutcome, HopTask
 from cerebro.errors import ParamsError, SpecError, UserCodeError
+from cerebro.etl._partitions import owner as etl_owner
 from cerebro.spec import MinibatchMetrics, MinibatchSpec, defines_hook
 
 __all__ = [
@@ -299,7 +300,7 @@ def evaluate(
     pending = list(partitions)
     idle = list(range(engine.workers))
     outcomes: dict[int, HopOutcome] = {}
-    owner = {p: p % engine.workers for p in partitions}
+    owner = {p: etl_owner(p, engine.workers) for p in partitions}
     busy: dict[int, int] = {}
     while pending or busy:
         for p in [p for p in pending if owner[p] in idle]:
@@ -308,7 +309,11 @@ def evaluate(
             busy[owner[p]] = p
             # NOTE [ original model files ]: the components travel with the spec instead
             ckpt = ref.checkpoint if ref.components is None else None
-            engine.submit(owner[p], HopTask(ref.model_id, hp, kind, p, 0, ckpt, None, 0, 0))
+            task = HopTask(
+                model_id=ref.model_id, hyperparams=hp, kind=kind, partition=p, epoch=0,
+                in_ckpt=ckpt, out_ckpt=None, init_seed=0, shuffle_seed=0,
+            )  # fmt: skip
+            engine.submit(owner[p], task)
         for event in engine.poll(timeout=1.0):
             p = busy.pop(event.worker)
             idle.append(event.worker)

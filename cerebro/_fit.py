@@ -17,7 +17,7 @@ from cerebro._controller import FitState, replay, run_loop
 from cerebro._evaluate import import_start
 from cerebro._settings import FitSettings
 from cerebro.catalog import Catalog
-from cerebro.engine import Engine
+from cerebro.engine import Engine, EngineEvent
 from cerebro.engine.messages import HopTask
 from cerebro.errors import ParamsError, UserCodeError
 from cerebro.etl._partitions import owner
@@ -140,8 +140,12 @@ def _probe(
     naming the function, instead of once per model after the workers have spent time.
     """
     p = next(p for p, w in sorted(train_owner.items()) if w == 0)
-    engine.submit(0, HopTask(config.model_id, config.hyperparams, "probe", p, 0, None, None, 0, 0))
-    events: list[Any] = []
+    probe = HopTask(
+        model_id=config.model_id, hyperparams=config.hyperparams, kind="probe", partition=p,
+        epoch=0, in_ckpt=None, out_ckpt=None, init_seed=0, shuffle_seed=0,
+    )  # fmt: skip
+    engine.submit(0, probe)
+    events: list[EngineEvent] = []
     while not events:
         events = engine.poll(timeout=1.0)
     event = events[0]
