@@ -176,7 +176,7 @@ def test_no_tail(hops: list[tuple[str, float, float]], workers: int) -> None:
 
 
 def test_the_tail_sentence() -> None:
-    from cerebro.report._html import _tail_sentence
+    from cerebro.report._html_stopping import tail_sentence as _tail_sentence
 
     text = _tail_sentence(Tail(start=12.0, end=20.0, idle=8.0, workers=2))
     assert "From 12.0 s after the first hop (shaded), fewer models remained than the 2" in text
@@ -388,7 +388,7 @@ def test_a_catalog_without_a_stopping_table_still_reports(fit: FitResult, tmp_pa
 
 
 def test_no_section_without_early_stopping(tmp_path: Path) -> None:
-    from cerebro.report._html import _early_stopping
+    from cerebro.report._html_stopping import early_stopping_section as _early_stopping
 
     run = _run(tmp_path)
     run.signature.pop("early_stopping")
