@@ -1,79 +1,34 @@
-"""``Experiment``: the one object a user drives — ETL, then a MOP fit over a grid."""
+"""``Experiment``: the one object a user drives — ETL, then a MOP fit over a grid.
+
+A facade: it holds the run directory and the workers, and each step's work is in its module
+(``_etl_step``, ``_fit_step``, ``_eval_step``), as Optuna's ``Study.optimize`` calls ``_optimize``.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import sqlite3
-import weakref
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
-from cerebro import etl
-from cerebro._atomic import replacing
-from cerebro._evaluate import (
-    aggregate,
-    check_batch_size,
-    check_predict,
-    evaluate,
-    need_batch_size,
-    record_test,
-    resolve_model,
-    with_components,
-    write_predictions,
-)
-from cerebro._fit import run_fit_loop
-from cerebro._rundir import (
-    SEARCH_DIR,
-    RunLock,
-    load_experiment,
-    load_spec,
-    open_fit,
-    plan_fit,
-    reading,
-    save_experiment,
-)
+from cerebro._engine_choice import check_engine, copy_misc, make_engine, release_ray_actors
+from cerebro._etl_step import etl_settings, existing_etl, run_etl_step
+from cerebro._eval_step import check_eval, eval_data, find_model, record_test_metrics, run_eval
+from cerebro._evaluate import ModelRef, aggregate, write_predictions
+from cerebro._fit_step import run_fit_step
+from cerebro._holding import Holding
+from cerebro._preflight import check_etl_spec, check_fit_spec, check_steps
+from cerebro._saved import make_output_dir, remember_steps, saved_args, saved_spec, saved_steps
 from cerebro._settings import FitSettings, positive_int
-from cerebro.catalog import Catalog
 from cerebro.engine import Engine
 from cerebro.engine._pool import WorkerPool
-from cerebro.engine.local import LocalEngine, default_devices, threads_per_worker
-from cerebro.errors import CerebroError, ParamsError, SpecError
-from cerebro.etl import count_lines, default_partitions, owner
-from cerebro.etl._run import _fingerprint as etl_fingerprint
-from cerebro.params import (
-    ETL_MARK,
-    Params,
-    check_etl_dir,
-    is_etl_output,
-    validate_params,
-)
+from cerebro.engine.messages import HopOutcome
+from cerebro.params import Params, validate_params
 from cerebro.result import FitResult
-from cerebro.spec import ETLSpec, MinibatchSpec, check_spec, code_fingerprint
+from cerebro.spec import ETLSpec, MinibatchSpec
 
 __all__ = ["Experiment"]
-
-_ENGINES = ("local", "ray")
-
-
-def _picklable(spec: object) -> None:
-    try:
-        cloudpickle.dumps(spec)
-    except Exception as e:
-        raise SpecError(
-            f"{type(spec).__name__} cannot be sent to the worker processes: {type(e).__name__}: "
-            f"{e}. Keep only picklable attributes on the spec (open files, locks, sockets and "
-            "loaded data sets belong in initialize_worker or read_misc)."
-        ) from e
-
-
-def _check_fit_spec(spec: MinibatchSpec) -> None:
-    check_spec(spec, MinibatchSpec)
-    _picklable(spec)
 
 
 class Experiment:
@@ -120,29 +75,13 @@ class Experiment:
         self.workers = positive_int(
             "workers", workers if workers is not None else (os.cpu_count() or 1)
         )
-        if engine not in _ENGINES:
-            raise ParamsError(f"engine must be one of {_ENGINES}, got {engine!r}.")
-        if engine == "local" and (address is not None or resources_per_worker):
-            raise ParamsError(
-                "address and resources_per_worker are for engine='ray'; "
-                "pass engine='ray' to run on a Ray cluster."
-            )
+        check_engine(engine, address, resources_per_worker)
         self.engine = engine
         self.address = address
         self.resources_per_worker = dict(resources_per_worker or {})
         self.verbose = verbose
-        self.output_dir = self.params.output_dir
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ParamsError(f"cannot create output_dir {self.output_dir}: {e}") from e
-        if not os.access(self.output_dir, os.W_OK):
-            raise ParamsError(f"output_dir {self.output_dir} is not writable; choose another.")
-        self._lock = RunLock(self.output_dir)
-        self._etl_lock: RunLock | None = None
-        self._pool: WorkerPool | None = None
-        self._stop_pool: Callable[[], Any] | None = None  # the pool's close, run at most once
-        self._closed = False
+        self.output_dir = make_output_dir(self.params.output_dir)
+        self._hold = Holding(self.output_dir, self.params.etl_dir)
 
     def __enter__(self) -> Experiment:
         return self
@@ -152,14 +91,10 @@ class Experiment:
 
     def _worker_pool(self) -> WorkerPool | None:
         """The local engine's worker processes (None with Ray), launched on first use."""
-        self._check_open()
+        self._hold.check_open()
         if self.engine != "local":
             return None
-        if self._pool is None:
-            self._pool = WorkerPool(threads_per_worker(self.workers), quiet=not self.verbose)
-            # Stops the processes when this object is collected or the program ends.
-            self._stop_pool = weakref.finalize(self, self._pool.close)
-        return self._pool
+        return self._hold.pool(self.workers, quiet=not self.verbose)
 
     def start(self) -> None:
         """Start the worker processes now and wait until they are ready.
@@ -185,31 +120,13 @@ class Experiment:
         :meth:`start` launches fresh workers. Unlike :meth:`close`, after which every call
         raises.
         """
-        self._check_open()
-        if self._stop_pool is not None:
-            self._stop_pool()  # a finalizer: the pool's close(), once; the next step makes one
-            self._pool = self._stop_pool = None
+        self._hold.reset()
         if self.engine == "ray":
-            import sys
-
-            ray = sys.modules.get("ray")
-            if ray is not None and ray.is_initialized():
-                from cerebro.engine._ray_nodes import release_idle
-
-                release_idle(ray)
+            release_ray_actors()
 
     def close(self) -> None:
         """Stop the worker processes; a later call on this experiment raises."""
-        self._closed = True
-        if self._pool is not None:
-            self._pool.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise CerebroError(
-                "this Experiment was closed (close() or the end of its with-block); create "
-                f"a new one: Experiment.from_dir({str(self.output_dir)!r}) picks up its run."
-            )
+        self._hold.close()
 
     @classmethod
     def from_dir(cls, run_dir: str | Path, *, verbose: bool = True) -> Experiment:
@@ -218,24 +135,11 @@ class Experiment:
         Raises:
             CerebroError: ``run_dir`` holds no saved experiment.
         """
-        session = load_experiment(Path(run_dir))
-        if session is None or "params" not in session:
-            raise CerebroError(
-                f"{run_dir} holds no Cerebro experiment (no experiment.json); start one with "
-                "`cerebro run FILE` or Experiment(...).run_fit."
-            )
-        ray = session.get("engine", {"engine": "local"})
-        return cls(session["params"], workers=session["workers"], verbose=verbose, **ray)
+        return cls(**saved_args(run_dir), verbose=verbose)
 
     def saved_spec(self, section: str) -> Any:
         """The spec an earlier ``run_etl`` (``"etl"``) or ``run_fit`` (``"fit"``) used."""
-        try:
-            return load_spec(self.output_dir, section)
-        except FileNotFoundError:
-            step = "run_etl" if section == "etl" else "run_fit"
-            raise CerebroError(
-                f"{self.output_dir} has no saved {section} spec: {step} was never called there."
-            ) from None
+        return saved_spec(self.output_dir, section)
 
     @classmethod
     def resume(
@@ -254,57 +158,16 @@ class Experiment:
             CerebroError: ``run_dir`` holds no saved fit, or its spec's code changed.
         """
         exp = cls.from_dir(run_dir, verbose=verbose)
-        session = load_experiment(exp.output_dir) or {}
-        if "fit" not in session:
-            raise CerebroError(
-                f"{run_dir} holds no fit to resume: run_fit was never called there. Run the "
-                "script that called run_etl and run_fit again (the finished ETL is reused), "
-                "or start with Experiment.run, which records both steps before either starts."
-            )
-        settings = FitSettings.from_json(session["fit"], exp.output_dir / SEARCH_DIR)
-        spec = exp.saved_spec("fit")
-        etl_step = None
-        if "etl" in session and exp.params.etl_dir is None:
-            etl_step = (exp.saved_spec("etl"), dict(session["etl"]))
+        etl_step, spec, settings = saved_steps(exp, run_dir)
         return exp._run_steps(etl_step, spec, settings, False, allow_changed_code)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> AbstractContextManager[None]:
         """Hold the run directory, and turn catalog write failures into a clear error."""
-        self._check_open()
-        with self._lock:
-            try:
-                yield
-            except sqlite3.OperationalError as e:
-                raise CerebroError(
-                    f"could not write the catalog {self.catalog_path}: {e}. Free disk space "
-                    "(or raise the file-size limit) and rerun: SQLite rolled back the "
-                    "unfinished change and every completed hop is kept."
-                ) from e
+        return self._hold.locked(self.catalog_path)
 
     def _engine(self, spec: MinibatchSpec, owned: list[dict[str, list[int]]]) -> Engine:
         """Start the workers, each holding the partitions ``owned`` lists for it."""
-        w = len(owned)
-        if self.engine == "ray":
-            from cerebro.engine.ray import RayEngine
-
-            return RayEngine(
-                spec,
-                str(self.data_dir),
-                owned,
-                str(self._misc_dir()),
-                address=self.address,
-                resources_per_worker=self.resources_per_worker or None,
-            )
-        return LocalEngine(
-            spec,
-            str(self.data_dir),
-            owned,
-            str(self._misc_dir()),
-            threads=threads_per_worker(w),
-            devices=default_devices(w),
-            pool=self._worker_pool(),
-        )
+        return make_engine(self, spec, owned, self._worker_pool)
 
     @property
     def data_dir(self) -> Path:
@@ -316,20 +179,7 @@ class Experiment:
 
     def _misc_dir(self) -> Path:
         """Copy the ``misc`` files into one folder that every worker's ``read_misc`` gets."""
-        d = self.output_dir / "misc"
-        d.mkdir(exist_ok=True)
-        for f in self.params.misc:
-            target = d / f.name
-            try:
-                if not target.exists() or target.stat().st_size != f.stat().st_size:
-                    with replacing(target) as tmp:
-                        shutil.copyfile(f, tmp)
-            except OSError as e:
-                raise ParamsError(
-                    f"params['misc'] file {f} could not be copied into {d}: {e}. Check that "
-                    "it is a readable file and that the output folder has room."
-                ) from e
-        return d
+        return copy_misc(self.output_dir, self.params.misc)
 
     def run_etl(
         self,
@@ -354,142 +204,12 @@ class Experiment:
             ParamsError: ``etl_dir`` holds something that is not Cerebro's output (see
                 NOTE [ whose etl_dir ] in ``params.py``), or (without CSVs) no finished ETL.
         """
-        check_spec(etl_spec, ETLSpec)
-        _picklable(etl_spec)
+        check_etl_spec(etl_spec)
         if self.params.etl_dir is not None and not self.params.mains:
-            manifest = etl.load_manifest(self.params.etl_dir)
-            if manifest is None:
-                raise ParamsError(
-                    f"etl_dir {self.params.etl_dir} holds no finished ETL "
-                    f"({etl.MANIFEST} missing). Give the CSVs (train_main ...) in params as "
-                    "well to have run_etl write the data there."
-                )
-            return manifest
-        settings = self._etl_settings(fraction, seed, partitions)
-        parts = settings["partitions"]
+            return existing_etl(self.params.etl_dir)
+        settings = etl_settings(self.params, self.workers, fraction, seed, partitions)
         with self._locked():
-            with self._etl_locked():
-                # The same inputs: nothing to do, no worker to start (Ray's ETL checks as well
-                # that every node still holds its partitions).
-                reused = self._manifest_after_etl(etl_spec, settings)
-                if reused is not None and self.engine == "local":
-                    if self.params.etl_dir is None:
-                        self._remember("etl", settings, etl_spec)
-                    return reused
-            with self._etl_target():
-                if self.params.etl_dir is None:
-                    # Only the run's own data is redone by resume; etl_dir may serve other runs.
-                    self._remember("etl", settings, etl_spec)
-                if self.engine == "ray":
-                    from cerebro.engine.ray import ray_etl
-
-                    return ray_etl(
-                        etl_spec,
-                        self.params,
-                        self.data_dir,
-                        self._misc_dir(),
-                        partitions=parts,
-                        fraction=float(fraction),
-                        seed=int(seed),
-                        workers=self.workers,
-                        address=self.address,
-                        resources_per_worker=self.resources_per_worker or None,
-                        progress=self.verbose,
-                    )
-                pool = self._worker_pool()
-                assert pool is not None
-                launched = pool.start(self.workers)  # at once: they warm up as CSVs are read
-                try:
-                    return etl.run_etl(
-                        etl_spec,
-                        self.params,
-                        self.data_dir,
-                        self._misc_dir(),
-                        partitions=parts,
-                        fraction=float(fraction),
-                        seed=int(seed),
-                        processes=os.cpu_count() or 1,
-                        progress=self.verbose,
-                        pool=pool,
-                    )
-                except BaseException:
-                    pool.discard_unused(launched)  # e.g. a bad CSV: no worker was needed
-                    raise
-
-    @contextmanager
-    def _etl_target(self) -> Iterator[None]:
-        """Make :attr:`data_dir` ready for the ETL to write: checked to be Cerebro's (NOTE
-        [ whose etl_dir ]) before anything there is touched, then marked as Cerebro's; an
-        ``etl_dir`` is also locked against a second ETL writing into it at the same time."""
-        d, etl_dir = self.data_dir, self.params.etl_dir
-        if etl_dir is not None:
-            check_etl_dir(etl_dir)  # again: the folder may have changed since Experiment()
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if not (d / ETL_MARK).exists():
-                (d / ETL_MARK).write_text("Cerebro's preprocessed data (run_etl).\n")
-        except OSError as e:
-            raise ParamsError(
-                f"cannot write the preprocessed data into {d}: {e}. Choose a writable "
-                "etl_dir (or output_dir)."
-            ) from e
-        with self._etl_locked():
-            yield
-
-    @contextmanager
-    def _etl_locked(self) -> Iterator[None]:
-        """Hold ``etl_dir`` against another run's ETL; re-entrant. Only a folder that is
-        Cerebro's already (NOTE [ whose etl_dir ]): nothing is written into any other."""
-        etl_dir = self.params.etl_dir
-        if etl_dir is None or not etl_dir.is_dir() or not is_etl_output(etl_dir):
-            yield
-            return
-        if self._etl_lock is None:
-            self._etl_lock = RunLock(etl_dir)
-        try:
-            self._etl_lock.__enter__()
-        except CerebroError:
-            holder = (etl_dir / ".lock").read_text(errors="replace").strip()
-            raise CerebroError(
-                f"etl_dir {etl_dir} is in use by another run's ETL ({holder or 'a process'}). "
-                "Wait for it to finish (then this run reuses its output), or give this run "
-                "another etl_dir."
-            ) from None
-        try:
-            yield
-        finally:
-            self._etl_lock.__exit__(None, None, None)
-
-    def _etl_settings(self, fraction: Any, seed: int, partitions: int | None) -> dict[str, Any]:
-        """Check ``run_etl``'s arguments before any work."""
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}.")
-        if partitions is None:
-            train = self.params.mains.get("train")
-            rows = count_lines(train) - 1 if train is not None and train.is_file() else 0
-            partitions = default_partitions(int(rows * min(float(fraction), 1.0)), self.workers)
-        parts = positive_int("partitions", partitions)
-        return {"fraction": fraction, "seed": seed, "partitions": parts}
-
-    def _remember_fit(self, spec: MinibatchSpec, settings: FitSettings) -> None:
-        self._remember("fit", settings.to_json(), spec)
-
-    def _remember(self, section: str, settings: dict[str, Any], spec: object) -> None:
-        save_experiment(
-            self.output_dir,
-            {
-                "params": self.params.as_dict(),
-                "workers": self.workers,
-                section: settings,
-                "engine": {
-                    "engine": self.engine,
-                    "address": self.address,
-                    "resources_per_worker": self.resources_per_worker,
-                },
-            },
-            section,
-            spec,
-        )
+            return run_etl_step(self, etl_spec, settings, self._hold.etl_lock, self._worker_pool)
 
     def run(
         self,
@@ -522,9 +242,8 @@ class Experiment:
         refused call leaves the run directory as it was. The arguments are those of the
         two steps.
         """
-        check_spec(etl_spec, ETLSpec)
-        _picklable(etl_spec)
-        etl_settings = self._etl_settings(fraction, seed, partitions)
+        check_etl_spec(etl_spec)
+        etl_step = (etl_spec, etl_settings(self.params, self.workers, fraction, seed, partitions))
         settings = FitSettings.check(
             param_grid,
             num_epochs,
@@ -540,9 +259,7 @@ class Experiment:
             early_stopping=early_stopping,
             threads_per_hop=threads_per_hop,
         )
-        return self._run_steps(
-            (etl_spec, etl_settings), spec, settings, overwrite, allow_changed_code
-        )
+        return self._run_steps(etl_step, spec, settings, overwrite, allow_changed_code)
 
     def _run_steps(
         self,
@@ -554,34 +271,14 @@ class Experiment:
     ) -> FitResult:
         """:meth:`run` and :meth:`resume`: check both steps, record them, run the ETL (when
         ``etl_step`` gives its spec and settings) and the fit."""
-        _check_fit_spec(spec)
-        with self._locked(), self._etl_locked():
-            manifest: dict[str, Any] | None
-            if etl_step is None:
-                manifest = self._train_manifest()
-            else:
-                manifest = self._manifest_after_etl(*etl_step)
-            if manifest is not None:
-                self._check_workers(int(manifest["partitions"]))
-            else:  # the ETL writes the data: as many partitions as its settings say
-                assert etl_step is not None
-                self._check_workers(int(etl_step[1]["partitions"]))
-            signature = None if manifest is None else self._signature(spec, settings, manifest)
-            code = code_fingerprint(spec)
-            with reading(self.catalog_path) as catalog:
-                plan_fit(catalog, self.output_dir, signature, code, overwrite, allow_changed_code)
+        check_fit_spec(spec)
+        with self._locked(), self._hold.etl_lock.held():
+            check_steps(self, etl_step, spec, settings, overwrite, allow_changed_code)
             # NOTE: every refusal is above this line; nothing was written before it.
             if etl_step is not None:
-                etl_spec, etl_settings = etl_step
-                if self.params.etl_dir is None:
-                    self._remember("etl", etl_settings, etl_spec)
-                self._remember_fit(spec, settings)
-                self.run_etl(
-                    etl_spec,
-                    etl_settings["fraction"],
-                    etl_settings["seed"],
-                    partitions=etl_settings["partitions"],
-                )
+                etl_spec, how = etl_step
+                remember_steps(self, etl_step, spec, settings)
+                self.run_etl(etl_spec, how["fraction"], how["seed"], partitions=how["partitions"])
             return self._fit(spec, settings, overwrite, allow_changed_code)
 
     def run_fit(
@@ -661,7 +358,7 @@ class Experiment:
                 or this fit trained with other code (see ``overwrite`` and
                 ``allow_changed_code``), or the data has fewer partitions than workers.
         """
-        _check_fit_spec(spec)
+        check_fit_spec(spec)
         settings = FitSettings.check(
             param_grid,
             num_epochs,
@@ -683,144 +380,21 @@ class Experiment:
         self, spec: MinibatchSpec, settings: FitSettings, overwrite: bool, allow_changed_code: bool
     ) -> FitResult:
         with self._locked():
-            manifest = self._train_manifest()
-            self._check_workers(int(manifest["partitions"]))
-            signature = self._signature(spec, settings, manifest)
-            code = code_fingerprint(spec)
-            with reading(self.catalog_path) as reader:
-                plan_fit(reader, self.output_dir, signature, code, overwrite, allow_changed_code)
-            # NOTE: every refusal is above this line; nothing was written before it.
-            self._remember_fit(spec, settings)
-            catalog = Catalog(self.catalog_path)
-            try:
-                plan = plan_fit(
-                    catalog, self.output_dir, signature, code, overwrite, allow_changed_code
-                )
-                fit_id = open_fit(
-                    catalog,
-                    plan,
-                    self.output_dir,
-                    signature,
-                    code,
-                    settings.planned_models(),
-                    self.workers,
-                )
-                run_fit_loop(
-                    catalog,
-                    fit_id,
-                    spec,
-                    manifest,
-                    settings,
-                    workers=self.workers,
-                    models_dir=self.output_dir / "models",
-                    start_dir=self.params.models_dir,
-                    search_dir=self.output_dir / SEARCH_DIR,
-                    make_engine=lambda owned: self._engine(spec, owned),
-                    verbose=self.verbose,
-                )
-            finally:
-                catalog.close()
+            fit_id = run_fit_step(
+                self, spec, settings, overwrite, allow_changed_code, self._engine
+            )
         result = FitResult(self.catalog_path, fit_id, settings.objective, settings.mode)
         result.spec = spec
         return result
 
-    # --- which fit a call continues: decided before anything is written -----------------------
-
-    def _train_manifest(self) -> dict[str, Any]:
-        manifest = etl.load_manifest(self.data_dir)
-        if manifest is None or "train" not in manifest["splits"]:
-            raise ParamsError(
-                f"no preprocessed train data in {self.data_dir}; call "
-                "run_etl(etl_spec) before run_fit."
-            )
-        return manifest
-
-    def _manifest_after_etl(
-        self, etl_spec: ETLSpec, settings: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The manifest ``run_etl(etl_spec, **settings)`` will leave: the one there when
-        the ETL reuses it, None when the ETL will write new data. Writes nothing.
-
-        Raises:
-            ParamsError: ``etl_dir`` is not Cerebro's, or (without CSVs) holds no ETL.
-        """
-        etl_dir = self.params.etl_dir
-        old = etl.load_manifest(self.data_dir)
-        if etl_dir is not None and not self.params.mains:
-            if old is None:
-                raise ParamsError(
-                    f"etl_dir {etl_dir} holds no finished ETL ({etl.MANIFEST} missing). Give "
-                    "the CSVs (train_main ...) in params as well to have run_etl write the "
-                    "data there."
-                )
-            return old
-        if etl_dir is not None:
-            check_etl_dir(etl_dir)
-        if not 0.0 < float(settings["fraction"]) <= 1.0:
-            raise ParamsError(f"fraction must be in (0, 1], got {settings['fraction']!r}.")
-        want = etl_fingerprint(
-            self.params,
-            etl_spec,
-            settings["partitions"],
-            float(settings["fraction"]),
-            int(settings["seed"]),
-        )
-        return old if old is not None and old.get("fingerprint") == want else None
-
-    def _check_workers(self, parts: int) -> None:
-        if self.workers > parts:
-            raise ParamsError(
-                f"{self.workers} workers but the data has {parts} partitions: a worker would "
-                f"have no data. Use workers <= {parts}, or rerun run_etl(..., partitions="
-                f"{self.workers})."
-            )
-
-    def _signature(
-        self, spec: MinibatchSpec, settings: FitSettings, manifest: dict[str, Any]
-    ) -> str:
-        """What makes a fit this fit; its code is checked apart (NOTE [ fit identity ])."""
-        return settings.signature(spec, manifest["fingerprint"], self.workers)
-
-    def _model(self, catalog: Catalog, model_tag: str) -> Any:
-        def best(fit_id: int) -> dict[str, Any]:
-            return FitResult(self.catalog_path, fit_id).best
-
-        return resolve_model(catalog, model_tag, best, self.params.models_dir)
-
     def _eval(
         self, spec: MinibatchSpec, model_tag: str, kind: str, batch_size: int | None
-    ) -> tuple[Any, list[Any]]:
-        check_batch_size(batch_size)
-        check_spec(spec, MinibatchSpec)
-        if kind == "predict":
-            check_predict(spec)
-        _picklable(spec)
-        manifest = etl.load_manifest(self.data_dir)
-        if manifest is None or kind not in manifest["splits"]:
-            raise ParamsError(
-                f"no preprocessed {kind} data in {self.data_dir}: give "
-                f"params['{kind}_main'] and run run_etl first."
-            )
-        sizes = manifest["splits"][kind]["sizes"]
-        parts = [p for p, n in enumerate(sizes) if n > 0]
-        w = min(self.workers, len(sizes))
+    ) -> tuple[ModelRef, list[HopOutcome]]:
+        check_eval(spec, kind, batch_size)
+        data = eval_data(self.data_dir, kind, self.workers)
         with self._locked():
-            catalog = Catalog(self.catalog_path)
-            try:
-                ref = self._model(catalog, model_tag)
-            finally:
-                catalog.close()
-            need_batch_size(ref, batch_size, f"run_{kind}")
-            if ref.components is not None:  # NOTE [ original model files ]
-                spec = with_components(spec, ref.components)
-            owned: list[dict[str, list[int]]] = [{} for _ in range(w)]
-            for p in parts:
-                owned[owner(p, w)].setdefault(kind, []).append(p)
-            engine = self._engine(spec, owned)
-            try:
-                return ref, evaluate(engine, ref, kind, parts, batch_size)
-            finally:
-                engine.shutdown()
+            ref = find_model(self.catalog_path, model_tag, self.params.models_dir)
+            return ref, run_eval(ref, spec, data, batch_size, self._engine)
 
     def run_test(
         self, spec: MinibatchSpec, model_tag: str = "best", batch_size: int | None = None
@@ -843,11 +417,7 @@ class Experiment:
         ref, outcomes = self._eval(spec, model_tag, "test", batch_size)
         metrics = aggregate(spec, ref, outcomes, quiet=not self.verbose)
         with self._locked():
-            catalog = Catalog(self.catalog_path)
-            try:
-                record_test(catalog, ref, metrics)
-            finally:
-                catalog.close()
+            record_test_metrics(self.catalog_path, ref, metrics)
         return metrics
 
     def run_predict(
