@@ -42,11 +42,22 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from _common import (  # noqa: E402
+    SPACE,
+    WORKERS,
+    cerebro_fit,
+    journal_storage,
+    ray_curves,
+    ray_session,
+    run_processes,
+    stop_ray,
+    study_curves,
+    suggest,
+)
 from _workloads import Workload  # noqa: E402
 
 __all__ = ["RUNNERS", "W3", "Run", "child_main", "w3"]
 
-WORKERS = 2
 CONFIG_SEED = 2026  # the draw of the 32 configs (fixed once)
 EXAMPLE = "cerebro.examples.mnist"
 
@@ -83,19 +94,15 @@ def _sig(x: float, digits: int = 3) -> float:
 
 
 def draw_configs(n: int, seed: int = CONFIG_SEED) -> list[dict[str, Any]]:
-    """``n`` configs from W3's space, seeded (log-uniform draws kept to 3 digits)."""
+    """``n`` configs from W3's space (``_common.SPACE``), seeded (log-uniform draws kept to
+    3 digits)."""
     rng = random.Random(seed)
 
     def logu(lo: float, hi: float) -> float:
         return min(hi, max(lo, _sig(10 ** rng.uniform(math.log10(lo), math.log10(hi)))))
 
     return [
-        {
-            "channels": rng.choice([32, 64, 128, 256]),
-            "lr": logu(1e-4, 1e-2),
-            "batch_size": rng.choice([32, 64, 128]),
-            "weight_decay": logu(1e-6, 1e-3),
-        }
+        {k: rng.choice(v) if isinstance(v, list) else logu(*v) for k, v in SPACE.items()}
         for _ in range(n)
     ]
 
@@ -170,91 +177,23 @@ class Run:
 
 
 def _cerebro(w: W3, seed: int, early_stopping: Any) -> dict[str, Any]:
-    from _hops import hop_overhead
-
-    from cerebro import Experiment
-
-    ex = w.module
-    params = w.data.params("unused")  # the PNGs and CSVs exist (written before any clock)
     grid = [{k: [v] for k, v in hp.items()} for hp in w.configs]  # one point each, in order
-    run_dir = Path(tempfile.mkdtemp(prefix="cerebro-es-"))
-    try:
-        t0 = time.perf_counter()
-        exp = Experiment({**params, "output_dir": str(run_dir)}, workers=WORKERS, verbose=False)
-        exp.run_etl(ex.etl_spec, seed=seed)  # starts the workers as it reads the CSVs
-        etl_s = time.perf_counter() - t0
-        fit_start = time.time()
-        t = time.perf_counter()
-        result = exp.run_fit(
-            ex.minibatch_spec,
-            grid,
-            num_epochs=w.max_epochs,
-            seed=seed,
-            search="grid",
-            objective="val_acc",
-            mode="max",
-            early_stopping=early_stopping,
-        )
-        fit_end = time.time()
-        fit_s = time.perf_counter() - t
-        hist = result.history
-        table = result.table
-        wall = time.perf_counter() - t0
-        t = time.perf_counter()
-        exp.close()
-        close_s = time.perf_counter() - t
-        val = hist[(hist["split"] == "val") & (hist["metric"] == "acc")]
-        curves: list[list[float]] = [[] for _ in w.configs]
-        for row in table.itertuples():
-            i = int(row.model_id.removeprefix("m"))
-            hp = {k: getattr(row, k) for k in w.configs[0]}
-            assert w.index(hp) == i, f"{row.model_id} is {hp}, not config {i}"
-            mine = val[val["model_id"] == row.model_id].sort_values("epoch")
-            curves[i] = [float(v) for v in mine["value"]]
-        catalog = run_dir / "catalog.sqlite"
-        return {
-            "wall_s": wall,
-            "etl_s": etl_s,
-            "fit_s": fit_s,
-            "close_s": close_s,
-            "status": table["status"].value_counts().to_dict(),
-            "hops": hop_overhead(catalog, fit_start, fit_end),
-            "profile": profile(catalog, fit_start, fit_end),
-            **summarize(w, curves),
-        }
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def profile(catalog: Path, fit_start: float, fit_end: float) -> dict[str, Any]:
-    """Where a fit's time went, per worker, from the catalog's ``hops`` table: the lead
-    before its first hop, time in train / val hops, gaps between hops (with those over
-    10 ms apart: idle, no runnable hop), and the tail after its last hop."""
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
-    try:
-        rows = con.execute(
-            "SELECT worker, kind, start, end FROM hops WHERE status = 'done' ORDER BY start"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[str, Any] = {"fit_s": fit_end - fit_start, "workers": {}}
-    for w in sorted({r[0] for r in rows}):
-        mine = [r for r in rows if r[0] == w]
-        gaps = [max(0.0, b[2] - a[3]) for a, b in zip(mine, mine[1:], strict=False)]
-        by_kind: dict[str, float] = {}
-        for r in mine:
-            by_kind[r[1]] = by_kind.get(r[1], 0.0) + r[3] - r[2]
-        out["workers"][str(w)] = {
-            "hops": len(mine),
-            "lead_s": mine[0][2] - fit_start,
-            "busy_s": by_kind,
-            "gaps_s": sum(gaps),
-            "idle_over_10ms_s": sum(g for g in gaps if g > 0.01),
-            "tail_s": fit_end - mine[-1][3],
-        }
-    return out
+    r = cerebro_fit(
+        w.data.params("unused"),  # the PNGs and CSVs exist (written before any clock)
+        w.module,
+        grid,
+        w.max_epochs,
+        seed,
+        search="grid",
+        objective="val_acc",
+        mode="max",
+        early_stopping=early_stopping,
+    )
+    curves: list[list[float]] = [[] for _ in w.configs]
+    for i, m in enumerate(r.pop("models")):
+        assert w.index(m["hyperparams"]) == i, f"{m['model_id']} is not config {i}"
+        curves[i] = m["curve"]
+    return {**r, **summarize(w, curves)}
 
 
 def run_cerebro_asha(w: W3, seed: int) -> dict[str, Any]:
@@ -315,27 +254,12 @@ def _ray_trial(config: dict[str, Any], data: dict[str, Any], epochs: int, seed: 
 
 
 def _ray(w: W3, seed: int, reuse: bool) -> dict[str, Any]:
-    import ray
     import torch
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    # Trials run in Ray's worker processes: they must import this module and cerebro.
-    path = [str(BENCH), *(p for p in sys.path if p)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    storage = Path(tempfile.mkdtemp(prefix="cerebro-es-ray-"))
-    try:
-        t0 = time.perf_counter()
-        ray.init(
-            address="local",  # a new instance of our own, never someone else's cluster
-            num_cpus=WORKERS,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            configure_logging=True,
-        )
-        init_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ray_session("cerebro-es-ray-") as session:
         data = dict(torch.load(w.data.tensors_file(), weights_only=True))
         trainable = tune.with_resources(
             tune.with_parameters(_ray_trial, data=data, epochs=w.max_epochs, seed=seed),
@@ -354,36 +278,25 @@ def _ray(w: W3, seed: int, reuse: bool) -> dict[str, Any]:
                 max_concurrent_trials=WORKERS,
                 reuse_actors=reuse,
             ),
-            run_config=tune.RunConfig(storage_path=str(storage), name="es", verbose=0),
+            run_config=tune.RunConfig(storage_path=session["storage"], name="es", verbose=0),
         )
         grid = tuner.fit()
         best = grid.get_best_result(metric="val_acc", mode="max", scope="all")
         wall = time.perf_counter() - t0
         curves: list[list[float]] = [[] for _ in w.configs]
-        errors = []
-        for r in grid:
-            if r.error is not None:
-                errors.append(str(r.error)[:500])
-            df = r.metrics_dataframe
-            if df is not None and len(df):
-                df = df.sort_values("training_iteration")
-                curves[w.index(r.config["hp"])] = [float(v) for v in df["val_acc"]]
-        t = time.perf_counter()
-        ray.shutdown()
-        out = summarize(w, curves)
+        trials, errors = ray_curves(grid)
+        for config, curve in trials:
+            if curve:
+                curves[w.index(config["hp"])] = curve
         return {
             "wall_s": wall,
-            "ray_init_s": init_s,
-            "shutdown_s": time.perf_counter() - t,
+            "ray_init_s": session["init_s"],
+            "shutdown_s": stop_ray(),
             "reuse_actors": reuse,
             "errors": errors,
             "ray_best_config": w.index(best.config["hp"]),
-            **out,
+            **summarize(w, curves),
         }
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
 
 
 def run_ray(w: W3, seed: int) -> dict[str, Any]:
@@ -401,12 +314,7 @@ def _objective(w: W3, data: dict[str, Any], seed: int) -> Any:
     import optuna
 
     def objective(trial: Any) -> float:
-        hp = {
-            "channels": trial.suggest_categorical("channels", [32, 64, 128, 256]),
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
-        }
+        hp = suggest(trial)
         if hp not in w.configs:  # the queue ran dry (the other process took the last one)
             trial.study.stop()
             raise optuna.TrialPruned()
@@ -430,12 +338,10 @@ def _pruner(w: W3) -> Any:
 
 def _study_result(w: W3, study: Any) -> dict[str, Any]:
     curves: list[list[float]] = [[] for _ in w.configs]
-    states: dict[str, int] = {}
-    for t in study.trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-        if t.intermediate_values:
-            steps = sorted(t.intermediate_values)
-            curves[w.index(t.params)] = [float(t.intermediate_values[s]) for s in steps]
+    trials, states = study_curves(study)
+    for params, curve in trials:
+        if curve:
+            curves[w.index(params)] = curve
     return {"trials": len(study.trials), "states": states, **summarize(w, curves)}
 
 
@@ -460,13 +366,6 @@ def run_optuna1(w: W3, seed: int) -> dict[str, Any]:
     return {"wall_s": wall, "threads": torch.get_num_threads(), **result}
 
 
-def _storage(journal: str) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(journal))
-
-
 def _optuna_worker(quick: bool, seed: int, journal: str) -> None:
     import optuna
     import torch
@@ -477,7 +376,7 @@ def _optuna_worker(quick: bool, seed: int, journal: str) -> None:
     data = dict(torch.load(w.data.tensors_file(), weights_only=True))  # a copy per process
     study = optuna.load_study(
         study_name="es",
-        storage=_storage(journal),
+        storage=journal_storage(journal),
         sampler=optuna.samplers.RandomSampler(seed=seed + os.getpid()),
         pruner=_pruner(w),
     )
@@ -493,8 +392,6 @@ def _optuna_worker(quick: bool, seed: int, journal: str) -> None:
 def run_optuna2(w: W3, seed: int, quick: bool = False) -> dict[str, Any]:
     """Two processes (1 torch thread each) sharing a journal-file study with the configs
     enqueued; each runs trials until the queue is empty."""
-    import multiprocessing as mp
-
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -503,21 +400,17 @@ def run_optuna2(w: W3, seed: int, quick: bool = False) -> dict[str, Any]:
         journal = str(tmp / "journal.log")
         t0 = time.perf_counter()
         study = optuna.create_study(
-            study_name="es", storage=_storage(journal), direction="maximize", pruner=_pruner(w)
+            study_name="es",
+            storage=journal_storage(journal),
+            direction="maximize",
+            pruner=_pruner(w),
         )
         for hp in w.configs:
             study.enqueue_trial(hp)
-        ctx = mp.get_context("spawn")  # fresh interpreters; fork after torch can deadlock
-        procs = [
-            ctx.Process(target=_optuna_worker, args=(quick, seed, journal)) for _ in range(WORKERS)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        if any(p.exitcode != 0 for p in procs):
-            raise RuntimeError(f"an Optuna process failed: {[p.exitcode for p in procs]}")
-        result = _study_result(w, optuna.load_study(study_name="es", storage=_storage(journal)))
+        run_processes(_optuna_worker, [(quick, seed, journal)] * WORKERS)
+        result = _study_result(
+            w, optuna.load_study(study_name="es", storage=journal_storage(journal))
+        )
         wall = time.perf_counter() - t0
         return {"wall_s": wall, "processes": WORKERS, **result}
     finally:

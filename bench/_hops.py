@@ -1,4 +1,5 @@
-"""Where a Cerebro fit's time went, read from the run's catalog (``hops`` table, plain SQL).
+"""Where a Cerebro fit's time went, and what it trained, read from the run's catalog
+through :class:`cerebro.catalog.Catalog` (opened read-only; the run's latest fit).
 
 A done hop's ``start``/``end`` are the worker's wall clock at the start and end of
 ``run_hop``; ``user_seconds`` is the time inside the user's ``train``/``valtest``,
@@ -21,27 +22,61 @@ the new one. So for each worker:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["hop_overhead", "hop_stats", "hop_trace"]
+from cerebro.catalog import Catalog
+from cerebro.params import ask_order
+from cerebro.statuses import HopStatus
+
+__all__ = ["fit_models", "hop_overhead", "hop_stats", "hop_trace", "profile"]
+
+
+@contextmanager
+def _latest_fit(catalog: Path) -> Iterator[tuple[Catalog, int | None]]:
+    """The catalog, read-only, and its latest fit's id (None in an empty catalog)."""
+    cat = Catalog(catalog, readonly=True)
+    try:
+        fit = cat.latest_fit()
+        yield cat, None if fit is None else int(fit["fit_id"])
+    finally:
+        cat.close()
 
 
 def _rows(catalog: Path) -> list[dict[str, Any]]:
-    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return [
-            dict(r)
-            for r in con.execute(
-                "SELECT model_id, epoch, kind, partition, worker, start, end, user_seconds, "
-                "load_seconds, save_seconds, rows FROM hops WHERE status = 'done' ORDER BY start"
-            )
-        ]
-    finally:
-        con.close()
+    """The latest fit's done hops, in the order they started."""
+    with _latest_fit(catalog) as (cat, fit_id):
+        hops = [] if fit_id is None else cat.hops(fit_id)
+        rows = [dict(r) for r in hops if r["status"] == HopStatus.DONE]
+    return sorted(rows, key=lambda r: r["start"])
+
+
+def fit_models(catalog: Path, split: str = "val", metric: str = "acc") -> list[dict[str, Any]]:
+    """The latest fit's models in the order asked: ``model_id``, ``hyperparams``,
+    ``status`` and ``curve``, the ``split`` ``metric`` after each epoch it trained."""
+    with _latest_fit(catalog) as (cat, fit_id):
+        if fit_id is None:
+            return []
+        models = cat.models(fit_id)
+        metrics = cat.metrics(fit_id)  # by model, epoch, split and name
+    curves: dict[str, list[float]] = {}
+    for m in metrics:
+        if m["split"] == split and m["name"] == metric and m["value"] is not None:
+            curves.setdefault(m["model_id"], []).append(float(m["value"]))
+    return [
+        {
+            "model_id": r["model_id"],
+            "hyperparams": json.loads(r["hyperparams"]),
+            "status": r["status"],
+            "curve": curves.get(r["model_id"], []),
+        }
+        for r in sorted(models, key=lambda r: ask_order(r["model_id"]))
+    ]
 
 
 def _by_worker(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -175,3 +210,24 @@ def hop_overhead(catalog: Path, fit_start: float, fit_end: float) -> dict[str, A
         "gap_ms_median": _ms(gaps, 0.5),
         "gap_ms_p90": _ms(gaps, 0.9),
     }
+
+
+def profile(catalog: Path, fit_start: float, fit_end: float) -> dict[str, Any]:
+    """Where a fit's time went, per worker: the lead before its first hop, time in each
+    kind of hop, gaps between hops (with those over 10 ms apart: idle, no runnable hop),
+    and the tail after its last hop (times are ``time.time()`` seconds)."""
+    out: dict[str, Any] = {"fit_s": fit_end - fit_start, "workers": {}}
+    for mine in _by_worker(_rows(catalog)):
+        gaps = _gaps(mine)
+        by_kind: dict[str, float] = {}
+        for r in mine:
+            by_kind[r["kind"]] = by_kind.get(r["kind"], 0.0) + r["end"] - r["start"]
+        out["workers"][str(mine[0]["worker"])] = {
+            "hops": len(mine),
+            "lead_s": mine[0]["start"] - fit_start,
+            "busy_s": by_kind,
+            "gaps_s": sum(gaps),
+            "idle_over_10ms_s": sum(g for g in gaps if g > 0.01),
+            "tail_s": fit_end - mine[-1]["end"],
+        }
+    return out

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 import sys
 import tempfile
@@ -31,8 +30,9 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from _common import WORKERS, journal_storage, ray_session, run_processes, stop_ray  # noqa: E402
 from _plain import train_config  # noqa: E402
-from _runners import WORKERS, _mp, nbytes  # noqa: E402
+from _runners import nbytes  # noqa: E402
 from _workloads import Workload, workloads  # noqa: E402
 
 __all__ = ["run_optuna", "run_optuna_threads", "run_ray", "run_ray_reuse"]
@@ -72,24 +72,11 @@ def _ray_trial(
 
 def _ray(wl: Workload, seed: int, reuse: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    import ray
+    import ray  # noqa: F401 - inside the clock
     from ray import tune
 
-    # Trials run in Ray's worker processes: they must import _plain and cerebro.
-    path = [str(BENCH), *(p for p in sys.path if p)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(
-        address="local",  # a new instance of our own, never someone else's running cluster
-        num_cpus=WORKERS,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-        configure_logging=True,
-    )
-    init_s = time.perf_counter() - t0
-    storage = Path(tempfile.mkdtemp(prefix="cerebro-suite-ray-"))
-    try:
+    with ray_session("cerebro-suite-ray-") as session:
+        init_s = time.perf_counter() - t0
         data = wl.tensors()
         trainable = tune.with_resources(
             tune.with_parameters(
@@ -103,7 +90,7 @@ def _ray(wl: Workload, seed: int, reuse: bool) -> dict[str, Any]:
             tune_config=tune.TuneConfig(
                 metric="val_acc", mode="max", max_concurrent_trials=WORKERS, reuse_actors=reuse
             ),
-            run_config=tune.RunConfig(storage_path=str(storage), name="suite", verbose=0),
+            run_config=tune.RunConfig(storage_path=session["storage"], name="suite", verbose=0),
         )
         grid = tuner.fit()
         wall = time.perf_counter() - t0
@@ -114,22 +101,16 @@ def _ray(wl: Workload, seed: int, reuse: bool) -> dict[str, Any]:
                 errors.append(str(r.error)[:500])
                 continue
             acc[_config_index(wl, r.config)] = float(r.metrics["val_acc"])
-        t = time.perf_counter()
-        ray.shutdown()
         return {
             "wall_s": wall,
             "ray_init_s": init_s,
-            "shutdown_s": time.perf_counter() - t,
+            "shutdown_s": stop_ray(),
             "val_acc": acc,
             "errors": errors,
             "workers": WORKERS,
             "reuse_actors": reuse,
             "data_bytes_per_worker": nbytes(data),
         }
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        shutil.rmtree(storage, ignore_errors=True)
 
 
 def run_ray(wl: Workload, seed: int) -> dict[str, Any]:
@@ -161,13 +142,6 @@ def _objective(wl: Workload, data: dict[str, Any], seed: int) -> Any:
     return objective
 
 
-def _storage(journal: str) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(journal))
-
-
 def _optuna_worker(name: str, quick: bool, seed: int, journal: str) -> None:
     import optuna
     import torch
@@ -178,7 +152,7 @@ def _optuna_worker(name: str, quick: bool, seed: int, journal: str) -> None:
     data = wl.tensors()  # a full copy per process
     study = optuna.load_study(
         study_name="suite",
-        storage=_storage(journal),
+        storage=journal_storage(journal),
         sampler=optuna.samplers.GridSampler(wl.grid, seed=seed),
     )
     study.optimize(_objective(wl, data, seed))  # GridSampler stops when the grid is done
@@ -209,21 +183,13 @@ def run_optuna(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         study = optuna.create_study(
             study_name="suite",
-            storage=_storage(journal),
+            storage=journal_storage(journal),
             sampler=optuna.samplers.GridSampler(wl.grid, seed=seed),
             direction="maximize",
         )
-        ctx = _mp()
-        procs = [
-            ctx.Process(target=_optuna_worker, args=(wl.name, quick, seed, journal))
-            for _ in range(WORKERS)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        run_processes(_optuna_worker, [(wl.name, quick, seed, journal)] * WORKERS)
         wall = time.perf_counter() - t0
-        study = optuna.load_study(study_name="suite", storage=_storage(journal))
+        study = optuna.load_study(study_name="suite", storage=journal_storage(journal))
         return {
             "wall_s": wall,
             **_trials(wl, study),

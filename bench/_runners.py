@@ -23,7 +23,6 @@ What each wall time includes:
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -36,12 +35,11 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+from _common import WORKERS, spawn_context  # noqa: E402
 from _plain import run_plain, train_config, warm_up  # noqa: E402
 from _workloads import Workload, workloads  # noqa: E402
 
 __all__ = ["RUNNERS", "child_main", "nbytes", "runner_env"]
-
-WORKERS = 2
 
 # Cerebro's workers raise glibc's mmap and trim thresholds (cerebro/allocator.py), which
 # takes the page faults out of every minibatch's allocations. A "_tuned" peer runs with the
@@ -64,12 +62,6 @@ def runner_env(runner: str) -> tuple[str, dict[str, str]]:
 def nbytes(data: dict[str, Any]) -> int:
     """Bytes of the tensors in ``{"train": (x, y), "val": (x, y)}``."""
     return sum(t.numel() * t.element_size() for split in data.values() for t in split)
-
-
-def _mp() -> Any:
-    # "spawn": a fresh interpreter per process, as Cerebro's workers are; "fork" after torch
-    # started its thread pools can deadlock.
-    return mp.get_context("spawn")
 
 
 # --- Cerebro ----------------------------------------------------------------------------------
@@ -112,10 +104,10 @@ def run_cerebro(
         close_s = time.perf_counter() - t
         hist = result.history
         last = hist[(hist["split"] == "val") & (hist["metric"] == "acc")]
-        last = last[last["epoch"] == wl.epochs - 1].set_index("model_id")["value"]
+        last = last[last["epoch"] == wl.epochs].set_index("model_id")["value"]  # from 1
         acc = [
-            float(last[f"m{i:03d}"]) if f"m{i:03d}" in last.index else None
-            for i in range(len(wl.configs()))
+            float(last[c.model_id]) if c.model_id in last.index else None
+            for c in wl.model_configs()
         ]
         held = [0] * workers
         data_dir = run_dir / "data"
@@ -190,7 +182,7 @@ def _corun_worker(name: str, quick: bool, seed: int, barrier: Any, out: Any, sto
 
 
 def run_corun(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
-    ctx = _mp()
+    ctx = spawn_context()
     barrier, out, stop = ctx.Barrier(WORKERS), ctx.Queue(), ctx.Event()
     procs = [
         ctx.Process(target=_corun_worker, args=(wl.name, quick, seed, barrier, out, stop))
@@ -232,7 +224,7 @@ def _task_worker(name: str, quick: bool, seed: int, tasks: Any, out: Any) -> Non
 
 
 def run_task(wl: Workload, seed: int, quick: bool = False) -> dict[str, Any]:
-    ctx = _mp()
+    ctx = spawn_context()
     n = len(wl.configs())
     t0 = time.perf_counter()
     tasks, out = ctx.Queue(), ctx.Queue()

@@ -14,7 +14,6 @@ Every runner trains the same model with the same step functions (the example mod
 from __future__ import annotations
 
 import importlib
-import itertools
 import os
 import tempfile
 import types
@@ -51,10 +50,16 @@ class Workload:
     def module(self) -> types.ModuleType:
         return importlib.import_module(self.example)
 
+    def model_configs(self) -> list[Any]:
+        """The grid's points as Cerebro numbers them: ``ModelConfig(model_id, hyperparams)``
+        (``cerebro.params.expand_grid``)."""
+        from cerebro.params import expand_grid
+
+        return expand_grid(self.grid)
+
     def configs(self) -> list[dict[str, Any]]:
         """The grid's configs in the order Cerebro numbers them (``m000``, ``m001``...)."""
-        keys = list(self.grid)
-        return [dict(zip(keys, v, strict=True)) for v in itertools.product(*self.grid.values())]
+        return [c.hyperparams for c in self.model_configs()]
 
     def root(self) -> Path:
         def text(v: Any) -> str:
@@ -65,7 +70,7 @@ class Workload:
 
     def params(self, output_dir: str) -> dict[str, Any]:
         """Write the data set's files (if not already there); Cerebro's ``params``."""
-        from cerebro.examples._data import write_digits, write_mnist
+        from cerebro.examples import write_digits, write_mnist
 
         if self.data["kind"] == "digits":
             paths = write_digits(self.root(), seed=SEED, split=self.data["split"])

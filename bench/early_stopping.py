@@ -35,11 +35,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,8 +47,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from _common import attempt, machine, machine_end, run_child, start_check, write_json  # noqa: E402
 from _es_runners import RUNNERS, w3  # noqa: E402
-from _quiet import ForeignCpu, busy_cores, loadavg, wait_quiet  # noqa: E402
 
 RESULTS = BENCH / "results"
 LABELS = {
@@ -63,59 +61,22 @@ LABELS = {
     "plain_sha": "plain loop, sync SHA",
     "cerebro_grid": "Cerebro full grid",
 }
-# A run during which other processes used more than this share of the machine's CPU is
-# run again (once, by default).
-FOREIGN_LIMIT = 0.03
 ACC_TOLERANCE = 0.005
 
 
-def run_child(runner: str, quick: bool, seed: int, log_dir: Path, tag: str) -> dict[str, Any]:
-    """One runner in a fresh interpreter: its result plus load and foreign-CPU figures."""
-    out, log = log_dir / f"{tag}.json", log_dir / f"{tag}.log"
-    code = (
-        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import _es_runners; "
-        "_es_runners.child_main(sys.argv[1:])"
-    )
-    cmd = [sys.executable, "-c", code, runner, "1" if quick else "0", str(seed), str(out)]
-    load0 = loadavg()
-    t0 = time.perf_counter()
-    with ForeignCpu() as foreign, open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-    process_s = time.perf_counter() - t0
-    if proc.returncode != 0 or not out.is_file():
-        raise SystemExit(
-            f"runner {runner} failed (exit {proc.returncode}):\n{log.read_text()[-4000:]}"
-        )
-    result: dict[str, Any] = json.loads(out.read_text())
-    result.update(
-        process_s=process_s,
-        loadavg_start=load0,
-        loadavg_end=loadavg(),
-        foreign_cpu_s=foreign.seconds,
-        foreign_top=foreign.top_processes(),
-    )
-    return result
+def attempt_runner(
+    runner: str, args: argparse.Namespace, log_dir: Path, rnd: int
+) -> dict[str, Any]:
+    """``runner`` in a fresh interpreter (``_es_runners.child_main``), after waiting for
+    a quiet machine, and again (``--retries``) if others used the CPU meanwhile."""
 
+    def once(i: int) -> dict[str, Any]:
+        tag = log_dir / f"{runner}-{rnd}-{i}"
+        out = tag.with_suffix(".json")
+        argv = [runner, "1" if args.quick else "0", str(args.seed), str(out)]
+        return run_child("_es_runners", argv, out, tag.with_suffix(".log"))
 
-def attempt(runner: str, args: argparse.Namespace, log_dir: Path, rnd: int) -> dict[str, Any]:
-    """Wait for no busy core, run, and run again (``--retries``) if others used the CPU."""
-    cores = os.cpu_count() or 1
-    discarded: list[dict[str, Any]] = []
-    for i in range(args.retries + 1):
-        quiet = (
-            {"skipped": True}
-            if args.no_wait or args.quick
-            else wait_quiet(use_loadavg=False, max_wait=args.max_wait)
-        )
-        r = run_child(runner, args.quick, args.seed, log_dir, f"{runner}-{rnd}-{i}")
-        r["quiet_before"] = quiet
-        r["foreign_share"] = share = (r["foreign_cpu_s"] or 0.0) / (cores * r["process_s"])
-        if share <= FOREIGN_LIMIT or i == args.retries:
-            r["discarded_attempts"] = discarded
-            return r
-        print(f"(others used {share:.0%} of the CPU: {', '.join(r['foreign_top'])}; again)")
-        discarded.append({k: r.get(k) for k in ("wall_s", "foreign_cpu_s", "foreign_top")})
-    raise AssertionError("unreachable")
+    return attempt(once, args)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -252,14 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} round(s); {cores} cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}"
     )
-    start_quiet = (
-        {"skipped": True}
-        if args.no_wait
-        else wait_quiet(
-            use_loadavg=not args.quick, sample=1.0 if args.quick else 3.0, max_wait=args.max_wait
-        )
-    )
-    print(f"load average at start {loadavg()}; quiet check: {start_quiet}", flush=True)
+    start_quiet = start_check(args)
     raw: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     with tempfile.TemporaryDirectory(prefix="cerebro-es-logs-") as logs:
@@ -267,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {rnd + 1} of {args.repeats}", flush=True)
             for runner in runners:
                 print(f"  {LABELS[runner]:<29} ...", end=" ", flush=True)
-                r = attempt(runner, args, Path(logs), rnd)
+                r = attempt_runner(runner, args, Path(logs), rnd)
                 raw[runner].append(r)
                 print(
                     f"{r['wall_s']:6.2f} s, {r['epochs']} epochs, best {r['best']['val_acc']:.4f}"
@@ -294,15 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "date": started,
         "command": " ".join(["python", "bench/early_stopping.py", *(argv or sys.argv[1:])]),
-        "machine": {
-            "cores": cores,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "quiet_start": start_quiet,
-            "loadavg_end": loadavg(),
-            "busy_end": busy_cores(1.0),
-        },
+        "machine": machine(quiet_start=start_quiet, **machine_end()),
         "workload": {
             "configs": w.configs,
             "max_epochs": w.max_epochs,
@@ -316,11 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "sha_figures": info,
         "runs": raw,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+    write_json(out, report)
     return 0
 
 

@@ -35,11 +35,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +47,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _quiet import ForeignCpu, busy_cores, loadavg, wait_quiet  # noqa: E402
+from _common import attempt, machine, machine_end, run_child, start_check, write_json  # noqa: E402
+from _quiet import loadavg  # noqa: E402
 from _runners import RUNNERS, runner_env  # noqa: E402
 from _workloads import Workload, workloads  # noqa: E402
 
@@ -86,72 +85,24 @@ LABELS = {
     "optuna": "Optuna grid (2 procs)",
     "optuna_threads": "Optuna grid (n_jobs=2)",
 }
-# A runner is re-run when other processes used more than this share of the machine's CPU
-# (cores x its wall time) while it ran.
-FOREIGN_LIMIT = 0.03
 # The issue's targets are against the plain loop as a user runs it (plain2); the "_tuned"
 # line holds Cerebro to the same bound against a loop on the same allocator settings.
 W2_TARGETS = {"plain2": 0.9, "plain2_tuned": 0.9, "ray": 0.5, "ray_reuse": 0.8}
 W1_TARGETS = {"plain2": 1.0, "plain2_tuned": 1.0}
 
 
-def run_child(runner: str, wl: Workload, quick: bool, seed: int, log_dir: Path) -> dict[str, Any]:
-    """One runner in a fresh interpreter; its result dict plus load and foreign-CPU figures."""
-    out = log_dir / f"{wl.name}-{runner}.json"
-    log = log_dir / f"{wl.name}-{runner}.log"
-    code = (
-        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import _runners; "
-        "_runners.child_main(sys.argv[1:])"
-    )
-    cmd = [sys.executable, "-c", code, runner, wl.name, "1" if quick else "0", str(seed), str(out)]
-    load0 = loadavg()
-    t0 = time.perf_counter()
-    env = dict(os.environ, **runner_env(runner)[1])
-    with ForeignCpu() as foreign, open(log, "w") as f:
-        proc = subprocess.run(
-            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(), env=env
-        )
-    process_s = time.perf_counter() - t0
-    if proc.returncode != 0 or not out.is_file():
-        tail = log.read_text()[-4000:]
-        raise SystemExit(f"runner {runner} on {wl.name} failed (exit {proc.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    result.update(
-        process_s=process_s,
-        loadavg_start=load0,
-        loadavg_end=loadavg(),
-        foreign_cpu_s=foreign.seconds,
-        foreign_top=foreign.top_processes(),
-    )
-    return result
-
-
 def _attempt(runner: str, wl: Workload, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
-    """Wait for a quiet machine, run, and re-run (``--retries``) if others used the CPU."""
-    cores = os.cpu_count() or 1
-    discarded: list[dict[str, Any]] = []
-    for attempt in range(args.retries + 1):
-        # Between runners (and not in a smoke run): nothing else may be busy.
-        quiet = (
-            {"skipped": True}
-            if args.no_wait or args.quick
-            else wait_quiet(use_loadavg=False, max_wait=args.max_wait)
-        )
-        r = run_child(runner, wl, args.quick, args.seed, log_dir)
-        r["quiet_before"] = quiet
-        busy_share = (r["foreign_cpu_s"] or 0.0) / (cores * r["process_s"])
-        r["foreign_share"] = busy_share
-        if busy_share <= FOREIGN_LIMIT or attempt == args.retries:
-            r["discarded_attempts"] = discarded
-            return r
-        print(
-            f"other processes used {busy_share:.0%} of the CPU ({', '.join(r['foreign_top'])})"
-            "; running it again ...",
-            end=" ",
-            flush=True,
-        )
-        discarded.append({k: r.get(k) for k in ("wall_s", "foreign_cpu_s", "foreign_top")})
-    raise AssertionError("unreachable")
+    """``runner`` on ``wl`` in a fresh interpreter (``_runners.child_main``), after waiting
+    for a quiet machine, and again (``--retries``) if others used the CPU meanwhile."""
+
+    def once(i: int) -> dict[str, Any]:
+        tag = log_dir / f"{wl.name}-{runner}-{i}"
+        out = tag.with_suffix(".json")
+        argv = [runner, wl.name, "1" if args.quick else "0", str(args.seed), str(out)]
+        env = runner_env(runner)[1]
+        return run_child("_runners", argv, out, tag.with_suffix(".log"), env=env)
+
+    return attempt(once, args)
 
 
 def _time_of(r: dict[str, Any]) -> float:
@@ -429,28 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(runners)}; {cores} cores, torch {torch.__version__}, Python "
         f"{platform.python_version()}"
     )
-    # A smoke run (--quick) only checks that nothing else is busy right now.
-    start_quiet = (
-        {"skipped": True}
-        if args.no_wait
-        else wait_quiet(
-            use_loadavg=not args.quick, sample=1.0 if args.quick else 3.0, max_wait=args.max_wait
-        )
-    )
-    print(f"load average at start {loadavg()}; quiet check: {start_quiet}", flush=True)
+    start_quiet = start_check(args)
     report: dict[str, Any] = {
         "benchmark": "suite",
         "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": " ".join(["python", "bench/suite.py", *(argv or sys.argv[1:])]),
-        "machine": {
-            "cores": cores,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "loadavg_start": loadavg(),
-            "quiet_start": start_quiet,
-        },
+        "machine": machine(loadavg_start=loadavg(), quiet_start=start_quiet),
         "workloads": {},
     }
     failed = False
@@ -483,13 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 "figures": fig,
             }
             print_workload(wl, res, fig)
-    report["machine"]["loadavg_end"] = loadavg()
-    report["machine"]["busy_end"] = busy_cores(1.0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+    report["machine"].update(machine_end())
+    write_json(out, report)
     if failed:
         print("ACCURACY CHECK FAILED: some runner did not reach comparable accuracy (see above)")
         return 1
