@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -40,11 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import write_json  # noqa: E402
 from _hops import hop_stats  # noqa: E402
 from _plain import load_split, run_plain, single_thread_times  # noqa: E402
 
-from cerebro.examples import mnist  # noqa: E402
-from cerebro.examples._data import write_mnist  # noqa: E402
+from cerebro.examples import mnist, write_mnist  # noqa: E402
+from cerebro.params import expand_grid  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL: dict[str, Any] = {"grid": mnist.param_grid, "epochs": 3, "n_train": 4000, "n_val": 1000}
@@ -54,12 +54,6 @@ QUICK: dict[str, Any] = {
     "n_train": 800,
     "n_val": 200,
 }
-
-
-def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """The grid's configs in the order Cerebro numbers them (product over keys as given)."""
-    keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def run_cerebro(
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         setup["epochs"] = args.epochs
     threads = args.threads or args.workers
     grid, epochs, workers = setup["grid"], setup["epochs"], args.workers
-    configs = expand(grid)
+    configs = [c.hyperparams for c in expand_grid(grid)]
     cores = os.cpu_count() or 1
     print(
         f"MNIST CNN: {len(configs)} configs x {epochs} epochs, {setup['n_train']} train / "
@@ -199,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes shared the machine, so these timings are noisy."
         )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+    write_json(out, report)
     return 0
 
 

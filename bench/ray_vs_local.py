@@ -4,9 +4,11 @@ The MNIST CNN grid of ``cerebro.examples.mnist`` (8 configs, 3 epochs, 4,000 tra
 1,000 val images read from PNG files, as ``bench/mop_vs_plain.py``) is run twice, each in a
 fresh Python process, from nothing to a finished fit:
 
-(a) local engine: ``run_etl`` (a process pool) then ``run_fit`` (worker processes);
-(b) Ray engine: ``import ray`` + ``ray.init`` (a local, loopback-only instance), ``ray_etl``
-    (row_prep on the worker actors) then the same ``run_fit`` with ``RayEngine``.
+(a) ``Experiment(engine="local")``: ``run_etl`` (a process pool; the worker processes
+    start beside it) then ``run_fit``;
+(b) ``Experiment(engine="ray")``: ``import ray`` + ``ray.init`` (a local instance, started
+    here to time it apart), ``run_etl`` (row_prep on the worker actors) then the same
+    ``run_fit``.
 
 Both use ``--workers`` slots (default 2) with the same threads each and the "fixed" policy,
 so they train the very same models: the final metrics must be equal. Printed: both walls,
@@ -34,7 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from _common import write_json  # noqa: E402
+
+RESULTS = BENCH / "results"
 FULL: dict[str, Any] = {"epochs": 3, "n_train": 4000, "n_val": 1000, "quick": False}
 QUICK: dict[str, Any] = {"epochs": 1, "n_train": 800, "n_val": 200, "quick": True}
 QUICK_GRID: dict[str, list[Any]] = {"channels": [64], "lr": [1e-3, 3e-3], "batch_size": [64]}
@@ -43,6 +50,8 @@ QUICK_GRID: dict[str, list[Any]] = {"channels": [64], "lr": [1e-3, 3e-3], "batch
 def run_one(engine: str, paths: dict[str, str], setup: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: ETL then fit on ``engine``; returns the phase timings."""
     t_start = time.perf_counter()
+    from _hops import hop_overhead
+
     from cerebro import Experiment
     from cerebro.examples import mnist
 
@@ -51,85 +60,61 @@ def run_one(engine: str, paths: dict[str, str], setup: dict[str, Any]) -> dict[s
     run_dir = Path(tempfile.mkdtemp(prefix=f"cerebro-bench-{engine}-"))
     try:
         exp = Experiment(
-            {**paths, "output_dir": str(run_dir)}, workers=setup["workers"], verbose=False
+            {**paths, "output_dir": str(run_dir)},
+            workers=setup["workers"],
+            engine=engine,
+            verbose=False,
         )
-        engines: list[Any] = []
-        make = Experiment._engine
-
-        def timed_engine(self: Any, spec: Any, owned: list[dict[str, list[int]]]) -> Any:
-            t = time.perf_counter()
-            e: Any
-            if engine == "ray":
-                from cerebro.engine.ray import RayEngine
-
-                e = RayEngine(spec, str(self.data_dir), owned, str(self._misc_dir()))
-            else:
-                e = make(self, spec, owned)
-            out["engine_start_s"] = time.perf_counter() - t
-            engines.append(e)
-            return e
-
-        Experiment._engine = timed_engine  # type: ignore[method-assign]
         out["imports_s"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
         if engine == "ray":
             t = time.perf_counter()
-            import ray  # noqa: F401 - timed apart: Ray's own import
+            import ray  # timed apart: Ray's own import
 
             out["import_ray_s"] = time.perf_counter() - t
-            from cerebro.engine.ray import connect, ray_etl
-
+            # Started here to time it apart; Cerebro uses a connection that exists.
             t = time.perf_counter()
-            connect(None, num_cpus=os.cpu_count())
-            out["ray_init_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            manifest = ray_etl(
-                mnist.etl_spec,
-                exp.params,
-                exp.data_dir,
-                exp._misc_dir(),
-                partitions=setup["workers"],
-                fraction=1.0,
-                seed=setup["seed"],
-                workers=setup["workers"],
-                progress=False,
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                logging_level="WARNING",
             )
-            out["etl_s"] = time.perf_counter() - t
+            out["ray_init_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        manifest = exp.run_etl(mnist.etl_spec, fraction=1.0, seed=setup["seed"])
+        out["etl_s"] = time.perf_counter() - t
+        if engine == "ray":
             out["etl_actor_start_s"] = manifest["ray"]["seconds"]["actors_s"]
             out["etl_rows_s"] = manifest["ray"]["seconds"]["rows_s"]
-        else:
-            t = time.perf_counter()
-            exp.run_etl(mnist.etl_spec, fraction=1.0, seed=setup["seed"])
-            out["etl_s"] = time.perf_counter() - t
+        fit_start = time.time()
         t = time.perf_counter()
         result = exp.run_fit(
             mnist.minibatch_spec, param_grid=grid, num_epochs=setup["epochs"], seed=setup["seed"]
         )
+        fit_end = time.time()
         out["fit_s"] = time.perf_counter() - t
         out["wall_s"] = time.perf_counter() - t0
-        out["hops"] = _hop_stats(run_dir / "catalog.sqlite")
+        hops = hop_overhead(exp.catalog_path, fit_start, fit_end)
+        # From the run_fit call to the first hop: the workers' start (or, on Ray, taking
+        # the actors the ETL left), their set-up and the probe minibatch.
+        out["first_hop_s"] = hops["first_hop_s"]
+        out["hops"] = {
+            "hops": hops["hops"],
+            "wall_s": hops["hop_s"],
+            "user_s": hops["user_s"],
+            "load_s": hops["load_s"],
+            "save_s": hops["save_s"],
+        }
         table = result.table
         out["val_acc"] = {r["model_id"]: r.get("val_acc") for r in table.to_dict("records")}
         out["history"] = result.history.sort_values(
             ["model_id", "epoch", "split", "metric"]
         ).to_dict("list")
+        exp.close()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return out
-
-
-def _hop_stats(catalog: Path) -> dict[str, Any]:
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
-    try:
-        n, wall, user, load, save = con.execute(
-            "SELECT COUNT(*), SUM(end - start), SUM(user_seconds), SUM(load_seconds), "
-            "SUM(save_seconds) FROM hops WHERE status = 'done' AND kind != 'probe'"
-        ).fetchone()
-    finally:
-        con.close()
-    return {"hops": n, "wall_s": wall, "user_s": user, "load_s": load, "save_s": save}
 
 
 def _child(engine: str, paths: dict[str, str], setup: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup = dict(QUICK if args.quick else FULL, workers=args.workers, seed=args.seed)
 
-    from cerebro.examples._data import write_mnist
+    from cerebro.examples import write_mnist
 
     root = Path(args.data_root) / f"{setup['n_train']}-{setup['n_val']}-s{args.seed}"
     paths = write_mnist(
@@ -214,12 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         report[f"{engine}_walls_s"] = [r["wall_s"] for r in rs]
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     _summary(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"\nwrote {out}")
+    write_json(Path(args.out), report)
     return 0
 
 
@@ -250,7 +230,7 @@ def _summary(report: dict[str, Any]) -> None:
         ("ray.init", None, ray.get("ray_init_s")),
         ("ETL: actor start", None, ray.get("etl_actor_start_s")),
         ("ETL (all)", local["etl_s"], ray["etl_s"]),
-        ("fit: worker start", local.get("engine_start_s"), ray.get("engine_start_s")),
+        ("fit: until the first hop", local["first_hop_s"], ray["first_hop_s"]),
         ("fit (all)", local["fit_s"], ray["fit_s"]),
         ("hops: sum of hop walls", local["hops"]["wall_s"], ray["hops"]["wall_s"]),
         ("hops: in train/valtest", local["hops"]["user_s"], ray["hops"]["user_s"]),
