@@ -121,7 +121,17 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     out["train_hop_user_ms"] = steps_t * out["train_step_ms"]
     out["val_hop_user_ms"] = steps_v * out["val_step_ms"]
 
-    task = HopTask("m000", hp, "train", 0, 0, None, None, 1, 1)
+    task = HopTask(
+        model_id="m000",
+        hyperparams=hp,
+        kind="train",
+        partition=0,
+        epoch=0,
+        in_ckpt=None,
+        out_ckpt=None,
+        init_seed=1,
+        shuffle_seed=1,
+    )
     ckpt = run_dir / "models" / "ckpt.pt"
     save_checkpoint(comps, str(ckpt), task)  # exactly as a worker writes it
     out["checkpoint_bytes"] = ckpt.stat().st_size

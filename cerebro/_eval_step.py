@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from cerebro import etl
 from cerebro._evaluate import (
+    EvalKind,
     ModelRef,
     check_batch_size,
     check_predict,
@@ -33,12 +34,12 @@ __all__ = ["EvalData", "check_eval", "eval_data", "find_model", "record_test_met
 class EvalData(NamedTuple):
     """The split a step evaluates: its non-empty partitions and which worker holds each."""
 
-    kind: str
+    kind: EvalKind
     parts: list[int]
     owned: list[dict[str, list[int]]]
 
 
-def check_eval(spec: MinibatchSpec, kind: str, batch_size: int | None) -> None:
+def check_eval(spec: MinibatchSpec, kind: EvalKind, batch_size: int | None) -> None:
     """Refuse ``run_test``/``run_predict`` arguments (``kind``: test or predict) before work."""
     check_batch_size(batch_size)
     check_spec(spec, MinibatchSpec)
@@ -47,7 +48,7 @@ def check_eval(spec: MinibatchSpec, kind: str, batch_size: int | None) -> None:
     check_picklable(spec)
 
 
-def eval_data(data_dir: Path, kind: str, workers: int) -> EvalData:
+def eval_data(data_dir: Path, kind: EvalKind, workers: int) -> EvalData:
     """The preprocessed ``kind`` split in ``data_dir``, shared among at most ``workers``."""
     manifest = etl.load_manifest(data_dir)
     if manifest is None or kind not in manifest["splits"]:

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -24,6 +24,7 @@ from cerebro.spec import MinibatchMetrics, MinibatchSpec, defines_hook
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "EvalKind",
     "ModelFile",
     "ModelRef",
     "check_predict",
@@ -35,6 +36,8 @@ __all__ = [
     "with_components",
     "write_predictions",
 ]
+
+EvalKind = Literal["test", "predict"]  # the hops run_test and run_predict send
 
 
 class ModelRef:
@@ -291,7 +294,11 @@ def need_batch_size(ref: ModelRef, batch_size: int | None, step: str) -> None:
 
 
 def evaluate(
-    engine: Engine, ref: ModelRef, kind: str, partitions: list[int], batch_size: int | None
+    engine: Engine,
+    ref: ModelRef,
+    kind: EvalKind,
+    partitions: list[int],
+    batch_size: int | None,
 ) -> list[HopOutcome]:
     """Run a ``test`` or ``predict`` hop on every partition; outcomes in partition order."""
     hp = dict(ref.hyperparams)

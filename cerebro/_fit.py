@@ -1,8 +1,8 @@
 """Running one fit: a scheduler and an engine, started from what the catalog has.
 
-``Experiment.run_fit`` checks the arguments and finds or creates the fit in the catalog;
-:func:`run_fit_loop` then replays the catalog (resume), runs the probe minibatch, and hops
-until every model is done.
+``Experiment.run_fit`` checks the arguments, ``_fit_step.run_fit_step`` finds or creates the
+fit in the catalog; :func:`run_fit_loop` then replays the catalog (resume), runs the probe
+minibatch, and hops until every model is done.
 """
 
 from __future__ import annotations

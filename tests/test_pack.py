@@ -101,7 +101,17 @@ def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     from cerebro.worker._checkpoint import save_checkpoint
 
     model, opt = _model_and_adam()
-    task = HopTask("m0", {"lr": 0.1}, "train", 0, 0, None, None, 1, 2)
+    task = HopTask(
+        model_id="m0",
+        hyperparams={"lr": 0.1},
+        kind="train",
+        partition=0,
+        epoch=0,
+        in_ckpt=None,
+        out_ckpt=None,
+        init_seed=1,
+        shuffle_seed=2,
+    )
     out = tmp_path / "step-00001.pt"
     for before in (True, False):
         torch.serialization.set_crc32_options(before)

@@ -113,7 +113,20 @@ def test_empty_partition_loads_and_a_hop_on_it_runs_no_minibatch(tmp_path: Path)
     info = setup_worker(state, CountingSpec(), str(tmp_path), {"train": [0]}, "", 1, "cpu")
     assert isinstance(info, dict)
     hp = {"lr": 0.1, "batch_size": 4}
-    out = run_hop(state, HopTask("m0", hp, "train", 0, 0, None, None, 1, 2))
+    out = run_hop(
+        state,
+        HopTask(
+            model_id="m0",
+            hyperparams=hp,
+            kind="train",
+            partition=0,
+            epoch=0,
+            in_ckpt=None,
+            out_ckpt=None,
+            init_seed=1,
+            shuffle_seed=2,
+        ),
+    )
     assert getattr(out, "rows", None) == 0 and out.metrics == {} and CountingSpec.calls == 0
 
 
@@ -182,7 +195,20 @@ def _one_train_hop(toy_params: dict[str, str], spec: LateBadSpec) -> Any:
     state: dict[str, Any] = {}
     setup_worker(state, spec, str(exp.data_dir), {"train": [0]}, "", 1, "cpu")
     hp = {"lr": 0.1, "batch_size": 8}
-    return run_hop(state, HopTask("m0", hp, "train", 0, 0, None, None, 1, 2))
+    return run_hop(
+        state,
+        HopTask(
+            model_id="m0",
+            hyperparams=hp,
+            kind="train",
+            partition=0,
+            epoch=0,
+            in_ckpt=None,
+            out_ckpt=None,
+            init_seed=1,
+            shuffle_seed=2,
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -230,10 +256,36 @@ def test_an_evaluation_hop_cuts_in_order_and_a_probe_reports_both_splits(
     setup_worker(state, ToySpec(), str(exp.data_dir), {"train": [0], "val": [0]}, "", 1, "cpu")
     rows = len(state["partitions"][("val", 0)])
     hp = {"lr": 0.1, "batch_size": 7}
-    out = run_hop(state, HopTask("m0", hp, "val", 0, 0, None, None, 1, 2))
+    out = run_hop(
+        state,
+        HopTask(
+            model_id="m0",
+            hyperparams=hp,
+            kind="val",
+            partition=0,
+            epoch=0,
+            in_ckpt=None,
+            out_ckpt=None,
+            init_seed=1,
+            shuffle_seed=2,
+        ),
+    )
     assert isinstance(out, HopOutcome) and out.rows == rows
     assert out.batch_sizes == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
     assert torch.is_grad_enabled()  # evaluation's no_grad ends with the hop
-    probe = run_hop(state, HopTask("m0", hp, "probe", 0, 0, None, None, 1, 2))
+    probe = run_hop(
+        state,
+        HopTask(
+            model_id="m0",
+            hyperparams=hp,
+            kind="probe",
+            partition=0,
+            epoch=0,
+            in_ckpt=None,
+            out_ckpt=None,
+            init_seed=1,
+            shuffle_seed=2,
+        ),
+    )
     assert isinstance(probe, HopOutcome) and probe.batch_sizes == [7, 7]
     assert {k.split("_")[0] for k in probe.metrics} == {"train", "val"}

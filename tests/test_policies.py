@@ -192,15 +192,15 @@ def _check_against_replay(
                 e, p, kind = r["epoch"], r["partition"], r["kind"]
                 out = str(scratch / m / f"{n}.pt") if kind == "train" else None
                 task = HopTask(
-                    m,
-                    hp,
-                    kind,
-                    p,
-                    e,
-                    ckpt,
-                    out,
-                    derive_seed(SEED, "init", index),
-                    derive_seed(SEED, "shuffle", index, e, p),
+                    model_id=m,
+                    hyperparams=hp,
+                    kind=kind,
+                    partition=p,
+                    epoch=e,
+                    in_ckpt=ckpt,
+                    out_ckpt=out,
+                    init_seed=derive_seed(SEED, "init", index),
+                    shuffle_seed=derive_seed(SEED, "shuffle", index, e, p),
                 )
                 outcome = run_hop(state, task)
                 assert isinstance(outcome, HopOutcome), outcome

@@ -160,8 +160,28 @@ def _hops(state: dict[str, Any], ckpt_dir: Path) -> list[HopOutcome]:
     for epoch in range(2):
         ckpt = str(ckpt_dir / f"e{epoch}.pt")
         for task in (
-            HopTask("m000", HP, "train", 0, epoch, prev, ckpt, 7, 100 + epoch),
-            HopTask("m000", HP, "val", 0, epoch, ckpt, None, 7, 0),
+            HopTask(
+                model_id="m000",
+                hyperparams=HP,
+                kind="train",
+                partition=0,
+                epoch=epoch,
+                in_ckpt=prev,
+                out_ckpt=ckpt,
+                init_seed=7,
+                shuffle_seed=100 + epoch,
+            ),
+            HopTask(
+                model_id="m000",
+                hyperparams=HP,
+                kind="val",
+                partition=0,
+                epoch=epoch,
+                in_ckpt=ckpt,
+                out_ckpt=None,
+                init_seed=7,
+                shuffle_seed=0,
+            ),
         ):
             r = run_hop(state, task)
             assert isinstance(r, HopOutcome), r
@@ -216,16 +236,70 @@ def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path
     state = _worker_state(data, tmp_path)
     ckpt = str(tmp_path / "e0.pt")
     assert isinstance(
-        run_hop(state, HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1)), HopOutcome
+        run_hop(
+            state,
+            HopTask(
+                model_id="m000",
+                hyperparams=HP,
+                kind="train",
+                partition=0,
+                epoch=0,
+                in_ckpt=None,
+                out_ckpt=ckpt,
+                init_seed=7,
+                shuffle_seed=1,
+            ),
+        ),
+        HopOutcome,
     )
     other = _worker_state(data, tmp_path)  # a second worker rewrites the same file
     assert isinstance(
-        run_hop(other, HopTask("m000", HP, "train", 0, 0, None, ckpt, 8, 2)), HopOutcome
+        run_hop(
+            other,
+            HopTask(
+                model_id="m000",
+                hyperparams=HP,
+                kind="train",
+                partition=0,
+                epoch=0,
+                in_ckpt=None,
+                out_ckpt=ckpt,
+                init_seed=8,
+                shuffle_seed=2,
+            ),
+        ),
+        HopOutcome,
     )
-    r = run_hop(state, HopTask("m000", HP, "val", 0, 0, ckpt, None, 7, 0))
+    r = run_hop(
+        state,
+        HopTask(
+            model_id="m000",
+            hyperparams=HP,
+            kind="val",
+            partition=0,
+            epoch=0,
+            in_ckpt=ckpt,
+            out_ckpt=None,
+            init_seed=7,
+            shuffle_seed=0,
+        ),
+    )
     assert isinstance(r, HopOutcome)
     assert state["models"].misses == 1 and state["models"].hits == 0
-    again = run_hop(other, HopTask("m000", HP, "val", 0, 0, ckpt, None, 8, 0))
+    again = run_hop(
+        other,
+        HopTask(
+            model_id="m000",
+            hyperparams=HP,
+            kind="val",
+            partition=0,
+            epoch=0,
+            in_ckpt=ckpt,
+            out_ckpt=None,
+            init_seed=8,
+            shuffle_seed=0,
+        ),
+    )
     assert isinstance(again, HopOutcome) and r.metrics == again.metrics  # both read the file
 
 
@@ -262,11 +336,31 @@ def test_a_model_trained_elsewhere_reloads_into_the_one_held_bit_identically(
         for epoch in range(3):
             for p in (0, 1):
                 out = str(tmp_path / budget / f"e{epoch}p{p}.pt")
-                task = HopTask("m000", HP, "train", p, epoch, prev, out, 7, 10 * epoch + p)
+                task = HopTask(
+                    model_id="m000",
+                    hyperparams=HP,
+                    kind="train",
+                    partition=p,
+                    epoch=epoch,
+                    in_ckpt=prev,
+                    out_ckpt=out,
+                    init_seed=7,
+                    shuffle_seed=10 * epoch + p,
+                )
                 metrics.append(run_hop(workers[p], task))
                 prev = out
             for p in (1, 0):
-                task = HopTask("m000", HP, "val", p, epoch, prev, None, 7, 0)
+                task = HopTask(
+                    model_id="m000",
+                    hyperparams=HP,
+                    kind="val",
+                    partition=p,
+                    epoch=epoch,
+                    in_ckpt=prev,
+                    out_ckpt=None,
+                    init_seed=7,
+                    shuffle_seed=0,
+                )
                 metrics.append(run_hop(workers[p], task))
         assert all(isinstance(m, HopOutcome) for m in metrics), metrics
         misses = sum(w["models"].misses for w in workers)
@@ -307,12 +401,37 @@ def test_failed_hop_leaves_nothing_in_the_cache(data: dict[str, str], tmp_path: 
     state["spec"] = spec = FailsWhenArmed()
     ckpt = str(tmp_path / "e0.pt")
     assert isinstance(
-        run_hop(state, HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1)), HopOutcome
+        run_hop(
+            state,
+            HopTask(
+                model_id="m000",
+                hyperparams=HP,
+                kind="train",
+                partition=0,
+                epoch=0,
+                in_ckpt=None,
+                out_ckpt=ckpt,
+                init_seed=7,
+                shuffle_seed=1,
+            ),
+        ),
+        HopOutcome,
     )
     assert len(state["models"]) == 1
     spec.armed = True
     failed = run_hop(
-        state, HopTask("m000", HP, "train", 0, 1, ckpt, str(tmp_path / "e1.pt"), 7, 2)
+        state,
+        HopTask(
+            model_id="m000",
+            hyperparams=HP,
+            kind="train",
+            partition=0,
+            epoch=1,
+            in_ckpt=ckpt,
+            out_ckpt=str(tmp_path / "e1.pt"),
+            init_seed=7,
+            shuffle_seed=2,
+        ),
     )
     assert isinstance(failed, UserFailure) and "boom" in failed.message
     assert len(state["models"]) == 0  # the half-trained components are gone
@@ -359,10 +478,32 @@ def test_a_hop_that_names_no_thread_count_gets_the_workers_own_again(
         etl_dir, misc = str(Path(data["etl_dir"])), str(tmp_path / "misc")
         setup_worker(state, ToySpec(), etl_dir, {"train": [0]}, misc, 3, "cpu")
         ckpt = str(tmp_path / "a.pt")
-        det = HopTask("m000", HP, "train", 0, 0, None, ckpt, 7, 1, threads=1, deterministic=True)
+        det = HopTask(
+            model_id="m000",
+            hyperparams=HP,
+            kind="train",
+            partition=0,
+            epoch=0,
+            in_ckpt=None,
+            out_ckpt=ckpt,
+            init_seed=7,
+            shuffle_seed=1,
+            threads=1,
+            deterministic=True,
+        )
         assert isinstance(run_hop(state, det), HopOutcome)
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
-        plain = HopTask("m000", HP, "train", 0, 1, ckpt, str(tmp_path / "b.pt"), 7, 2)
+        plain = HopTask(
+            model_id="m000",
+            hyperparams=HP,
+            kind="train",
+            partition=0,
+            epoch=1,
+            in_ckpt=ckpt,
+            out_ckpt=str(tmp_path / "b.pt"),
+            init_seed=7,
+            shuffle_seed=2,
+        )
         assert isinstance(run_hop(state, plain), HopOutcome)
         assert torch.get_num_threads() == 3 and not torch.are_deterministic_algorithms_enabled()
     finally:

@@ -217,17 +217,17 @@ class GatedSpec(ToySpec):
 def hop_task(partition: int, **extra: Any) -> HopTask:
     """A train hop of a fresh model ``m<partition>`` on that partition, saving nothing."""
     hp = {"lr": 0.05, "batch_size": 16, **extra}
-    return HopTask(f"m{partition}", hp, "train", partition, 0, None, None, 1, 2)
-
-
-def queue_behind_held(engine: Any, folder: Path, first: HopTask, second: HopTask) -> None:
-    """Start ``first`` on worker 0 held inside :class:`GatedSpec` ``train`` (its ``hold``
-    file), then send ``second`` there: it waits behind the running hop."""
-    (folder / "inside").unlink(missing_ok=True)
-    (folder / "hold").touch()
-    engine.submit(0, first)
-    wait_for(folder / "inside")
-    engine.submit(0, second)
+    return HopTask(
+        model_id=f"m{partition}",
+        hyperparams=hp,
+        kind="train",
+        partition=partition,
+        epoch=0,
+        in_ckpt=None,
+        out_ckpt=None,
+        init_seed=1,
+        shuffle_seed=2,
+    )
 
 
 def poll_until(engine: Any, want: int, within: float = 60) -> list[Any]:

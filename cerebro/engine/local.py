@@ -183,9 +183,6 @@ class LocalEngine:
             return False
         return True
 
-    def pids(self) -> list[int]:
-        return [c.pid for c in self._children]
-
     def kill_worker(self, worker: int) -> None:
         """Testing hook (NOTE [ killing a worker in a test ] in :mod:`cerebro.testing`):
         SIGKILL slot ``worker``'s process, as the OOM killer would; :meth:`poll` finds out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "EngineEvent",
@@ -14,18 +14,25 @@ __all__ = [
     "HopFailed",
     "HopOutcome",
     "HopTask",
+    "TaskKind",
     "UserFailure",
     "WorkerLost",
 ]
 
 
-@dataclass(frozen=True)
+TaskKind = Literal["train", "val", "test", "predict", "probe"]
+"""What a hop does: the fit's ``train`` and ``val`` hops, ``run_test``'s and
+``run_predict``'s, and the one-minibatch ``probe`` that checks a spec before a fit."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class HopTask:
-    """One hop, as the controller sends it to a worker."""
+    """One hop, as the controller sends it to a worker (built with keywords only: nine
+    fields, several of them ints, are too easy to pass in the wrong order)."""
 
     model_id: str
     hyperparams: dict[str, Any]
-    kind: str  # "train", "val", "test", "predict" or "probe"
+    kind: TaskKind
     partition: int
     epoch: int
     in_ckpt: str | None  # None: the model's first hop, build it fresh with init_seed

@@ -16,7 +16,6 @@ from cerebro.engine._process import Child, ChildDied, Output, RemoteError, paral
 from cerebro.errors import CerebroError, UserCodeError, WorkerError
 from cerebro.etl._plan import (
     CHUNK_ROWS,
-    MANIFEST,  # noqa: F401 - see NOTE [ old import paths ]
     check_fraction,
     fingerprint,
     manifest,
@@ -187,14 +186,3 @@ def run_etl(
 def _hook_name(spec: ETLSpec, err: RemoteError) -> str:
     hook = "read_misc" if "read_misc" in err.traceback else "initialize_worker"
     return f"{type(spec).__name__}.{hook}"
-
-
-# NOTE [ old import paths ]
-#     Three modules outside the ETL still import these from here by their old names:
-#     cerebro/params.py (MANIFEST), cerebro/experiment.py (_fingerprint) and
-#     cerebro/engine/_ray_actor.py (_prep_chunk, _RowFailure). Each should import the public
-#     name from the module that owns it (_plan: MANIFEST, fingerprint; _prep: prep_chunk,
-#     RowFailure); then these lines and the MANIFEST import above go.
-_fingerprint = fingerprint
-_prep_chunk = prep_chunk
-_RowFailure = RowFailure
