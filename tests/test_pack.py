@@ -97,21 +97,11 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
 def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     tmp_path: Path,
 ) -> None:
-    from cerebro.engine.messages import HopTask
     from cerebro.worker._checkpoint import save_checkpoint
+    from toy import make_task
 
     model, opt = _model_and_adam()
-    task = HopTask(
-        model_id="m0",
-        hyperparams={"lr": 0.1},
-        kind="train",
-        partition=0,
-        epoch=0,
-        in_ckpt=None,
-        out_ckpt=None,
-        init_seed=1,
-        shuffle_seed=2,
-    )
+    task = make_task({"lr": 0.1})
     out = tmp_path / "step-00001.pt"
     for before in (True, False):
         torch.serialization.set_crc32_options(before)

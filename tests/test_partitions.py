@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from cerebro import Experiment
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import HopOutcome, UserFailure
 from cerebro.partitions import Partition, PartitionWriter, StructureError, write_partition
 from cerebro.worker import run_hop, setup_worker
-from toy import ToyETL, ToySpec
+from toy import ToyETL, ToySpec, make_task
 
 
 def _mapped_file(address: int) -> str:
@@ -115,17 +115,7 @@ def test_empty_partition_loads_and_a_hop_on_it_runs_no_minibatch(tmp_path: Path)
     hp = {"lr": 0.1, "batch_size": 4}
     out = run_hop(
         state,
-        HopTask(
-            model_id="m0",
-            hyperparams=hp,
-            kind="train",
-            partition=0,
-            epoch=0,
-            in_ckpt=None,
-            out_ckpt=None,
-            init_seed=1,
-            shuffle_seed=2,
-        ),
+        make_task(hp),
     )
     assert getattr(out, "rows", None) == 0 and out.metrics == {} and CountingSpec.calls == 0
 
@@ -197,17 +187,7 @@ def _one_train_hop(toy_params: dict[str, str], spec: LateBadSpec) -> Any:
     hp = {"lr": 0.1, "batch_size": 8}
     return run_hop(
         state,
-        HopTask(
-            model_id="m0",
-            hyperparams=hp,
-            kind="train",
-            partition=0,
-            epoch=0,
-            in_ckpt=None,
-            out_ckpt=None,
-            init_seed=1,
-            shuffle_seed=2,
-        ),
+        make_task(hp),
     )
 
 
@@ -258,34 +238,14 @@ def test_an_evaluation_hop_cuts_in_order_and_a_probe_reports_both_splits(
     hp = {"lr": 0.1, "batch_size": 7}
     out = run_hop(
         state,
-        HopTask(
-            model_id="m0",
-            hyperparams=hp,
-            kind="val",
-            partition=0,
-            epoch=0,
-            in_ckpt=None,
-            out_ckpt=None,
-            init_seed=1,
-            shuffle_seed=2,
-        ),
+        make_task(hp, "val"),
     )
     assert isinstance(out, HopOutcome) and out.rows == rows
     assert out.batch_sizes == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
     assert torch.is_grad_enabled()  # evaluation's no_grad ends with the hop
     probe = run_hop(
         state,
-        HopTask(
-            model_id="m0",
-            hyperparams=hp,
-            kind="probe",
-            partition=0,
-            epoch=0,
-            in_ckpt=None,
-            out_ckpt=None,
-            init_seed=1,
-            shuffle_seed=2,
-        ),
+        make_task(hp, "probe"),
     )
     assert isinstance(probe, HopOutcome) and probe.batch_sizes == [7, 7]
     assert {k.split("_")[0] for k in probe.metrics} == {"train", "val"}

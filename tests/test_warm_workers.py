@@ -13,13 +13,18 @@ import pytest
 import torch
 
 from cerebro import CerebroError, Experiment
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import HopOutcome, HopTask, TaskKind, UserFailure
 from cerebro.model_cache import ModelCache, default_budget
 from cerebro.worker import run_hop, setup_worker
-from toy import ToyETL, ToySpec, worker_pids, write_toy_csvs
+from toy import ToyETL, ToySpec, make_task, worker_pids, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [16, 32]}
 HP = {"lr": 0.05, "batch_size": 16}
+
+
+def _task(kind: TaskKind = "train", **fields: Any) -> HopTask:
+    """A hop of model m000 (``HP``, init seed 7) on these workers."""
+    return make_task(HP, kind, **({"model_id": "m000", "init_seed": 7} | fields))
 
 
 @pytest.fixture(scope="module")
@@ -160,28 +165,8 @@ def _hops(state: dict[str, Any], ckpt_dir: Path) -> list[HopOutcome]:
     for epoch in range(2):
         ckpt = str(ckpt_dir / f"e{epoch}.pt")
         for task in (
-            HopTask(
-                model_id="m000",
-                hyperparams=HP,
-                kind="train",
-                partition=0,
-                epoch=epoch,
-                in_ckpt=prev,
-                out_ckpt=ckpt,
-                init_seed=7,
-                shuffle_seed=100 + epoch,
-            ),
-            HopTask(
-                model_id="m000",
-                hyperparams=HP,
-                kind="val",
-                partition=0,
-                epoch=epoch,
-                in_ckpt=ckpt,
-                out_ckpt=None,
-                init_seed=7,
-                shuffle_seed=0,
-            ),
+            _task(epoch=epoch, in_ckpt=prev, out_ckpt=ckpt, shuffle_seed=100 + epoch),
+            _task("val", epoch=epoch, in_ckpt=ckpt, shuffle_seed=0),
         ):
             r = run_hop(state, task)
             assert isinstance(r, HopOutcome), r
@@ -238,17 +223,7 @@ def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path
     assert isinstance(
         run_hop(
             state,
-            HopTask(
-                model_id="m000",
-                hyperparams=HP,
-                kind="train",
-                partition=0,
-                epoch=0,
-                in_ckpt=None,
-                out_ckpt=ckpt,
-                init_seed=7,
-                shuffle_seed=1,
-            ),
+            _task(out_ckpt=ckpt, shuffle_seed=1),
         ),
         HopOutcome,
     )
@@ -256,49 +231,19 @@ def test_cache_misses_when_the_checkpoint_changed(data: dict[str, str], tmp_path
     assert isinstance(
         run_hop(
             other,
-            HopTask(
-                model_id="m000",
-                hyperparams=HP,
-                kind="train",
-                partition=0,
-                epoch=0,
-                in_ckpt=None,
-                out_ckpt=ckpt,
-                init_seed=8,
-                shuffle_seed=2,
-            ),
+            _task(out_ckpt=ckpt, init_seed=8),
         ),
         HopOutcome,
     )
     r = run_hop(
         state,
-        HopTask(
-            model_id="m000",
-            hyperparams=HP,
-            kind="val",
-            partition=0,
-            epoch=0,
-            in_ckpt=ckpt,
-            out_ckpt=None,
-            init_seed=7,
-            shuffle_seed=0,
-        ),
+        _task("val", in_ckpt=ckpt, shuffle_seed=0),
     )
     assert isinstance(r, HopOutcome)
     assert state["models"].misses == 1 and state["models"].hits == 0
     again = run_hop(
         other,
-        HopTask(
-            model_id="m000",
-            hyperparams=HP,
-            kind="val",
-            partition=0,
-            epoch=0,
-            in_ckpt=ckpt,
-            out_ckpt=None,
-            init_seed=8,
-            shuffle_seed=0,
-        ),
+        _task("val", in_ckpt=ckpt, init_seed=8, shuffle_seed=0),
     )
     assert isinstance(again, HopOutcome) and r.metrics == again.metrics  # both read the file
 
@@ -336,31 +281,12 @@ def test_a_model_trained_elsewhere_reloads_into_the_one_held_bit_identically(
         for epoch in range(3):
             for p in (0, 1):
                 out = str(tmp_path / budget / f"e{epoch}p{p}.pt")
-                task = HopTask(
-                    model_id="m000",
-                    hyperparams=HP,
-                    kind="train",
-                    partition=p,
-                    epoch=epoch,
-                    in_ckpt=prev,
-                    out_ckpt=out,
-                    init_seed=7,
-                    shuffle_seed=10 * epoch + p,
-                )
-                metrics.append(run_hop(workers[p], task))
+                s = 10 * epoch + p
+                hop = _task(partition=p, epoch=epoch, in_ckpt=prev, out_ckpt=out, shuffle_seed=s)
+                metrics.append(run_hop(workers[p], hop))
                 prev = out
             for p in (1, 0):
-                task = HopTask(
-                    model_id="m000",
-                    hyperparams=HP,
-                    kind="val",
-                    partition=p,
-                    epoch=epoch,
-                    in_ckpt=prev,
-                    out_ckpt=None,
-                    init_seed=7,
-                    shuffle_seed=0,
-                )
+                task = _task("val", partition=p, epoch=epoch, in_ckpt=prev, shuffle_seed=0)
                 metrics.append(run_hop(workers[p], task))
         assert all(isinstance(m, HopOutcome) for m in metrics), metrics
         misses = sum(w["models"].misses for w in workers)
@@ -403,17 +329,7 @@ def test_failed_hop_leaves_nothing_in_the_cache(data: dict[str, str], tmp_path: 
     assert isinstance(
         run_hop(
             state,
-            HopTask(
-                model_id="m000",
-                hyperparams=HP,
-                kind="train",
-                partition=0,
-                epoch=0,
-                in_ckpt=None,
-                out_ckpt=ckpt,
-                init_seed=7,
-                shuffle_seed=1,
-            ),
+            _task(out_ckpt=ckpt, shuffle_seed=1),
         ),
         HopOutcome,
     )
@@ -421,17 +337,7 @@ def test_failed_hop_leaves_nothing_in_the_cache(data: dict[str, str], tmp_path: 
     spec.armed = True
     failed = run_hop(
         state,
-        HopTask(
-            model_id="m000",
-            hyperparams=HP,
-            kind="train",
-            partition=0,
-            epoch=1,
-            in_ckpt=ckpt,
-            out_ckpt=str(tmp_path / "e1.pt"),
-            init_seed=7,
-            shuffle_seed=2,
-        ),
+        _task(epoch=1, in_ckpt=ckpt, out_ckpt=str(tmp_path / "e1.pt")),
     )
     assert isinstance(failed, UserFailure) and "boom" in failed.message
     assert len(state["models"]) == 0  # the half-trained components are gone
@@ -478,32 +384,10 @@ def test_a_hop_that_names_no_thread_count_gets_the_workers_own_again(
         etl_dir, misc = str(Path(data["etl_dir"])), str(tmp_path / "misc")
         setup_worker(state, ToySpec(), etl_dir, {"train": [0]}, misc, 3, "cpu")
         ckpt = str(tmp_path / "a.pt")
-        det = HopTask(
-            model_id="m000",
-            hyperparams=HP,
-            kind="train",
-            partition=0,
-            epoch=0,
-            in_ckpt=None,
-            out_ckpt=ckpt,
-            init_seed=7,
-            shuffle_seed=1,
-            threads=1,
-            deterministic=True,
-        )
+        det = _task(out_ckpt=ckpt, shuffle_seed=1, threads=1, deterministic=True)
         assert isinstance(run_hop(state, det), HopOutcome)
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
-        plain = HopTask(
-            model_id="m000",
-            hyperparams=HP,
-            kind="train",
-            partition=0,
-            epoch=1,
-            in_ckpt=ckpt,
-            out_ckpt=str(tmp_path / "b.pt"),
-            init_seed=7,
-            shuffle_seed=2,
-        )
+        plain = _task(epoch=1, in_ckpt=ckpt, out_ckpt=str(tmp_path / "b.pt"))
         assert isinstance(run_hop(state, plain), HopOutcome)
         assert torch.get_num_threads() == 3 and not torch.are_deterministic_algorithms_enabled()
     finally:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from cerebro import ETLSpec, MinibatchSpec
-from cerebro.engine.messages import HopTask
+from cerebro.engine.messages import HopTask, TaskKind
 
 FEATURES = 6
 
@@ -214,20 +214,20 @@ class GatedSpec(ToySpec):
         return super().train(model_object, minibatch, hyperparams, device)
 
 
+def make_task(hyperparams: dict[str, Any], kind: TaskKind = "train", **fields: Any) -> HopTask:
+    """A HopTask with a test's defaults (model ``m0``, partition 0, epoch 0, no checkpoint
+    in or out, seeds 1 and 2): a test names only the fields it is about."""
+    defaults: dict[str, Any] = dict(
+        model_id="m0", partition=0, epoch=0, in_ckpt=None, out_ckpt=None, init_seed=1,
+        shuffle_seed=2,
+    )  # fmt: skip
+    return HopTask(hyperparams=hyperparams, kind=kind, **(defaults | fields))
+
+
 def hop_task(partition: int, **extra: Any) -> HopTask:
     """A train hop of a fresh model ``m<partition>`` on that partition, saving nothing."""
     hp = {"lr": 0.05, "batch_size": 16, **extra}
-    return HopTask(
-        model_id=f"m{partition}",
-        hyperparams=hp,
-        kind="train",
-        partition=partition,
-        epoch=0,
-        in_ckpt=None,
-        out_ckpt=None,
-        init_seed=1,
-        shuffle_seed=2,
-    )
+    return make_task(hp, model_id=f"m{partition}", partition=partition)
 
 
 def poll_until(engine: Any, want: int, within: float = 60) -> list[Any]:
