@@ -22,7 +22,7 @@ from cerebro.errors import UserCodeError
 from cerebro.params import expand_grid
 from cerebro.scheduler import Scheduler
 from cerebro.testing import Crash, FakeEngine, HopResult, done
-from toy import ToySpec
+from toy import controller_fit
 
 
 def _failing(fail: set[str]) -> FakeEngine:
@@ -47,29 +47,7 @@ def _fit(
     tmp_path: Path, on_error: str, models: int = 2, epochs: int = 1
 ) -> tuple[Catalog, FitState, Scheduler]:
     configs = expand_grid({"lr": [0.1 * (i + 1) for i in range(models)], "batch_size": [4]})
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    fit_id = catalog.create_fit(
-        "sig", {"models": models, "workers": 2}, [(c.model_id, c.hyperparams) for c in configs]
-    )
-    sched = Scheduler(
-        [c.model_id for c in configs],
-        num_epochs=epochs,
-        train_owner={0: 0, 1: 1},
-        val_owner={0: 0, 1: 1},
-        policy="fixed",
-    )
-    state = FitState(
-        fit_id,
-        ToySpec(),
-        {c.model_id: c for c in configs},
-        tmp_path / "models",
-        1,
-        epochs,
-        on_error,
-    )
-    state.checkpoint = dict.fromkeys(state.configs)
-    state.train_hops = dict.fromkeys(state.configs, 0)
-    return catalog, state, sched
+    return controller_fit(tmp_path, configs, epochs, on_error)  # type: ignore[no-any-return]
 
 
 class _NoBar:

@@ -24,14 +24,12 @@ from typing import Any
 import pytest
 
 from cerebro import UserCodeError
-from cerebro._controller import FitState, run_loop
-from cerebro.catalog import Catalog
+from cerebro._controller import run_loop
 from cerebro.engine import EngineEvent, HopDone, WorkerLost
 from cerebro.engine.messages import HopTask
 from cerebro.params import ModelConfig, expand_grid
-from cerebro.scheduler import Scheduler
 from cerebro.testing import FakeEngine, HopResult, KillableEngine, done
-from toy import LoggedSpec, ToySpec, hop_task, poll_until, wait_for
+from toy import LoggedSpec, controller_fit, hop_task, poll_until, wait_for
 
 KINDS = ["local", "ray", "fake"]
 OWNED = [{"train": [0], "val": [0]}, {"train": [1], "val": [1]}]
@@ -281,28 +279,8 @@ def test_a_fit_with_a_killed_worker_records_every_hop_once(case: Case, tmp_path:
         ModelConfig(c.model_id, {**c.hyperparams, "hold": c.model_id == "m000"})
         for c in expand_grid({"lr": [0.05, 0.01], "batch_size": [16, 32]})
     ]
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    fit_id = catalog.create_fit(
-        "sig", {"models": 4, "workers": 2}, [(c.model_id, c.hyperparams) for c in configs]
-    )
-    sched = Scheduler(
-        [c.model_id for c in configs],
-        num_epochs=epochs,
-        train_owner={0: 0, 1: 1},
-        val_owner={0: 0, 1: 1},
-        policy="fixed",
-    )
-    state = FitState(
-        fit_id,
-        ToySpec(),
-        {c.model_id: c for c in configs},
-        tmp_path / "models",
-        1,
-        epochs,
-        "stop",
-    )
-    state.checkpoint = dict.fromkeys(state.configs)
-    state.train_hops = dict.fromkeys(state.configs, 0)
+    catalog, state, sched = controller_fit(tmp_path, configs, epochs)
+    fit_id = state.fit_id
     engine = _KillWhenHeld(case, after=5)
 
     class NoBar:

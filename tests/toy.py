@@ -309,3 +309,32 @@ class LoggedSpec(GatedSpec):
         super().initialize_worker()
         with open(self.setups, "a") as f:
             f.write(f"{os.getpid()}\n")
+
+
+def controller_fit(
+    tmp_path: Path, configs: list[Any], epochs: int, on_error: str = "stop"
+) -> tuple[Any, Any, Any]:
+    """A catalog, ``FitState`` and 2-worker "fixed" ``Scheduler`` for ``configs`` (one
+    partition per worker), ready for ``run_loop``: the controller without an Experiment."""
+    from cerebro._controller import FitState
+    from cerebro.catalog import Catalog
+    from cerebro.scheduler import Scheduler
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    fit_id = catalog.create_fit(
+        "sig",
+        {"models": len(configs), "workers": 2},
+        [(c.model_id, c.hyperparams) for c in configs],
+    )
+    sched = Scheduler(
+        [c.model_id for c in configs],
+        num_epochs=epochs,
+        train_owner={0: 0, 1: 1},
+        val_owner={0: 0, 1: 1},
+        policy="fixed",
+    )
+    models = {c.model_id: c for c in configs}
+    state = FitState(fit_id, ToySpec(), models, tmp_path / "models", 1, epochs, on_error)
+    state.checkpoint = dict.fromkeys(state.configs)
+    state.train_hops = dict.fromkeys(state.configs, 0)
+    return catalog, state, sched
