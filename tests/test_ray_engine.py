@@ -366,8 +366,7 @@ def test_replacement_actor_that_never_starts_is_an_error(
     try:
         engine._timeout = 3.0  # for the replacement only (the first start took longer)
         (tmp_path / "gate").touch()  # the replacement's set-up never finishes
-        pid = engine.info[1]["pid"]
-        os.kill(pid, signal.SIGKILL)
+        engine.kill_worker(1)  # the testing hook (NOTE [ killing a worker in a test ])
         engine.submit(1, hop_task(1))
         events: list[Any] = []
         with pytest.raises(WorkerError, match="worker 1's actor did not start .* within 3 s"):
