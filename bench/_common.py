@@ -14,7 +14,9 @@ In a runner's own process:
 
 In the driver: :func:`run_child` (one runner in a fresh interpreter, with the load and the
 CPU others used meanwhile), :func:`attempt` (wait for a quiet machine, run, run again when
-disturbed), :func:`start_check`, :func:`machine` and :func:`write_json`.
+disturbed), :func:`run_rounds` (every runner once per round), the options
+(:func:`driver_parser`, :func:`driver_args`), :func:`start_check`, :func:`print_targets`,
+:func:`begin` and :func:`write_json`.
 """
 
 from __future__ import annotations
@@ -46,15 +48,20 @@ __all__ = [
     "SPACE",
     "WORKERS",
     "attempt",
+    "begin",
     "cerebro_fit",
     "cerebro_space",
+    "driver_args",
+    "driver_parser",
     "journal_storage",
     "machine",
     "machine_end",
+    "print_targets",
     "ray_curves",
     "ray_session",
     "run_child",
     "run_processes",
+    "run_rounds",
     "spawn_context",
     "start_check",
     "stop_ray",
@@ -367,3 +374,86 @@ def write_json(out: Path, report: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, out)
     print(f"\nwrote {out}")
+
+
+def driver_parser(doc: str | None, runners: Sequence[str], quick: str) -> argparse.ArgumentParser:
+    """The options a driver of rounds of runners takes: ``--quick`` (what ``quick``
+    says), ``--runners``, ``--retries``, ``--max-wait``, ``--no-wait`` and ``--out``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--runners", help=f"comma-separated, from: {','.join(runners)}")
+    p.add_argument("--retries", type=int, help="re-runs of a disturbed run (default 1; quick 0)")
+    p.add_argument("--max-wait", type=float, default=1200.0, help="seconds (default 1200)")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    p.add_argument("--out", help="JSON (default bench/results/<script>[-quick].json)")
+    return p
+
+
+def driver_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, runners: Sequence[str], name: str
+) -> tuple[argparse.Namespace, list[str], Path]:
+    """Parse :func:`driver_parser`'s options: the arguments (``retries`` defaulted), the
+    runners chosen (checked) and the JSON to write (``results/<name>[-quick].json``)."""
+    args = p.parse_args(argv)
+    if args.retries is None:
+        args.retries = 0 if args.quick else 1
+    chosen = args.runners.split(",") if args.runners else list(runners)
+    unknown = [r for r in chosen if r not in runners]
+    if unknown:
+        p.error(f"unknown runner(s) {unknown}; choose from {', '.join(runners)}")
+    out = Path(args.out or BENCH / "results" / f"{name}{'-quick' if args.quick else ''}.json")
+    return args, chosen, out
+
+
+def run_rounds(
+    runners: Sequence[str],
+    rounds: Sequence[Any],
+    labels: dict[str, str],
+    run: Callable[[str, Any], dict[str, Any]],
+    brief: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Every runner once per round, one after another: ``run(runner, round)``, each result
+    printed on its runner's line as ``brief(result)`` with its process time, load and the
+    CPU others used. Returns each runner's results, in round order."""
+    raw: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
+    for i, rnd in enumerate(rounds):
+        print(f"round {i + 1} of {len(rounds)}", flush=True)
+        for runner in runners:
+            print(f"  {labels[runner]:<30} ...", end=" ", flush=True)
+            r = run(runner, rnd)
+            raw[runner].append(r)
+            print(
+                f"{r['wall_s']:6.2f} s, {brief(r)}; process {r['process_s']:.1f} s, load "
+                f"{r['loadavg_start'][0]:.2f}>{r['loadavg_end'][0]:.2f}, foreign "
+                f"{r['foreign_cpu_s'] or 0:.1f} s",
+                flush=True,
+            )
+    return raw
+
+
+def print_targets(title: str, targets: list[dict[str, Any]], judged: bool = True) -> None:
+    """``title`` and one line per target: PASS / MISS (pass / miss when not ``judged``)."""
+    if not targets:
+        return
+    print(title)
+    for t in targets:
+        mark = ("PASS" if t["met"] else "MISS") if judged else ("pass" if t["met"] else "miss")
+        print(f"  [{mark}] {t['target']}: {t['value']:.3f}")
+
+
+def begin(
+    name: str, args: argparse.Namespace, argv: list[str] | None, what: str
+) -> dict[str, Any]:
+    """A driver's start: prints ``what`` with this machine's facts, waits for a quiet
+    machine (:func:`start_check`) and returns the results file's head: benchmark, quick,
+    date, command and ``machine`` (:func:`machine`, with the quiet check)."""
+    info = machine()
+    print(f"{what}; {info['cores']} cores, torch {info['torch']}, Python {info['python']}")
+    head = {
+        "benchmark": name,
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(["python", f"bench/{name}.py", *(argv or sys.argv[1:])]),
+    }
+    info["quiet_start"] = start_check(args)
+    return head | {"machine": info}

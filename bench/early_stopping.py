@@ -35,19 +35,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _common import attempt, machine, machine_end, run_child, start_check, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    attempt,
+    begin,
+    driver_args,
+    driver_parser,
+    machine_end,
+    print_targets,
+    run_child,
+    run_rounds,
+    write_json,
+)
 from _es_runners import RUNNERS, w3  # noqa: E402
 
 RESULTS = BENCH / "results"
@@ -181,74 +188,42 @@ def print_table(agg: dict[str, dict[str, Any]], raw: dict[str, list[dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 6 configs x 3 epochs")
-    p.add_argument("--runners", help=f"comma-separated, from: {','.join(RUNNERS)}")
+    p = driver_parser(__doc__, list(RUNNERS), "smoke run: 6 configs x 3 epochs")
     p.add_argument("--repeats", type=int, help="rounds of every runner (default 3; quick 1)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--retries", type=int, help="re-runs of a disturbed run (default 1; quick 0)")
-    p.add_argument("--max-wait", type=float, default=1200.0, help="seconds (default 1200)")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
-    p.add_argument("--out", help="JSON (default bench/results/early_stopping[-quick].json)")
-    args = p.parse_args(argv)
+    args, runners, out = driver_args(p, argv, list(RUNNERS), "early_stopping")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    if args.retries is None:
-        args.retries = 0 if args.quick else 1
-    runners = args.runners.split(",") if args.runners else list(RUNNERS)
-    unknown = [r for r in runners if r not in RUNNERS]
-    if unknown:
-        p.error(f"unknown runner(s) {unknown}; choose from {', '.join(RUNNERS)}")
-    name = "early_stopping-quick.json" if args.quick else "early_stopping.json"
-    out = Path(args.out or RESULTS / name)
-
-    import torch
 
     w = w3(args.quick)
     w.data.tensors_file()  # the PNGs, CSVs and tensor cache, before any clock starts
-    cores = os.cpu_count() or 1
-    print(
+    report = begin(
+        "early_stopping",
+        args,
+        argv,
         f"W3 early stopping{' (quick)' if args.quick else ''}: {len(w.configs)} configs, "
         f"<= {w.max_epochs} epochs, rungs {w.rungs()}; runners {', '.join(runners)}; "
-        f"{args.repeats} round(s); {cores} cores, torch {torch.__version__}, Python "
-        f"{platform.python_version()}"
+        f"{args.repeats} round(s)",
     )
-    start_quiet = start_check(args)
-    raw: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
-    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     with tempfile.TemporaryDirectory(prefix="cerebro-es-logs-") as logs:
-        for rnd in range(args.repeats):
-            print(f"round {rnd + 1} of {args.repeats}", flush=True)
-            for runner in runners:
-                print(f"  {LABELS[runner]:<29} ...", end=" ", flush=True)
-                r = attempt_runner(runner, args, Path(logs), rnd)
-                raw[runner].append(r)
-                print(
-                    f"{r['wall_s']:6.2f} s, {r['epochs']} epochs, best {r['best']['val_acc']:.4f}"
-                    f" (#{r['best']['config']}); process {r['process_s']:.1f} s, load "
-                    f"{r['loadavg_start'][0]:.2f}>{r['loadavg_end'][0]:.2f}, foreign "
-                    f"{r['foreign_cpu_s'] or 0:.1f} s",
-                    flush=True,
-                )
+        raw = run_rounds(
+            runners,
+            range(args.repeats),
+            LABELS,
+            lambda runner, rnd: attempt_runner(runner, args, Path(logs), rnd),
+            lambda r: (
+                f"{r['epochs']} epochs, best {r['best']['val_acc']:.4f} (#{r['best']['config']})"
+            ),
+        )
     agg = {r: aggregate(raw[r]) for r in runners}
     tgt = targets(agg)
-    info = targets(agg, "cerebro_sha")
+    sha = targets(agg, "cerebro_sha")
     print(f"\n=== W3: median of {args.repeats} ===")
     print_table(agg, raw)
-    if tgt:
-        print("targets (Cerebro asha):")
-        for t in tgt:
-            print(f"  [{'PASS' if t['met'] else 'MISS'}] {t['target']}: {t['value']:.3f}")
-    if info:
-        print("the same for Cerebro sha (not targets):")
-        for t in info:
-            print(f"  [{'pass' if t['met'] else 'miss'}] {t['target']}: {t['value']:.3f}")
-    report = {
-        "benchmark": "early_stopping",
-        "quick": args.quick,
-        "date": started,
-        "command": " ".join(["python", "bench/early_stopping.py", *(argv or sys.argv[1:])]),
-        "machine": machine(quiet_start=start_quiet, **machine_end()),
+    print_targets("targets (Cerebro asha):", tgt)
+    print_targets("the same for Cerebro sha (not targets):", sha, judged=False)
+    report |= {
+        "machine": {**report["machine"], **machine_end()},
         "workload": {
             "configs": w.configs,
             "max_epochs": w.max_epochs,
@@ -259,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": agg,
         "targets": tgt,
-        "sha_figures": info,
+        "sha_figures": sha,
         "runs": raw,
     }
     write_json(out, report)
