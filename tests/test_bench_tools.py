@@ -1,5 +1,6 @@
 """The benchmark scripts' own logic: the scheduler simulation's figure, its argument checks,
-and the GPU benchmark's busy-% windowing and refusals (no GPU is needed for any of them)."""
+the GPU benchmark's busy-% windowing and refusals (no GPU is needed for any of them), and
+the search benchmark's ratios and targets (no run)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,33 @@ def test_gpu_bench_refuses_without_a_gpu(bench_path: object, tmp_path: Path) -> 
         timeout=120,
     )
     assert proc.returncode == 2 and "unknown runners ['nope']" in proc.stderr
+
+
+def _search_runs(walls: list[float], bests: list[float]) -> list[dict]:
+    return [
+        {"wall_s": w, "best": {"val_acc": b}, "models": 24, "epochs": 72}
+        for w, b in zip(walls, bests, strict=True)
+    ]
+
+
+def test_search_peers_ratios_are_side_by_side_and_targets_judge_them(bench_path: object) -> None:
+    from search_peers import aggregate, ratios, table, targets
+
+    agg = {
+        "cerebro_tpe": aggregate(_search_runs([10.0, 30.0, 12.0], [0.970, 0.972, 0.968])),
+        "optuna1": aggregate(_search_runs([40.0, 40.0, 40.0], [0.975, 0.971, 0.973])),
+        "optuna2": aggregate(_search_runs([20.0, 20.0, 10.0], [0.970, 0.970, 0.970])),
+        "ray": aggregate(_search_runs([20.0, 50.0, 30.0], [0.97, 0.97, 0.97])),
+    }
+    assert agg["cerebro_tpe"]["wall_s"] == 12.0  # the median round
+    r = ratios(agg, "cerebro_tpe")
+    assert r["ray"]["each"] == [0.5, 0.6, 0.4]  # round by round, not medians over medians
+    assert r["ray"]["median"] == 0.5 and r["optuna2"]["median"] == 1.2
+    got = {t["target"].split(" (")[0]: t for t in targets(agg)}
+    assert [t["met"] for t in got.values()] == [True, False, True]
+    acc = next(t for t in got.values() if "noise" in t["target"])
+    assert acc["value"] == pytest.approx(0.973 - 0.970)  # the gap of the means
+    assert acc["limit"] == pytest.approx(0.005)  # the floor: both spreads are 0.004
+    lines = table(agg)
+    assert any("0.500" in line and "(0.500, 0.600, 0.400)" in line for line in lines)
+    assert targets({"ray": agg["ray"]}) == []  # no Cerebro run: nothing to judge
