@@ -98,8 +98,7 @@ def measure(wl: Workload, run_dir: Path) -> dict[str, Any]:
     from cerebro.engine._process import Child
     from cerebro.engine.messages import HopTask
     from cerebro.partitions import Partition, partition_path
-    from cerebro.worker import setup_worker
-    from cerebro.worker._checkpoint import save_checkpoint, seed_torch
+    from cerebro.worker import save_checkpoint, seed_torch, setup_worker
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as a worker does: freed minibatches are reused, not faulted in

@@ -97,7 +97,7 @@ def test_pack_keeps_structure_sharing_and_leaves_other_objects_alone() -> None:
 def test_a_hop_checkpoint_skips_zip_crcs_and_leaves_the_setting_as_it_was(
     tmp_path: Path,
 ) -> None:
-    from cerebro.worker._checkpoint import save_checkpoint
+    from cerebro.worker import save_checkpoint
     from toy import make_task
 
     model, opt = _model_and_adam()

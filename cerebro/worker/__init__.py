@@ -14,6 +14,7 @@ checkpoints ]).
 
 from __future__ import annotations
 
+from cerebro.worker._checkpoint import save_checkpoint, seed_torch
 from cerebro.worker._setup import run_hop, setup_worker
 
-__all__ = ["run_hop", "setup_worker"]
+__all__ = ["run_hop", "save_checkpoint", "seed_torch", "setup_worker"]
