@@ -42,21 +42,21 @@ def make_output_dir(output_dir: Path) -> Path:
 
 def remember(exp: Experiment, section: str, settings: dict[str, Any], spec: object) -> None:
     """Record ``exp`` and how its step ``section`` was called (settings and spec)."""
-    save_experiment(
-        exp.output_dir,
-        {
-            "params": exp.params.as_dict(),
-            "workers": exp.workers,
-            section: settings,
-            "engine": {
-                "engine": exp.engine,
-                "address": exp.address,
-                "resources_per_worker": exp.resources_per_worker,
-            },
+    session = {
+        "params": exp.params.as_dict(),
+        "workers": exp.workers,
+        section: settings,
+        "engine": {
+            "engine": exp.engine,
+            "address": exp.address,
+            "resources_per_worker": exp.resources_per_worker,
         },
-        section,
-        spec,
-    )
+    }
+    earlier = load_experiment(exp.output_dir) or {}
+    if any(k != 1 for k in exp.ranks) or "devices_per_worker" in earlier:  # (only once set)
+        devices = exp.devices_per_worker
+        session["devices_per_worker"] = list(devices) if isinstance(devices, tuple) else devices
+    save_experiment(exp.output_dir, session, section, spec)
 
 
 def remember_etl(exp: Experiment, settings: dict[str, Any], etl_spec: ETLSpec) -> None:
@@ -87,7 +87,8 @@ def saved_args(run_dir: str | Path) -> dict[str, Any]:
             "`cerebro run FILE` or Experiment(...).run_fit."
         )
     ray = session.get("engine", {"engine": "local"})
-    return {"params": session["params"], "workers": session["workers"], **ray}
+    devices = {k: session[k] for k in ("devices_per_worker",) if k in session}
+    return {"params": session["params"], "workers": session["workers"], **ray, **devices}
 
 
 def saved_spec(run_dir: Path, section: str) -> Any:

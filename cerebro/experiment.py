@@ -10,12 +10,19 @@ read (``run_fit``'s alone is ~80); every method body is a few lines handing off 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from cerebro._engine_choice import check_engine, copy_misc, make_engine, release_ray_actors
+from cerebro._engine_choice import (
+    check_batch_sizes,
+    check_devices,
+    check_engine,
+    copy_misc,
+    make_engine,
+    release_ray_actors,
+)
 from cerebro._etl_step import etl_settings, existing_etl, run_etl_step
 from cerebro._eval_step import check_eval, eval_data, find_model, record_test_metrics, run_eval
 from cerebro._evaluate import EvalKind, ModelRef, aggregate, write_predictions
@@ -48,6 +55,10 @@ class Experiment:
         address: the Ray cluster to join (``"HOST:6379"``, ``"auto"``); None starts a local
             Ray instance. Only with ``engine="ray"``.
         resources_per_worker: Ray resources per actor, e.g. ``{"GPU": 1}``.
+        devices_per_worker: devices (processes) of each worker, an int or one per worker
+            (local engine). A worker of several runs each hop data-parallel (DDP, gloo on
+            CPUs): ``batch_size`` stays the global minibatch, split across its devices,
+            and the checkpoint is the usual one, so models hop between workers of any size.
         verbose: show progress bars; False prints nothing but errors.
 
     With the local engine the worker processes start with the first ``run_etl``,
@@ -72,6 +83,7 @@ class Experiment:
         engine: str = "local",
         address: str | None = None,
         resources_per_worker: Mapping[str, float] | None = None,
+        devices_per_worker: int | Sequence[int] = 1,
         verbose: bool = True,
     ):
         self.params: Params = validate_params(params)
@@ -79,6 +91,8 @@ class Experiment:
             "workers", workers if workers is not None else (os.cpu_count() or 1)
         )
         check_engine(engine, address, resources_per_worker)
+        self.ranks = check_devices(devices_per_worker, self.workers, engine)
+        self.devices_per_worker = devices_per_worker
         self.engine = engine
         self.address = address
         self.resources_per_worker = dict(resources_per_worker or {})
@@ -382,6 +396,7 @@ class Experiment:
     def _fit(
         self, spec: MinibatchSpec, settings: FitSettings, overwrite: bool, allow_changed_code: bool
     ) -> FitResult:
+        check_batch_sizes(settings.space, self.ranks)
         with self._locked():
             fit_id = run_fit_step(
                 self, spec, settings, overwrite, allow_changed_code, self._engine

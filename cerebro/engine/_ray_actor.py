@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.etl._prep import RowFailure, prep_chunk
 from cerebro.partitions import PartitionWriter, StructureError, partition_path
 from cerebro.worker import run_hop, setup_worker
@@ -225,6 +225,7 @@ class WorkerActor:
         finally:
             in_path.unlink(missing_ok=True)
         new_state = None
+        assert not isinstance(result, GroupBroken)  # an actor is one device: no group
         if isinstance(result, UserFailure) and task.in_ckpt is not None:
             # name the driver's checkpoint file, not this node's scratch copy of it
             result.message = result.message.replace(str(in_path), task.in_ckpt)

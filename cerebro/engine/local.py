@@ -17,7 +17,7 @@ from typing import Any
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, Output, RemoteError
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.errors import UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
 from cerebro.worker import run_hop, setup_worker
@@ -54,6 +54,8 @@ class LocalEngine:
             None starts processes for this engine and stops them at shutdown.
         quiet: without ``pool``, do not show what the user's code prints (with one, the
             pool's ``output`` decides).
+        ranks: devices (processes) per worker; None: one each. A worker of several is a
+            process group that runs each hop data-parallel (``cerebro/worker/_group.py``).
 
     What the spec's hooks print in a worker reaches the driver's stdout or stderr,
     prefixed with the worker and the model: ``[worker 1 · m003] Loss: 0.42`` (NOTE [ a
@@ -73,12 +75,16 @@ class LocalEngine:
         max_restarts: int = 3,
         pool: WorkerPool | None = None,
         quiet: bool = False,
+        ranks: list[int] | None = None,
     ):
         self.workers = len(owned)
         self._spec = spec
-        self._setup_args = [
+        self._setup_args: list[tuple[Any, ...]] = [
             (spec, data_dir, owned[w], misc_dir, threads, devices[w]) for w in range(self.workers)
         ]
+        for w, k in enumerate(ranks or []):
+            if k > 1:  # a process group of k (NOTE [ a worker's process group ])
+                self._setup_args[w] += (k,)
         self._env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self._max_restarts = max_restarts
         self.restarts = [0] * self.workers
@@ -126,13 +132,17 @@ class LocalEngine:
             )
         return dict(result)
 
-    def _restart(self, w: int, reason: str) -> None:
+    def _restart(self, w: int, reason: str, *, counted: bool = True) -> None:
         """Replace worker ``w`` with a fresh process and start its set-up.
 
         Returns at once: the set-up (process start, ``import torch``, the spec's hooks,
         mapping the partitions: seconds) runs while the other workers' hops go on, and
         :meth:`poll` collects it. A hop submitted to the slot meanwhile waits for it.
+        ``counted``: the worker was not at fault (a user hook failed in a hop that broke
+        its process group), so this start does not count towards ``max_restarts``.
         """
+        if not counted:
+            self.restarts[w] -= 1
         while True:
             self.restarts[w] += 1
             if self.restarts[w] > self._max_restarts:
@@ -234,9 +244,25 @@ class LocalEngine:
                         why += " (this hop was queued behind the one it was running)"
                     events.append(WorkerLost(w, task, why, started=k == 0))
                 return
+            if isinstance(result, GroupBroken):
+                self._group_broken(w, result, events)
+                return
             events.append(_event(w, tasks.pop(0), result))
             if not (tasks and child.conn.poll(0)):
                 return
+
+    def _group_broken(self, w: int, broken: GroupBroken, events: list[EngineEvent]) -> None:
+        """Slot ``w``'s hop broke its process group: replace the whole group, and report
+        the hop as failed (the user's code) or lost, and the hops queued behind it as lost."""
+        lost, self._tasks[w] = self._tasks[w], []
+        self._restart(w, broken.reason, counted=broken.failure is None)
+        if broken.failure is not None:
+            events.append(HopFailed(w, lost[0], broken.failure))
+        else:
+            events.append(WorkerLost(w, lost[0], f"worker process group broke: {broken.reason}"))
+        for task in lost[1:]:
+            why = f"worker process group broke: {broken.reason} (this hop was queued behind it)"
+            events.append(WorkerLost(w, task, why, started=False))
 
     def shutdown(self) -> None:
         """Stop every worker (or give it back to the pool); a hop in flight is abandoned."""

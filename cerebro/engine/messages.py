@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 __all__ = [
     "EngineEvent",
+    "GroupBroken",
     "HopDone",
     "HopFailed",
     "HopOutcome",
@@ -68,6 +69,18 @@ class UserFailure:
     message: str
     traceback: str
     system: bool = False  # not the model's fault (disk full...): stop the fit, fail no model
+
+
+@dataclass
+class GroupBroken:
+    """A several-device worker's answer when a hop broke its process group: a rank died,
+    a collective failed or timed out, or the user's code failed on some rank while the
+    others waited in a collective. The engine replaces the whole group (rank 0 and its
+    ranks) and reports the hop as lost (``failure`` None: re-run it from its last
+    checkpoint) or as failed (``failure``: the user's code, the model's fault)."""
+
+    reason: str
+    failure: UserFailure | None = None
 
 
 @dataclass(frozen=True)

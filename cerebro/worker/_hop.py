@@ -72,8 +72,18 @@ def _size(index: Any) -> int:
 class HopRun:
     """The per-minibatch loop of one hop, shared by every kind of hop, and what it found."""
 
-    def __init__(self, spec: MinibatchSpec, task: HopTask, device: torch.device):
+    def __init__(
+        self,
+        spec: MinibatchSpec,
+        task: HopTask,
+        device: torch.device,
+        *,
+        stop_on_nonfinite: bool = True,
+    ):
         self.spec, self.task, self.device = spec, task, device
+        # A rank of a several-device worker must run every minibatch its peers run (each
+        # step all-reduces): it never stops a diverged hop early on its own.
+        self.stop_on_nonfinite = stop_on_nonfinite
         self.metrics: dict[str, list[float]] = {}
         self.sizes: list[int] = []
         self.predictions: list[tuple[int, Any, float]] = []
@@ -130,7 +140,8 @@ class HopRun:
                         if why:
                             return why
                         if self.nonfinite is not None and hook == "train":
-                            break  # a diverged model: stop spending time on it
+                            if self.stop_on_nonfinite:
+                                break  # a diverged model: stop spending time on it
         finally:
             self.user += user
         return None

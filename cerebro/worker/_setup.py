@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cerebro.allocator import keep_freed_memory
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.model_cache import ModelCache, default_budget
 from cerebro.partitions import Partition, partition_path
 from cerebro.spec import MinibatchSpec
@@ -34,8 +34,32 @@ def setup_worker(
     misc_dir: str,
     threads: int,
     device: str,
+    ranks: int = 1,
 ) -> dict[str, Any] | UserFailure:
-    """Run once per worker process: threads, the spec's set-up hooks, load owned partitions."""
+    """Run once per worker process: threads, the spec's set-up hooks, load owned partitions.
+
+    With ``ranks`` > 1 this process is rank 0 of a process group of that many and starts
+    the others (NOTE [ a worker's process group ] in ``_group``).
+    """
+    group = state.pop("group", None)  # what an earlier step of a pooled process started
+    if group is not None and (group.world != ranks or group.device != device or group.dead()):
+        group.close()
+        group = None
+    if ranks > 1:
+        from cerebro.worker._group import Group
+
+        if group is None:
+            group = Group(ranks, threads, device)
+        # The ranks set up (and the first time start: import torch...) meanwhile.
+        group.send_setup((spec, data_dir, owned, misc_dir, threads))
+        mine = setup_worker(state, spec, data_dir, owned, misc_dir, threads, device)
+        state["group"] = group
+        group.join()
+        setups = group.gather_setups(mine)
+        if failed := [s for s in setups if isinstance(s, UserFailure)]:
+            return failed[0]
+        assert isinstance(mine, dict)
+        return dict(mine, ranks=ranks, rank_pids=group.pids())
     torch.set_num_threads(threads)
     tuned = keep_freed_memory()  # before the first minibatch allocates anything
     state.clear()  # a pooled process may have served an earlier step
@@ -80,7 +104,7 @@ def _hop_numerics(state: dict[str, Any], task: HopTask) -> None:
         torch.use_deterministic_algorithms(task.deterministic)
 
 
-def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
+def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure | GroupBroken:
     """Run one hop in this worker on a partition it holds.
 
     Kinds: ``train`` (shuffled, updates and saves the model), ``val`` / ``test`` (in order,
@@ -92,6 +116,19 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure:
     device: torch.device = state["device"]
     name = type(spec).__name__
     _hop_numerics(state, task)
+    if (group := state.get("group")) is not None:
+        if int(task.hyperparams["batch_size"]) < group.world:
+            return UserFailure(
+                "batch_size",
+                f"batch_size={task.hyperparams['batch_size']} is smaller than "
+                f"devices_per_worker={group.world}: each device needs at least one row of "
+                f"every minibatch; use batch_size >= {group.world} or fewer devices_per_worker",
+                "",
+            )
+        if task.kind != "probe":  # a probe (one minibatch, nothing saved) runs on rank 0
+            from cerebro.worker._group import group_hop
+
+            return group_hop(state, task)
     start = time.time()
     cache: ModelCache = state["models"]
     t0 = time.perf_counter()
