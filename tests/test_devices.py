@@ -134,3 +134,23 @@ def test_more_ranks_than_minibatch_rows_and_ray_are_refused(
             exp.run_fit(ToySpec(), {"lr": [0.1], "batch_size": [8, 2]}, num_epochs=1)
     with pytest.raises(ParamsError, match="local engine only"):
         Experiment(params, workers=2, devices_per_worker=2, engine="ray")
+
+
+def test_a_process_group_listens_on_loopback_only() -> None:
+    """NOTE [ loopback only ]: the ranks meet at a file, and gloo's connections are bound to
+    the loopback interface: nothing a process of the group holds is reachable from another
+    machine."""
+    from test_worker_env import _inet_sockets
+
+    from cerebro.worker._group import Group
+
+    group = Group(2, 1, "cpu")
+    try:
+        group.join()
+        found, _ = _inet_sockets([os.getpid(), *group.pids()])
+        sockets = [s for held in found.values() for s in held]
+        assert sockets, "gloo opened no socket?"
+        loopback = ("0100007F:", "0000000000000000FFFF00000100007F:", "0" * 24 + "01000000:")
+        assert all(s.split()[1].startswith(loopback) for s in sockets), sockets
+    finally:
+        group.close()

@@ -4,7 +4,8 @@ NOTE [ a worker's process group ]
 With ``devices_per_worker=k`` the process the engine starts for a worker is rank 0; its
 set-up starts ranks ``1 .. k-1`` (``python -m cerebro.worker._rank``, each joined to rank
 0 by a socket pair) and joins them in a ``torch.distributed`` process group: gloo on CPUs,
-NCCL on GPUs, meeting at a ``TCPStore`` on a port the OS picks. Every rank maps all of
+NCCL on GPUs, meeting at a ``FileStore`` in a private temporary folder (no listening
+socket: NOTE [ loopback only ]). Every rank maps all of
 the worker's partitions itself (they are memory-mapped: one copy in the page cache) and
 runs the spec's set-up hooks once. Rank 0 gets each hop from the engine as a one-device
 worker does and hands it to the others over their sockets (not a collective: an idle
@@ -27,10 +28,13 @@ import datetime
 import math
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import MutableMapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -43,7 +47,7 @@ from cerebro.model_cache import ModelCache
 from cerebro.worker._checkpoint import save_checkpoint
 from cerebro.worker._ddp import RankRun, collective_failure, combine, rank_share
 
-__all__ = ["Group", "collective_timeout", "group_hop", "rank_device"]
+__all__ = ["Group", "collective_timeout", "group_hop", "loopback_only", "rank_device"]
 
 # How long a collective (one step's all-reduce, the gather at a hop's end) may wait for
 # the slowest rank before the hop is reported broken.
@@ -67,6 +71,22 @@ def collective_timeout() -> float:
     return seconds
 
 
+# NOTE [ loopback only ]
+# The local engine opens no network port (tests/test_worker_env.py): its workers talk to the
+# driver over socket pairs. A worker's ranks meet at a FileStore (a file, no server socket)
+# and gloo's and NCCL's own connections are bound to the loopback interface, so a
+# several-device worker listens on 127.0.0.1 only, never on an address another machine can
+# reach. A user who sets GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME keeps their choice.
+
+
+def loopback_only(env: MutableMapping[str, str]) -> None:
+    """Point gloo and NCCL at the loopback interface in ``env`` (unless the user chose)."""
+    lo = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+    if lo is not None:
+        env.setdefault("GLOO_SOCKET_IFNAME", lo)
+        env.setdefault("NCCL_SOCKET_IFNAME", lo)
+
+
 def rank_device(device: str, rank: int) -> str:
     """Rank ``rank``'s device: the worker's own on CPUs, the next GPUs after it on GPUs."""
     if not device.startswith("cuda"):
@@ -88,14 +108,17 @@ class Group:
         self.seq = 0  # hops handed out: the key of a rank's failure record
         self.timeout = collective_timeout()
         delta = datetime.timedelta(seconds=self.timeout)
-        self.store = dist.TCPStore(
-            "127.0.0.1", 0, world, True, timeout=delta, wait_for_workers=False
-        )
+        self._store_dir = tempfile.mkdtemp(prefix="cerebro-group-")
+        store_path = os.path.join(self._store_dir, "store")
+        self.store = dist.FileStore(store_path, world)
+        self.store.set_timeout(delta)
         self.backend = "nccl" if device.startswith("cuda") else "gloo"
+        loopback_only(os.environ)  # rank 0 is this process
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        loopback_only(env)
         for rank in range(1, world):
             ours, theirs = socket.socketpair()
             argv = [sys.executable, "-m", "cerebro.worker._rank", str(theirs.fileno())]
@@ -109,7 +132,7 @@ class Group:
             )
             theirs.close()
             conn = Connection(ours.detach())
-            hello = (rank, world, self.store.port, self.timeout, self.backend)
+            hello = (rank, world, store_path, self.timeout, self.backend)
             conn.send_bytes(pickle.dumps(hello))
             self.conns.append(conn)
         self.joined = False
@@ -191,6 +214,7 @@ class Group:
                 proc.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
+        shutil.rmtree(self._store_dir, ignore_errors=True)
 
 
 def _status(code: int | None) -> str:

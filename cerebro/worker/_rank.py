@@ -1,7 +1,7 @@
 """Entry point of rank ``r > 0`` of a several-device worker (NOTE [ a worker's process
 group ] in ``_group``): ``python -m cerebro.worker._rank FD PARENT_PID``.
 
-It reads from the socket FD its place (rank, world size, the store's port), joins the
+It reads from the socket FD its place (rank, world size, the store's file), joins the
 process group, then serves what rank 0 sends until the socket closes: a set-up (each
 step's: the spec, the partitions, as a one-device worker's) or a hop, whose share it
 runs. It dies with rank 0 (``PR_SET_PDEATHSIG`` on Linux; elsewhere its socket's end, or
@@ -36,15 +36,16 @@ def main(fd: int, parent: int) -> None:
     _die_with(parent)
     faulthandler.enable()
     conn = Connection(fd)
-    rank, world, port, timeout, backend = pickle.loads(conn.recv_bytes())
+    rank, world, store_path, timeout, backend = pickle.loads(conn.recv_bytes())
 
     import torch.distributed as dist
 
     from cerebro.worker._ddp import collective_failure, rank_share
-    from cerebro.worker._setup import _hop_numerics, setup_worker
+    from cerebro.worker._setup import hop_numerics, setup_worker
 
     delta = datetime.timedelta(seconds=timeout)
-    store = dist.TCPStore("127.0.0.1", port, world, False, timeout=delta)
+    store = dist.FileStore(store_path, world)  # NOTE [ loopback only ] in _group
+    store.set_timeout(delta)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=delta)
     state: dict[str, object] = {}
     while True:
@@ -56,7 +57,7 @@ def main(fd: int, parent: int) -> None:
             dist.gather_object(setup_worker(state, *body), None, dst=0)
             continue
         seq, task = body
-        _hop_numerics(state, task)
+        hop_numerics(state, task)
         run, _ = rank_share(state, task, rank, world)
         if run.failure is not None and task.kind == "train":
             # The others may wait in an all-reduce this rank will never join: the group

@@ -23,7 +23,7 @@ from cerebro.spec import MinibatchSpec
 from cerebro.worker._checkpoint import Unusable, build_model, save_checkpoint
 from cerebro.worker._hop import run_minibatches
 
-__all__ = ["run_hop", "setup_worker"]
+__all__ = ["hop_numerics", "run_hop", "setup_worker"]
 
 
 def setup_worker(
@@ -93,7 +93,7 @@ def setup_worker(
     }
 
 
-def _hop_numerics(state: dict[str, Any], task: HopTask) -> None:
+def hop_numerics(state: dict[str, Any], task: HopTask) -> None:
     """The intra-op threads and deterministic algorithms the hop asks for (NOTE [ same
     bits at any scale ] in ``cerebro/_settings.py``): kernels round differently with other
     thread counts, so a deterministic fit runs every hop with the same count everywhere."""
@@ -115,7 +115,7 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure | 
     spec: MinibatchSpec = state["spec"]
     device: torch.device = state["device"]
     name = type(spec).__name__
-    _hop_numerics(state, task)
+    hop_numerics(state, task)
     if (group := state.get("group")) is not None:
         if int(task.hyperparams["batch_size"]) < group.world:
             return UserFailure(
