@@ -31,14 +31,14 @@ from cerebro.model_cache import ModelCache
 from cerebro.partitions import Partition
 from cerebro.spec import MinibatchSpec
 from cerebro.worker._checkpoint import Unusable, build_model
-from cerebro.worker._hop import HopRun, _batches, _size
+from cerebro.worker._hop import HopRun, index_rows, minibatch_indices
 
 __all__ = ["RankRun", "collective_failure", "rank_share", "shard", "unwrap"]
 
 
 def shard(index: Any, rank: int, world: int) -> Any:
     """Rank ``rank``'s contiguous share of one minibatch's row positions."""
-    n = _size(index)
+    n = index_rows(index)
     base, extra = divmod(n, world)
     lo = rank * base + min(rank, extra)
     hi = lo + base + (1 if rank < extra else 0)
@@ -133,8 +133,8 @@ def rank_share(
     part: Partition = state["partitions"][(task.kind, task.partition)]
     out.rows = len(part)
     bs = int(task.hyperparams["batch_size"])
-    indices = _batches(part, bs, task.shuffle_seed if train else None)
-    full = indices if not indices or _size(indices[-1]) >= world else indices[:-1]
+    indices = minibatch_indices(part, bs, task.shuffle_seed if train else None)
+    full = indices if not indices or index_rows(indices[-1]) >= world else indices[:-1]
     tail = indices[len(full) :] if rank == 0 else []
     mine = [shard(ix, rank, world) for ix in full]
     users = components

@@ -16,7 +16,7 @@ from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.partitions import Partition
 from cerebro.spec import MinibatchSpec
 
-__all__ = ["HopRun", "run_minibatches"]
+__all__ = ["HopRun", "index_rows", "minibatch_indices", "run_minibatches"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -50,7 +50,7 @@ def _metrics_of(result: Any, fn: str, hook: str) -> dict[str, float] | str:
     return out
 
 
-def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
+def minibatch_indices(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
     """Minibatch row indices: a seeded permutation for training, in order otherwise."""
     n = len(part)
     if shuffle_seed is None or n == 0:
@@ -65,7 +65,8 @@ def _batches(part: Partition, bs: int, shuffle_seed: int | None) -> list[Any]:
 _COLLECT_EVERY = 8
 
 
-def _size(index: Any) -> int:
+def index_rows(index: Any) -> int:
+    """How many rows a minibatch index (a slice or an array of positions) names."""
     return index.stop - index.start if isinstance(index, slice) else len(index)
 
 
@@ -121,7 +122,7 @@ class HopRun:
         """
         fn = getattr(self.spec, hook)
         hp, device, pending = self.task.hyperparams, self.device, self.pending
-        sizes = [_size(ix) for ix in indices]
+        sizes = [index_rows(ix) for ix in indices]
         base, last = len(self.sizes), len(indices) - 1
         clock = time.perf_counter
         user = 0.0
@@ -246,7 +247,8 @@ def run_minibatches(
         else:
             part = parts[(task.kind, task.partition)]
             run.rows = len(part)
-            indices = _batches(part, bs, task.shuffle_seed if task.kind == "train" else None)
+            seed = task.shuffle_seed if task.kind == "train" else None
+            indices = minibatch_indices(part, bs, seed)
             if task.kind == "predict":
                 for k, minibatch in enumerate(part.batches(indices)):
                     why = run.predict_step(components, part, indices[k], minibatch)
