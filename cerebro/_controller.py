@@ -27,8 +27,7 @@ from cerebro.search import Search
 from cerebro.spec import MinibatchMetrics
 from cerebro.statuses import DROPPED, HopStatus, ModelStatus
 
-# FitState and derive_seed live in _fit_state; importable from here as before.
-__all__ = ["FitState", "derive_seed", "replay", "run_loop"]
+__all__ = ["replay", "run_loop"]
 
 
 def replay(catalog: Catalog, state: FitState, sched: Scheduler) -> int:

@@ -20,7 +20,7 @@ from cerebro.scheduler import Scheduler
 from cerebro.statuses import FINAL, ModelStatus
 
 if TYPE_CHECKING:
-    from cerebro._controller import FitState
+    from cerebro._fit_state import FitState
 
 __all__ = ["apply", "end", "epoch", "no_more", "restore", "settle", "stuck", "waiting"]
 

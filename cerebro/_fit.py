@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cerebro import _live
-from cerebro._controller import FitState, replay, run_loop
+from cerebro._controller import replay, run_loop
 from cerebro._evaluate import import_start
+from cerebro._fit_state import FitState
 from cerebro._settings import FitSettings
 from cerebro.catalog import Catalog
 from cerebro.engine import Engine, EngineEvent

@@ -16,7 +16,7 @@ from cerebro.scheduler import Scheduler
 from cerebro.search import Search
 
 if TYPE_CHECKING:
-    from cerebro._controller import FitState
+    from cerebro._fit_state import FitState
 
 __all__ = ["add_models", "refresh", "restore"]
 

@@ -12,7 +12,8 @@ import pytest
 
 from cerebro import FitResult, cli
 from cerebro._bar import postfix
-from cerebro._controller import FitState, replay
+from cerebro._controller import replay
+from cerebro._fit_state import FitState
 from cerebro._ranking import Best, default_objective, rank
 from cerebro._rundir import save_experiment
 from cerebro.catalog import Catalog

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from tqdm import tqdm
 
-from cerebro._controller import FitState, run_loop
+from cerebro._controller import run_loop
+from cerebro._fit_state import FitState
 from cerebro.catalog import Catalog
 from cerebro.engine.messages import HopTask, UserFailure
 from cerebro.errors import UserCodeError

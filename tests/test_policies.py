@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from cerebro import Experiment, FitResult
-from cerebro._controller import derive_seed
+from cerebro._fit_state import derive_seed
 from cerebro.engine.local import threads_per_worker
 from cerebro.engine.messages import HopOutcome, HopTask
 from cerebro.scheduler import Hop, Scheduler

@@ -176,14 +176,14 @@ def test_no_tail(hops: list[tuple[str, float, float]], workers: int) -> None:
 
 
 def test_the_tail_sentence() -> None:
-    from cerebro.report._html_stopping import tail_sentence as _tail_sentence
+    from cerebro.report._html_stopping import tail_sentence
 
-    text = _tail_sentence(Tail(start=12.0, end=20.0, idle=8.0, workers=2))
+    text = tail_sentence(Tail(start=12.0, end=20.0, idle=8.0, workers=2))
     assert "From 12.0 s after the first hop (shaded), fewer models remained than the 2" in text
     assert "lasted 8.0 s (40% of the fit) and left 8.0 s of worker time idle (50% of it)" in text
-    whole = _tail_sentence(Tail(start=0.0, end=6.0, idle=12.0, workers=3, whole=True))
+    whole = tail_sentence(Tail(start=0.0, end=6.0, idle=12.0, workers=3, whole=True))
     assert "never had as many models as its 3 workers" in whole and "(67% of it)" in whole
-    assert _tail_sentence(None) == "" == _tail_sentence(Tail(0.0, 5.0, 0.0, 2))
+    assert tail_sentence(None) == "" == tail_sentence(Tail(0.0, 5.0, 0.0, 2))
 
 
 def _hop(hop_id: int, model: str, worker: int, start: float, end: float) -> dict[str, Any]:
@@ -388,11 +388,11 @@ def test_a_catalog_without_a_stopping_table_still_reports(fit: FitResult, tmp_pa
 
 
 def test_no_section_without_early_stopping(tmp_path: Path) -> None:
-    from cerebro.report._html_stopping import early_stopping_section as _early_stopping
+    from cerebro.report._html_stopping import early_stopping_section
 
     run = _run(tmp_path)
     run.signature.pop("early_stopping")
-    assert _early_stopping(run) == ""
+    assert early_stopping_section(run) == ""
 
 
 def test_tensorboard_counts_a_stopped_model_as_ended_not_running(

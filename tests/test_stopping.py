@@ -235,7 +235,7 @@ def test_scheduler_paused_model_waits_while_the_others_train() -> None:
 
 def test_the_progress_bar_says_when_models_wait_and_when_workers_idle(tmp_path: Path) -> None:
     from cerebro._bar import postfix
-    from cerebro._controller import FitState
+    from cerebro._fit_state import FitState
     from cerebro.params import ModelConfig
     from toy import ToySpec
 

@@ -316,7 +316,7 @@ def controller_fit(
 ) -> tuple[Any, Any, Any]:
     """A catalog, ``FitState`` and 2-worker "fixed" ``Scheduler`` for ``configs`` (one
     partition per worker), ready for ``run_loop``: the controller without an Experiment."""
-    from cerebro._controller import FitState
+    from cerebro._fit_state import FitState
     from cerebro.catalog import Catalog
     from cerebro.scheduler import Scheduler
 

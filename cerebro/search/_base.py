@@ -5,7 +5,7 @@ The controller asks the search for a model whenever it has room for one more liv
 (:attr:`Search.max_live`) and tells it each model's end (done, failed, diverged) with the
 model's objective, which the search may use to choose the next ones. The fit ends when
 the search is :attr:`~Search.finished` and no model is live. A model's id, hence its seed
-(a function of the fit seed and the model's index, see ``_controller.derive_seed``), is
+(a function of the fit seed and the model's index, see ``_fit_state.derive_seed``), is
 fixed by the order of asks alone, never by how many models exist or finished first.
 """
 
