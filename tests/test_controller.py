@@ -48,7 +48,7 @@ def _fit(
     tmp_path: Path, on_error: str, models: int = 2, epochs: int = 1
 ) -> tuple[Catalog, FitState, Scheduler]:
     configs = expand_grid({"lr": [0.1 * (i + 1) for i in range(models)], "batch_size": [4]})
-    return controller_fit(tmp_path, configs, epochs, on_error)  # type: ignore[no-any-return]
+    return controller_fit(tmp_path, configs, epochs, on_error)
 
 
 class _NoBar:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,12 @@ import torch
 
 from cerebro import ETLSpec, MinibatchSpec
 from cerebro.engine.messages import HopTask, TaskKind
+
+if TYPE_CHECKING:
+    from cerebro._fit_state import FitState
+    from cerebro.catalog import Catalog
+    from cerebro.params import ModelConfig
+    from cerebro.scheduler import Scheduler
 
 FEATURES = 6
 
@@ -312,8 +318,8 @@ class LoggedSpec(GatedSpec):
 
 
 def controller_fit(
-    tmp_path: Path, configs: list[Any], epochs: int, on_error: str = "stop"
-) -> tuple[Any, Any, Any]:
+    tmp_path: Path, configs: list[ModelConfig], epochs: int, on_error: str = "stop"
+) -> tuple[Catalog, FitState, Scheduler]:
     """A catalog, ``FitState`` and 2-worker "fixed" ``Scheduler`` for ``configs`` (one
     partition per worker), ready for ``run_loop``: the controller without an Experiment."""
     from cerebro._fit_state import FitState
