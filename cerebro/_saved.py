@@ -54,8 +54,7 @@ def remember(exp: Experiment, section: str, settings: dict[str, Any], spec: obje
     }
     earlier = load_experiment(exp.output_dir) or {}
     if any(k != 1 for k in exp.ranks) or "devices_per_worker" in earlier:  # (only once set)
-        devices = exp.devices_per_worker
-        session["devices_per_worker"] = list(devices) if isinstance(devices, tuple) else devices
+        session["devices_per_worker"] = exp.devices_per_worker  # a tuple is written as a list
     save_experiment(exp.output_dir, session, section, spec)
 
 
@@ -87,8 +86,10 @@ def saved_args(run_dir: str | Path) -> dict[str, Any]:
             "`cerebro run FILE` or Experiment(...).run_fit."
         )
     ray = session.get("engine", {"engine": "local"})
-    devices = {k: session[k] for k in ("devices_per_worker",) if k in session}
-    return {"params": session["params"], "workers": session["workers"], **ray, **devices}
+    args = {"params": session["params"], "workers": session["workers"], **ray}
+    if "devices_per_worker" in session:
+        args["devices_per_worker"] = session["devices_per_worker"]
+    return args
 
 
 def saved_spec(run_dir: Path, section: str) -> Any:
