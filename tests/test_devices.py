@@ -78,6 +78,12 @@ def test_a_model_hops_between_a_two_rank_and_a_one_rank_worker(
     pids = {r["pid"] for r in hop_rows(tmp_path / "run" / "catalog.sqlite") if r["pid"]}
     assert len(pids) == 2  # both workers ran hops of the model: it hopped between them
     assert _val_acc(result) >= 0.8
+    # the run folder remembers the devices, so from_dir / resume start the same workers
+    again = Experiment.from_dir(tmp_path / "run", verbose=False)
+    try:
+        assert again.devices_per_worker == [2, 1] and again.ranks == [2, 1]
+    finally:
+        again.close()
 
 
 class KillsRankOnce(ToySpec):
