@@ -101,11 +101,19 @@ class KillsRankOnce(ToySpec):
         return super().train(model_object, minibatch, hyperparams, device)
 
 
-def test_a_killed_rank_loses_no_hop(toy_data: dict[str, str], tmp_path: Path) -> None:
+def test_a_killed_rank_loses_no_hop(
+    toy_data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"  # the workers' TMPDIR: where their groups meet
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     armed = tmp_path / "armed"
     armed.touch()
     result = _fit(toy_data, tmp_path / "run", 2, KillsRankOnce(str(armed)))
     assert not armed.exists()  # a rank was killed
+    # the killed worker's group folder went when its replacement started, the others' at
+    # their exit (NOTE [ scratch folders ])
+    assert not list(scratch.glob("cerebro-group-*")), list(scratch.iterdir())
     _every_hop_once(tmp_path / "run")
     db = sqlite3.connect(tmp_path / "run" / "catalog.sqlite")
     lost = db.execute("SELECT error FROM hops WHERE status='lost'").fetchall()

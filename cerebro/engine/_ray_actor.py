@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from cerebro._scratch import private_dir
 from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.etl._prep import RowFailure, prep_chunk
 from cerebro.partitions import PartitionWriter, StructureError, partition_path
@@ -58,7 +59,8 @@ class WorkerActor:
 
     def __init__(self) -> None:
         self.state: dict[str, Any] = {}
-        self.scratch = Path(tempfile.mkdtemp(prefix="cerebro-slot-", dir=_scratch_root()))
+        # (a killed actor's folder goes at the next start: NOTE [ scratch folders ])
+        self.scratch = Path(private_dir("cerebro-slot-", _scratch_root()))
         self.writers: dict[tuple[str, int], PartitionWriter] = {}
 
     def where(self) -> dict[str, Any]:

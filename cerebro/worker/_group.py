@@ -32,7 +32,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import MutableMapping
 from multiprocessing.connection import Connection
@@ -42,6 +41,7 @@ import cloudpickle
 import torch
 import torch.distributed as dist
 
+from cerebro._scratch import private_dir
 from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.model_cache import ModelCache
 from cerebro.worker._checkpoint import save_checkpoint
@@ -108,7 +108,7 @@ class Group:
         self.seq = 0  # hops handed out: the key of a rank's failure record
         self.timeout = collective_timeout()
         delta = datetime.timedelta(seconds=self.timeout)
-        self._store_dir = tempfile.mkdtemp(prefix="cerebro-group-")
+        self._store_dir = private_dir("cerebro-group-")  # NOTE [ scratch folders ]
         store_path = os.path.join(self._store_dir, "store")
         self.store = dist.FileStore(store_path, world)
         self.store.set_timeout(delta)
