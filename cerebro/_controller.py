@@ -20,7 +20,7 @@ from cerebro._fit_state import FitState, derive_seed
 from cerebro.catalog import Catalog, StopRecord
 from cerebro.engine import Engine, EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
-from cerebro.engine.messages import HopTask, UserFailure
+from cerebro.engine.messages import HopTask, Parallelism, UserFailure
 from cerebro.errors import CerebroError, UserCodeError
 from cerebro.scheduler import EpochEnd, Hop, HopKind, Scheduler
 from cerebro.search import Search
@@ -90,7 +90,16 @@ def _task(state: FitState, hop: Hop) -> HopTask:
         shuffle_seed=derive_seed(state.seed, "shuffle", index, hop.epoch, hop.partition),
         threads=state.threads,
         deterministic=state.deterministic,
+        parallelism=_parallelism(state, hop),
     )
+
+
+def _parallelism(state: FitState, hop: Hop) -> Parallelism:
+    """How a train hop uses a several-device worker: the fit's setting, or under "auto"
+    the model's choice once its first such hop made it (NOTE [ choosing the parallelism ])."""
+    if hop.kind != "train":
+        return "ddp"  # (an evaluation shares each minibatch's rows, whatever the model's)
+    return cast(Parallelism, state.chosen.get(hop.model_id, state.parallelism))
 
 
 def _where(state: FitState, model_id: str) -> str:
@@ -277,6 +286,8 @@ def _take(state: FitState, sched: Scheduler, event: HopDone) -> tuple[list[Epoch
     hop = _hop(event)
     old = None
     new = event.task.out_ckpt
+    if event.outcome.trials is not None and event.outcome.parallelism is not None:
+        state.chosen[hop.model_id] = event.outcome.parallelism  # (_store records it)
     if new is not None:
         old = state.checkpoint[hop.model_id]
         state.checkpoint[hop.model_id] = new

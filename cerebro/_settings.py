@@ -25,9 +25,10 @@ from cerebro.search import GridSearch, Search, Space, grid_points, parse_space
 from cerebro.stopping import EarlyStopping, OptunaPruner, Stopper, parse_early_stopping
 from cerebro.stopping._config import from_json as stopping_from_json
 
-__all__ = ["ON_ERROR", "FitSettings", "positive_int"]
+__all__ = ["ON_ERROR", "PARALLELISM", "FitSettings", "positive_int"]
 
 ON_ERROR = ("continue", "stop")
+PARALLELISM = ("ddp", "fsdp", "auto")  # NOTE [ choosing the parallelism ] in worker/_trial
 _NAMED = ("grid", "random", "tpe")
 
 
@@ -119,6 +120,7 @@ class FitSettings:
     sampler_key: str | None = None  # the sampler as given: NOTE [ a sampler's identity ]
     early_stopping: EarlyStopping | None = None
     threads_per_hop: int | None = None  # None: the worker's (cores / workers)
+    parallelism: str = "ddp"  # on several-device workers: "ddp", "fsdp" or "auto"
 
     @classmethod
     def check(
@@ -137,6 +139,7 @@ class FitSettings:
         deterministic: bool = False,
         early_stopping: Any = None,
         threads_per_hop: int | None = None,
+        parallelism: str = "ddp",
     ) -> FitSettings:
         """Check every argument before any work; errors name the argument and the fix."""
         name, sampler = _search_name(search)
@@ -186,6 +189,11 @@ class FitSettings:
             )
         if deterministic and threads_per_hop is None:
             threads_per_hop = 1  # NOTE [ same bits at any scale ]
+        if parallelism not in PARALLELISM:
+            raise ParamsError(
+                f"parallelism must be one of {PARALLELISM}, got {parallelism!r}: how a "
+                "worker of several devices (devices_per_worker) trains a model."
+            )
         rule = parse_early_stopping(early_stopping, num_epochs)
         if rule is not None and deterministic and name not in ("grid", "random"):
             raise ParamsError(
@@ -211,6 +219,7 @@ class FitSettings:
             None if sampler is None else _sampler_key(sampler),
             rule,
             threads_per_hop,
+            parallelism,
         )
 
     @property
@@ -257,6 +266,8 @@ class FitSettings:
         out |= self._search_fields()
         if self.sampler_key is not None:
             out["sampler_key"] = self.sampler_key
+        if self.parallelism != "ddp":  # (not in the signature: it changes how, not what)
+            out["parallelism"] = self.parallelism
         return out
 
     def _search_fields(self) -> dict[str, Any]:
@@ -310,6 +321,7 @@ class FitSettings:
             d.get("sampler_key"),
             stopping_from_json(stopping, pruner),
             d.get("threads_per_hop"),
+            d.get("parallelism", "ddp"),
         )
 
     def signature(self, spec: object, data: str, workers: int) -> str:

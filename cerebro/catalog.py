@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS stopping(
 CREATE TABLE IF NOT EXISTS checkpoints(
     fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, epoch INTEGER NOT NULL,
     path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(fit_id, model_id, epoch));
+CREATE TABLE IF NOT EXISTS parallelism(
+    fit_id INTEGER NOT NULL, model_id TEXT NOT NULL, choice TEXT NOT NULL,
+    trials TEXT NOT NULL, worker INTEGER NOT NULL, hop_id INTEGER NOT NULL,
+    PRIMARY KEY(fit_id, model_id));
 """
 
 
@@ -202,6 +206,7 @@ class Catalog:
                 "checkpoints",
                 "evaluations",
                 "stopping",
+                "parallelism",
             ):
                 db.execute(f"DELETE FROM {table} WHERE fit_id=?", (fit_id,))
 
@@ -275,6 +280,31 @@ class Catalog:
                     "WHERE fit_id=? AND model_id=?",
                     (checkpoint, row["fit_id"], row["model_id"]),
                 )
+            if outcome.trials is not None:  # NOTE [ choosing the parallelism ]
+                db.execute(
+                    "INSERT OR REPLACE INTO parallelism SELECT fit_id, model_id, ?, ?, worker,"
+                    " hop_id FROM hops WHERE hop_id=?",
+                    (outcome.parallelism, json.dumps(outcome.trials), hop_id),
+                )
+
+    def parallelism(self, fit_id: int) -> dict[str, dict[str, Any]]:
+        """``parallelism="auto"``'s choice per model: ``{model_id: {"choice", "trials"
+        (seconds per minibatch, or why not feasible), "worker"}}``."""
+        try:
+            rows = self.db.execute(
+                "SELECT model_id, choice, trials, worker FROM parallelism WHERE fit_id=?",
+                (fit_id,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # read-only, from before the table existed
+            return {}
+        return {
+            r["model_id"]: {
+                "choice": r["choice"],
+                "trials": json.loads(r["trials"]),
+                "worker": r["worker"],
+            }
+            for r in rows
+        }
 
     def hop_ended(self, hop_id: int, status: HopStatus, error: str | None = None) -> None:
         """Close a hop that did not complete: failed or diverged (the model's code) or lost

@@ -52,7 +52,8 @@ def load_experiment_file(path: str | Path) -> types.ModuleType:
             f"{path} must define {', '.join(missing)} at module level (an experiment file "
             f"defines {', '.join(_REQUIRED)} (or space instead of param_grid), and "
             "optionally seed, fraction, workers, objective, mode, search, num_models, "
-            "max_live_models, deterministic, early_stopping, threads_per_hop)."
+            "max_live_models, deterministic, early_stopping, threads_per_hop, "
+            "devices_per_worker, parallelism)."
         )
     return module
 
@@ -80,7 +81,12 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else getattr(module, "workers", None)
     seed = getattr(module, "seed", 1)
     exp = Experiment(
-        params, workers=workers, engine=args.engine, address=args.address, verbose=not args.quiet
+        params,
+        workers=workers,
+        engine=args.engine,
+        address=args.address,
+        verbose=not args.quiet,
+        devices_per_worker=getattr(module, "devices_per_worker", 1),
     )
     started = time.time()
     result = exp.run(
@@ -99,6 +105,7 @@ def _run(module: types.ModuleType, args: argparse.Namespace) -> int:
         deterministic=getattr(module, "deterministic", False),
         early_stopping=getattr(module, "early_stopping", None),
         threads_per_hop=getattr(module, "threads_per_hop", None),
+        parallelism=getattr(module, "parallelism", "ddp"),
         overwrite=args.overwrite,
         allow_changed_code=args.allow_changed_code,
     )

@@ -248,6 +248,7 @@ class Experiment:
         deterministic: bool = False,
         early_stopping: Any = None,
         threads_per_hop: int | None = None,
+        parallelism: str = "ddp",
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -275,6 +276,7 @@ class Experiment:
             deterministic=deterministic,
             early_stopping=early_stopping,
             threads_per_hop=threads_per_hop,
+            parallelism=parallelism,
         )
         return self._run_steps(etl_step, spec, settings, overwrite, allow_changed_code)
 
@@ -315,6 +317,7 @@ class Experiment:
         deterministic: bool = False,
         early_stopping: Any = None,
         threads_per_hop: int | None = None,
+        parallelism: str = "ddp",
         overwrite: bool = False,
         allow_changed_code: bool = False,
     ) -> FitResult:
@@ -355,6 +358,13 @@ class Experiment:
                 wait for each generation's slowest model). Costs speed: see the README.
             threads_per_hop: torch intra-op threads of each hop (default: the worker's
                 share of the cores; 1 with ``deterministic``).
+            parallelism: how a worker of several devices (``devices_per_worker``) trains
+                a model: ``"ddp"`` (data-parallel, each device a share of every
+                minibatch), ``"fsdp"`` (the same, with parameters, gradients and optimizer
+                state sharded across the devices) or ``"auto"``: each model's first train
+                hop on such a worker times rank 0 alone, DDP and FSDP on a few minibatches
+                and the model keeps the fastest (``FitResult.table``'s ``parallelism`` and
+                ``trial_*`` columns; out of memory counts as not feasible).
             early_stopping: stop models early at epoch boundaries: ``"sha"``
                 (synchronous successive halving: same seed, same survivors), ``"asha"``
                 (asynchronous, never waits), ``"hyperband"`` (synchronous brackets),
@@ -390,6 +400,7 @@ class Experiment:
             deterministic=deterministic,
             early_stopping=early_stopping,
             threads_per_hop=threads_per_hop,
+            parallelism=parallelism,
         )
         return self._fit(spec, settings, overwrite, allow_changed_code)
 

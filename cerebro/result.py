@@ -14,6 +14,7 @@ import pandas as pd
 
 from cerebro import _ranking
 from cerebro.catalog import Catalog
+from cerebro.engine.messages import CANDIDATES
 from cerebro.params import ask_order
 from cerebro.statuses import ModelStatus
 
@@ -78,6 +79,7 @@ class FitResult:
             ):
                 self._seconds[r[0]] = float(r[1] or 0.0)
             fit = dict(cat.fit(fit_id))
+            self._parallelism = cat.parallelism(fit_id)
         finally:
             cat.close()
         self.config: dict[str, Any] = json.loads(fit["config"])
@@ -139,7 +141,11 @@ class FitResult:
         value of the objective (column ``best_<objective>``) and the epoch it was reached
         (``best_epoch``, from 1), training seconds (sum of its hops), status and error.
         With early stopping also ``stopped_epoch``: the epoch (from 1) after which a
-        ``stopped`` model stopped, its last; empty for the others.
+        ``stopped`` model stopped, its last; empty for the others. With
+        ``parallelism="auto"`` also ``parallelism`` (each model's choice) and
+        ``trial_single_s``, ``trial_ddp_s``, ``trial_fsdp_s``: each candidate's seconds
+        per minibatch in the model's trial, empty where it was not feasible (the catalog's
+        ``parallelism`` table says why).
 
         ``table.attrs`` holds the ``objective`` and ``mode`` that ranked it, and
         ``best_among``: which models may be :attr:`best` (early-stopped ones only with
@@ -168,6 +174,12 @@ class FitResult:
                 row["stopped_epoch"] = (
                     row["epochs"] if model["status"] == ModelStatus.STOPPED else None
                 )
+            if self._parallelism:
+                chosen = self._parallelism.get(mid, {})
+                row["parallelism"] = chosen.get("choice")
+                for mode in CANDIDATES:
+                    t = chosen.get("trials", {}).get(mode)
+                    row[f"trial_{mode}_s"] = t if isinstance(t, float) else None
             row["error"] = model["error"]
             rows.append(row)
         table = pd.DataFrame(rows)

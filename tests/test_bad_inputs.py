@@ -658,6 +658,12 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         "on_error must be one of",
     ),
     (
+        "unknown parallelism",
+        _run_fit(ToySpec(), parallelism="pipeline"),
+        ParamsError,
+        r"parallelism must be one of \('ddp', 'fsdp', 'auto'\), got 'pipeline'",
+    ),
+    (
         "unknown mode",
         _run_fit(ToySpec(), mode="maximize"),
         ParamsError,

@@ -7,6 +7,7 @@ Real processes on the session's toy data (2 partitions). The fits are small: on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -24,11 +25,18 @@ GRID = {"lr": [0.05], "batch_size": [16]}
 EPOCHS = 2
 
 
-def _fit(data: dict[str, str], out: Path, devices: Any, spec: Any = None) -> Any:
+def _fit(data: dict[str, str], out: Path, devices: Any, spec: Any = None, **how: Any) -> Any:
     with Experiment(
         dict(data, output_dir=str(out)), workers=2, devices_per_worker=devices, verbose=False
     ) as exp:
-        return exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3)
+        return exp.run_fit(spec or ToySpec(), GRID, num_epochs=EPOCHS, seed=3, **how)
+
+
+def _checkpoints(run: Path) -> list[dict[str, torch.Tensor]]:
+    return [
+        torch.load(p, map_location="cpu", weights_only=False)
+        for p in sorted((run / "models" / "m000").glob("*.pt"))
+    ]
 
 
 def _val_acc(result: Any) -> float:
@@ -49,6 +57,12 @@ def two_by_two(toy_data: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     return run, _fit(toy_data, run, 2)
 
 
+@pytest.fixture(scope="module")
+def one_by_one(toy_data: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    run = tmp_path_factory.mktemp("devices") / "run"
+    return run, _fit(toy_data, run, 1)
+
+
 def test_two_workers_of_two_ranks_run_every_hop_once(two_by_two: Any) -> None:
     run, result = two_by_two
     _every_hop_once(run)
@@ -56,10 +70,10 @@ def test_two_workers_of_two_ranks_run_every_hop_once(two_by_two: Any) -> None:
 
 
 def test_two_ranks_learn_as_one_and_save_the_plain_checkpoint(
-    two_by_two: Any, toy_data: dict[str, str], tmp_path: Path
+    two_by_two: Any, one_by_one: Any
 ) -> None:
     run, result = two_by_two
-    one = _fit(toy_data, tmp_path / "one", 1)
+    _, one = one_by_one
     assert abs(_val_acc(result) - _val_acc(one)) <= 0.1, (_val_acc(result), _val_acc(one))
     assert _val_acc(result) >= 0.8
     # the checkpoint is today's format: the unwrapped module's state_dict, rank 0's RNG
@@ -84,6 +98,89 @@ def test_a_model_hops_between_a_two_rank_and_a_one_rank_worker(
         assert again.devices_per_worker == [2, 1] and again.ranks == [2, 1]
     finally:
         again.close()
+
+
+def test_fsdp_trains_what_ddp_trains_and_saves_the_plain_checkpoint(
+    two_by_two: Any, toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """NOTE [ FSDP in a hop ]: sharded parameters, gradients and momentum, the same rows
+    and dropout masks per rank as DDP: the same model, up to the order of float sums."""
+    ddp_run, _ = two_by_two
+    result = _fit(toy_data, tmp_path / "run", 2, parallelism="fsdp")
+    _every_hop_once(tmp_path / "run")
+    assert _val_acc(result) >= 0.8
+    ddp, fsdp = _checkpoints(ddp_run), _checkpoints(tmp_path / "run")
+    assert len(ddp) == len(fsdp) >= 1
+    for a, b in zip(ddp, fsdp, strict=True):
+        assert set(b) == {"model_id", "hyperparams", "epoch", "components", "rng"}
+        for key, value in a["components"]["model"].items():
+            torch.testing.assert_close(b["components"]["model"][key], value, atol=1e-5, rtol=0)
+        # the momentum buffers, gathered from the shards into the plain optimizer's format
+        moments = [s["momentum_buffer"] for s in b["components"]["optimizer"]["state"].values()]
+        for m, n in zip(moments, a["components"]["optimizer"]["state"].values(), strict=True):
+            torch.testing.assert_close(m, n["momentum_buffer"], atol=1e-5, rtol=0)
+        assert torch.equal(a["rng"], b["rng"])
+
+
+def test_an_fsdp_model_hops_to_a_one_rank_worker_and_back(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    result = _fit(toy_data, tmp_path / "run", [2, 1], parallelism="fsdp")
+    _every_hop_once(tmp_path / "run")
+    pids = {r["pid"] for r in hop_rows(tmp_path / "run" / "catalog.sqlite") if r["pid"]}
+    assert len(pids) == 2 and _val_acc(result) >= 0.8
+
+
+def test_auto_times_each_candidate_once_per_model_and_keeps_the_fastest(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """NOTE [ choosing the parallelism ]: the first train hop on a two-rank worker runs the
+    trials; the choice and every timing are in the catalog and the table, and a fit run
+    again (a resume) keeps them."""
+    grid = {"lr": [0.05], "batch_size": [16], "hidden": [8, 16]}
+    params = dict(toy_data, output_dir=str(tmp_path / "run"))
+    with Experiment(params, workers=2, devices_per_worker=[2, 1], verbose=False) as exp:
+        result = exp.run_fit(ToySpec(), grid, num_epochs=EPOCHS, seed=3, parallelism="auto")
+    db = sqlite3.connect(tmp_path / "run" / "catalog.sqlite")
+    rows = db.execute("SELECT model_id, choice, trials, worker FROM parallelism").fetchall()
+    db.close()
+    assert sorted(r[0] for r in rows) == ["m000", "m001"]
+    for _model, choice, trials, worker in rows:
+        timings = json.loads(trials)
+        assert worker == 0  # the two-rank worker
+        assert set(timings) == {"single", "ddp", "fsdp"}
+        assert all(isinstance(t, float) and t > 0 for t in timings.values()), timings
+        assert choice == min(timings, key=timings.get)
+    table = result.table.set_index("model_id")
+    for model_id, choice, trials, _ in rows:
+        assert table.loc[model_id, "parallelism"] == choice
+        assert table.loc[model_id, "trial_ddp_s"] == json.loads(trials)["ddp"]
+    assert (table["status"] == "done").all() and (table["val_acc"] >= 0.8).all()
+    with Experiment(params, workers=2, devices_per_worker=[2, 1], verbose=False) as exp:
+        again = exp.run_fit(ToySpec(), grid, num_epochs=EPOCHS, seed=3, parallelism="auto")
+    assert again.table["parallelism"].tolist() == table["parallelism"].tolist()
+
+
+def test_auto_leaves_the_trained_model_as_without_trials(
+    two_by_two: Any, one_by_one: Any, toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """The trials train throwaway copies: the model ends as a fit without trials would
+    leave it. Bit for bit when the choice is DDP (the DDP fit) or rank 0 alone (a fit on
+    one-device workers: rank 0 draws the model's own RNG stream); FSDP as close as it is
+    to DDP. (This toy model is so small that rank 0 alone is the fastest.)"""
+    _fit(toy_data, tmp_path / "run", 2, parallelism="auto")
+    db = sqlite3.connect(tmp_path / "run" / "catalog.sqlite")
+    ((choice,),) = db.execute("SELECT choice FROM parallelism").fetchall()
+    db.close()
+    reference, _ = one_by_one if choice == "single" else two_by_two
+    for a, b in zip(_checkpoints(reference), _checkpoints(tmp_path / "run"), strict=True):
+        for key, value in a["components"]["model"].items():
+            got = b["components"]["model"][key]
+            if choice == "fsdp":
+                torch.testing.assert_close(got, value, atol=1e-5, rtol=0)
+            else:
+                assert torch.equal(got, value), (choice, key)
+        assert torch.equal(a["rng"], b["rng"])
 
 
 class KillsRankOnce(ToySpec):

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "CANDIDATES",
     "EngineEvent",
     "GroupBroken",
     "HopDone",
     "HopFailed",
     "HopOutcome",
     "HopTask",
+    "Parallelism",
     "TaskKind",
     "UserFailure",
     "WorkerLost",
@@ -24,6 +26,15 @@ __all__ = [
 TaskKind = Literal["train", "val", "test", "predict", "probe"]
 """What a hop does: the fit's ``train`` and ``val`` hops, ``run_test``'s and
 ``run_predict``'s, and the one-minibatch ``probe`` that checks a spec before a fit."""
+
+Parallelism = Literal["ddp", "fsdp", "single", "auto"]
+"""How a train hop uses a several-device worker: data-parallel (``ddp``), sharded
+(``fsdp``), on rank 0 alone (``single``), or ``auto``: time each on a few minibatches
+first and run the fastest (NOTE [ choosing the parallelism ] in ``cerebro/worker/_trial``).
+A one-device worker ignores it."""
+
+CANDIDATES: tuple[Parallelism, ...] = ("single", "ddp", "fsdp")
+"""What ``auto`` tries, in this order."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +53,7 @@ class HopTask:
     shuffle_seed: int
     threads: int | None = None  # torch intra-op threads for this hop; None: the worker's
     deterministic: bool = False  # torch.use_deterministic_algorithms for this hop
+    parallelism: Parallelism = "ddp"  # on a several-device worker
 
 
 @dataclass
@@ -59,6 +71,9 @@ class HopOutcome:
     pid: int = field(default_factory=os.getpid)
     nonfinite: str | None = None  # first metric that was NaN/inf, if any
     predictions: list[tuple[int, Any, float]] | None = None  # (row id, class, confidence)
+    # parallelism="auto": each candidate's seconds per minibatch, or why it is not feasible
+    trials: dict[str, float | str] | None = None
+    parallelism: str | None = None  # what a several-device train hop ran with
 
 
 @dataclass

@@ -6,7 +6,9 @@ minibatches as a one-device worker (the same seeded permutation), and rank ``r``
 runs the user's unchanged hook on the ``r``-th contiguous share of each (``n // k`` rows,
 one more for the first ``n % k`` ranks). In a train hop the modules are wrapped in
 ``DistributedDataParallel``, so ``loss.backward()`` all-reduces (averages) the gradients
-and every rank's ``optimizer.step()`` makes the same update. A last minibatch with fewer
+and every rank's ``optimizer.step()`` makes the same update; with ``parallelism="fsdp"``
+they are sharded instead (NOTE [ FSDP in a hop ] in ``_fsdp``), and with ``"single"``
+(what ``"auto"`` may choose) rank 0 runs whole minibatches alone. A last minibatch with fewer
 rows than ranks runs on rank 0 alone, on the plain modules (the others skip it): every
 row is still used once per epoch. Per-minibatch metrics are averaged over the ranks
 weighted by their rows, so ``metrics_agg`` gets one value per global minibatch, as from
@@ -30,10 +32,12 @@ from cerebro.engine.messages import UserFailure
 from cerebro.model_cache import ModelCache
 from cerebro.partitions import Partition
 from cerebro.spec import MinibatchSpec
+from cerebro.worker import _fsdp
 from cerebro.worker._checkpoint import Unusable, build_model
+from cerebro.worker._fsdp import Sharded
 from cerebro.worker._hop import HopRun, index_rows, minibatch_indices
 
-__all__ = ["RankRun", "collective_failure", "rank_share", "shard", "unwrap"]
+__all__ = ["RankRun", "collective_failure", "ddp_wrapped", "rank_share", "shard", "unwrap"]
 
 
 def shard(index: Any, rank: int, world: int) -> Any:
@@ -72,7 +76,7 @@ def collective_failure(failure: UserFailure) -> bool:
     )
 
 
-def _wrapped(components: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def ddp_wrapped(components: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The components with each module that has trainable parameters in DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -134,14 +138,24 @@ def rank_share(
     out.rows = len(part)
     bs = int(task.hyperparams["batch_size"])
     indices = minibatch_indices(part, bs, task.shuffle_seed if train else None)
-    full = indices if not indices or index_rows(indices[-1]) >= world else indices[:-1]
-    tail = indices[len(full) :] if rank == 0 else []
-    mine = [shard(ix, rank, world) for ix in full]
+    mode = task.parallelism if train else "ddp"  # an evaluation shares rows, unwrapped
+    if mode == "single":  # rank 0 alone, the whole of every minibatch
+        mine, tail = (list(indices) if rank == 0 else []), []
+    else:
+        full = indices if not indices or index_rows(indices[-1]) >= world else indices[:-1]
+        tail = indices[len(full) :] if rank == 0 else []
+        mine = [shard(ix, rank, world) for ix in full]
     users = components
+    sharded: Sharded | None = None
     try:
-        if train:
-            users = _wrapped(components, device)
+        if train and mode == "fsdp":
+            sharded = _fsdp.shard(components)  # NOTE [ FSDP in a hop ]
+            users = sharded.components
+        elif train and mode == "ddp":
+            users = ddp_wrapped(components, device)
         for job, comps in ((mine, users), (tail, components)):
+            if comps is components and sharded is not None:
+                _fsdp.gather_into(sharded, components, rank)  # (before the tail: its input)
             if task.kind == "predict":
                 for k, minibatch in enumerate(part.batches(job)):
                     why = run.predict_step(comps, part, job[k], minibatch)
@@ -162,7 +176,7 @@ def rank_share(
         run.predictions,
         run.user,
     )
-    return out, (built, unwrap(users), rng)
+    return out, (built, components if sharded is not None else unwrap(users), rng)
 
 
 def combine(runs: list[RankRun]) -> tuple[dict[str, list[float]], list[int]]:

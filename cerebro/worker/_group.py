@@ -24,6 +24,7 @@ the model's fault (the hop fails) from the worker's (the hop re-runs from its ch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -250,6 +251,15 @@ def group_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure 
     start = time.time()
     if why := group.hand_out(task):
         return GroupBroken(f"{why}, before {_where(task)}")
+    trials = None
+    if task.kind == "train" and task.parallelism == "auto":
+        from cerebro.worker._trial import choose
+
+        try:
+            choice, trials = choose(state, task, 0, group.world)
+        except Exception as e:  # noqa: BLE001 - a rank died or hung in a trial
+            return _broken(group, task, UserFailure("trial", f"{type(e).__name__}: {e}", ""))
+        task = dataclasses.replace(task, parallelism=choice)  # type: ignore[arg-type]
     mine, built = rank_share(state, task, 0, group.world)
     if mine.failure is not None and task.kind == "train":
         return _broken(group, task, mine.failure)
@@ -288,4 +298,6 @@ def group_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure 
         time.perf_counter() - s0,
         nonfinite=nonfinite,
         predictions=predictions,
+        trials=trials,
+        parallelism=task.parallelism if task.kind == "train" else None,
     )

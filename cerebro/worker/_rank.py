@@ -11,6 +11,7 @@ the group's next collective, stops it).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime
 import faulthandler
 import os
@@ -58,6 +59,11 @@ def main(fd: int, parent: int) -> None:
             continue
         seq, task = body
         hop_numerics(state, task)
+        if task.kind == "train" and task.parallelism == "auto":
+            from cerebro.worker._trial import choose
+
+            choice, _ = choose(state, task, rank, world)  # rank 0 reaches the same
+            task = dataclasses.replace(task, parallelism=choice)
         run, _ = rank_share(state, task, rank, world)
         if run.failure is not None and task.kind == "train":
             # The others may wait in an all-reduce this rank will never join: the group
