@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
@@ -181,6 +182,33 @@ def test_auto_leaves_the_trained_model_as_without_trials(
             else:
                 assert torch.equal(got, value), (choice, key)
         assert torch.equal(a["rng"], b["rng"])
+
+
+class FitsEightRows(ToySpec):
+    """A device with room for 8 rows of a minibatch: more raise torch's out-of-memory
+    error, as a GPU's allocator does."""
+
+    def train(self, model_object: Any, minibatch: Any, hyperparams: Any, device: Any) -> Any:
+        if len(minibatch[0]) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().train(model_object, minibatch, hyperparams, device)
+
+
+def test_auto_counts_out_of_memory_as_not_feasible(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """Rank 0 alone gets all 16 rows of a minibatch and runs out of memory; DDP and FSDP
+    give each rank 8: the model trains with one of them, and fails nothing."""
+    result = _fit(toy_data, tmp_path / "run", 2, FitsEightRows(), parallelism="auto")
+    db = sqlite3.connect(tmp_path / "run" / "catalog.sqlite")
+    ((choice, trials),) = db.execute("SELECT choice, trials FROM parallelism").fetchall()
+    db.close()
+    timings = json.loads(trials)
+    assert timings["single"].startswith("out of memory (OutOfMemoryError: CUDA out of memory")
+    assert choice in ("ddp", "fsdp") and isinstance(timings[choice], float)
+    table = result.table.set_index("model_id")
+    assert table.loc["m000", "status"] == "done" and pd.isna(table.loc["m000", "trial_single_s"])
+    _every_hop_once(tmp_path / "run")
 
 
 class KillsRankOnce(ToySpec):

@@ -214,12 +214,15 @@ def run_minibatches(
     device: torch.device,
     components: dict[str, Any],
     parts: dict[tuple[str, int], Partition],
+    ranks: int = 1,
 ) -> HopRun | UserFailure:
     """Run the hop's kind over its partition's minibatches; what it found, or what failed.
 
     Kinds: ``train`` (shuffled), ``val`` / ``test`` (in order, ``valtest``), ``predict`` (in
     order, ``predict``), and ``probe``: one ``train`` minibatch and one ``valtest`` minibatch,
-    to learn the metric names and catch a broken spec before a fit spends any time.
+    to learn the metric names and catch a broken spec before a fit spends any time. On a
+    worker of ``ranks`` devices the probe's minibatch is one rank's share of the rows, what
+    a device gets in the fit (a model may fit a device only with its share).
     """
     name = type(spec).__name__
     bs = int(task.hyperparams["batch_size"])
@@ -240,7 +243,7 @@ def run_minibatches(
                     for obj in components.values():
                         if isinstance(obj, torch.nn.Module):
                             obj.eval()
-                one = [slice(0, min(bs, len(part)))]
+                one = [slice(0, min(-(-bs // ranks), len(part)))]
                 why = run.metrics_loop(probe_hook, components, part, one, prefix=f"{split}_")
                 if why:
                     return UserFailure(f"{name}.{probe_hook}", why, "")

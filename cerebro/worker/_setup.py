@@ -145,7 +145,8 @@ def run_hop(state: dict[str, Any], task: HopTask) -> HopOutcome | UserFailure | 
             f"{name}.create_model_components", f"{type(e).__name__}: {e}", traceback.format_exc()
         )
     load_seconds = time.perf_counter() - t0
-    run = run_minibatches(spec, task, device, components, state["partitions"])
+    world = group.world if group is not None else 1
+    run = run_minibatches(spec, task, device, components, state["partitions"], world)
     if isinstance(run, UserFailure):
         return run
     s0 = time.perf_counter()
