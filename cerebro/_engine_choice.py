@@ -53,8 +53,7 @@ def check_devices(devices_per_worker: Any, workers: int, engine: str) -> list[in
 
     Raises:
         TypeError: not an int or a list of ints.
-        ParamsError: a count below 1, a list of another length than ``workers``, or
-            several devices with an engine that does not run them yet.
+        ParamsError: a count below 1, or a list of another length than ``workers``.
     """
     fix = "pass an int >= 1 (devices on every worker) or a list of one such int per worker"
     counts = devices_per_worker
@@ -72,11 +71,6 @@ def check_devices(devices_per_worker: Any, workers: int, engine: str) -> list[in
             )
         if k < 1:
             raise ParamsError(f"devices_per_worker must be at least 1, got {k}; {fix}.")
-    if engine != "local" and any(k > 1 for k in counts):
-        raise ParamsError(
-            "devices_per_worker > 1 runs on the local engine only for now; use "
-            "engine='local', or one device per Ray actor (resources_per_worker={'GPU': 1})."
-        )
     return list(counts)
 
 
@@ -139,6 +133,7 @@ def make_engine(
             str(copy_misc(exp.output_dir, exp.params.misc)),
             address=exp.address,
             resources_per_worker=exp.resources_per_worker or None,
+            ranks=ranks if any(k > 1 for k in ranks) else None,
         )
     return LocalEngine(
         spec,

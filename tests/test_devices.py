@@ -264,15 +264,13 @@ def test_bad_device_counts_are_refused(
         Experiment(dict(toy_data, output_dir=str(tmp_path)), workers=2, devices_per_worker=devices)
 
 
-def test_more_ranks_than_minibatch_rows_and_ray_are_refused(
+def test_more_ranks_than_minibatch_rows_are_refused(
     toy_data: dict[str, str], tmp_path: Path
 ) -> None:
     params = dict(toy_data, output_dir=str(tmp_path))
     with Experiment(params, workers=2, devices_per_worker=4, verbose=False) as exp:
         with pytest.raises(ParamsError, match=r"batch_size=2 .* devices_per_worker=4.*>= 4"):
             exp.run_fit(ToySpec(), {"lr": [0.1], "batch_size": [8, 2]}, num_epochs=1)
-    with pytest.raises(ParamsError, match="local engine only"):
-        Experiment(params, workers=2, devices_per_worker=2, engine="ray")
 
 
 def test_a_process_group_listens_on_loopback_only() -> None:
@@ -293,3 +291,25 @@ def test_a_process_group_listens_on_loopback_only() -> None:
         assert all(s.split()[1].startswith(loopback) for s in sockets), sockets
     finally:
         group.close()
+
+
+def test_a_ray_worker_of_k_devices_is_one_actor_holding_k_gpus() -> None:
+    """On Ray a worker's ranks run on one node: its actor asks for all k GPUs, and its
+    share of the node's CPUs is split among the ranks' torch threads."""
+    from types import SimpleNamespace
+
+    from cerebro.engine._ray_nodes import plan_slots
+
+    node = {
+        "NodeID": "n1",
+        "Alive": True,
+        "NodeManagerAddress": "10.0.0.1",
+        "Resources": {"CPU": 16.0, "GPU": 8.0},
+    }
+    cluster = SimpleNamespace(nodes=lambda: [node])
+    slots = plan_slots(cluster, ["n1", "n1"], None, [4, 2])  # type: ignore[arg-type]
+    assert [s["options"]["num_gpus"] for s in slots] == [4.0, 2.0]
+    assert [s["options"]["num_cpus"] for s in slots] == [8.0, 8.0]
+    assert [s["threads"] for s in slots] == [2, 4] and {s["device"] for s in slots} == {"cuda"}
+    few = plan_slots(cluster, ["n1", "n1"], None, [8, 8])  # type: ignore[arg-type]
+    assert [s["options"]["num_gpus"] for s in few] == [4.0, 4.0]  # an even share, as before

@@ -105,3 +105,46 @@ def test_experiment_on_ray_matches_local(
         cluster.address,
         resources,
     )
+
+
+def test_workers_of_two_devices_on_ray_match_local(
+    toy_params: dict[str, str], tmp_path: Path, cluster: Any
+) -> None:
+    """``devices_per_worker=2`` on Ray: each actor leads a process group of two ranks on
+    its node, and the fit's numbers are the local engine's, to the bit (a one-rank worker
+    would differ: rank 1 draws its own dropout masks). A rank SIGKILLed in its first
+    minibatch breaks the group: the actor is replaced and the hop runs again, lost once."""
+    from test_devices import KillsRankOnce
+
+    grid = {"lr": [0.05], "batch_size": [16]}
+    local = Experiment(
+        dict(toy_params, output_dir=str(tmp_path / "local")),
+        workers=2,
+        devices_per_worker=2,
+        verbose=False,
+    )
+    local.run_etl(ToyETL(), seed=1)
+    local.run_fit(ToySpec(), grid, num_epochs=2, seed=1)
+    local.close()
+    exp = Experiment(
+        toy_params,
+        workers=2,
+        engine="ray",
+        address=cluster.address,
+        resources_per_worker={"CPU": THREADS},
+        devices_per_worker=2,
+        verbose=False,
+    )
+    exp.run_etl(ToyETL(), seed=1)
+    armed = tmp_path / "armed"
+    armed.touch()
+    result = exp.run_fit(KillsRankOnce(str(armed)), grid, num_epochs=2, seed=1)
+    assert not armed.exists()  # a rank was killed
+    assert set(result.table["status"]) == {"done"}
+    assert _hops(exp.catalog_path) == _hops(local.catalog_path)
+    assert len(_hops(exp.catalog_path)) == 2 * 2 * 2
+    db = sqlite3.connect(exp.catalog_path)
+    lost = db.execute("SELECT error FROM hops WHERE status='lost'").fetchall()
+    db.close()
+    assert len(lost) == 1 and "rank 1" in lost[0][0] and "signal 9" in lost[0][0], lost
+    exp.close()

@@ -86,6 +86,8 @@ class WorkerActor:
         for w in self.writers.values():
             shutil.rmtree(w.tmp, ignore_errors=True)
         self.writers.clear()
+        if (group := self.state.get("group")) is not None:
+            group.close()  # a worker of several devices: its ranks exit
         self.state.clear()
         shutil.rmtree(self.scratch / "misc", ignore_errors=True)
 
@@ -176,8 +178,10 @@ class WorkerActor:
         misc: dict[str, bytes],
         threads: int,
         device: str,
+        ranks: int = 1,
     ) -> dict[str, Any] | UserFailure:
-        """:func:`cerebro.worker.setup_worker` with the misc files copied to this node."""
+        """:func:`cerebro.worker.setup_worker` with the misc files copied to this node
+        (with ``ranks`` > 1 this actor starts and leads its worker's process group)."""
         try:
             spec = load_spec(spec_blob, paths)
         except Exception as e:  # noqa: BLE001 - e.g. the spec's module is not on this node
@@ -200,7 +204,9 @@ class WorkerActor:
                 "put data_dir on storage every node mounts at the same path.",
                 "",
             )
-        result = setup_worker(self.state, spec, data_dir, owned, self._misc(misc), threads, device)
+        result = setup_worker(
+            self.state, spec, data_dir, owned, self._misc(misc), threads, device, ranks
+        )
         if isinstance(result, dict):
             result.update(self.where())
             result["device"] = device
@@ -208,7 +214,7 @@ class WorkerActor:
 
     def hop(
         self, task: HopTask, model_state: bytes | None
-    ) -> tuple[HopOutcome | UserFailure, bytes | None]:
+    ) -> tuple[HopOutcome | UserFailure | GroupBroken, bytes | None]:
         """Run one hop with the model state given as bytes; returns the new state's bytes."""
         t0 = time.perf_counter()
         in_path = self.scratch / "in.pt"
@@ -227,7 +233,8 @@ class WorkerActor:
         finally:
             in_path.unlink(missing_ok=True)
         new_state = None
-        assert not isinstance(result, GroupBroken)  # an actor is one device: no group
+        if isinstance(result, GroupBroken):
+            return result, None  # the engine replaces this actor (and so its group)
         if isinstance(result, UserFailure) and task.in_ckpt is not None:
             # name the driver's checkpoint file, not this node's scratch copy of it
             result.message = result.message.replace(str(in_path), task.in_ckpt)

@@ -121,6 +121,7 @@ def plan_slots(
     ray: ModuleType,
     node_ids: list[str],
     resources_per_worker: Mapping[str, float] | None = None,
+    ranks: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Actor options, torch threads and device for the slots placed on ``node_ids``.
 
@@ -129,11 +130,17 @@ def plan_slots(
     GPUs, one GPU each (or an even share when there are fewer GPUs than slots), with device
     ``"cuda"`` (Ray sets ``CUDA_VISIBLE_DEVICES`` for the actor). ``resources_per_worker``
     replaces this: ``{"CPU": 4, "GPU": 1, "my_resource": 1}``.
+
+    A slot of ``ranks[w]`` = k devices is one actor that holds all of them, so its ranks
+    run on one node (NOTE [ a worker's process group ]: the actor starts them): by default
+    k GPUs when the node has k for each of its slots, and its share of the CPUs split
+    among the ranks for their torch threads.
     """
     nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
     count = {nid: node_ids.count(nid) for nid in node_ids}
     slots = []
-    for nid in node_ids:
+    for w, nid in enumerate(node_ids):
+        k = ranks[w] if ranks else 1
         if nid not in nodes:
             raise WorkerError(node_gone(nid, "it is not an alive node of this Ray cluster"))
         res = nodes[nid]["Resources"]
@@ -145,12 +152,12 @@ def plan_slots(
             want = {}
             cpus = res.get("CPU", 1) / count[nid]
             g = res.get("GPU", 0)
-            gpus = 0.0 if g == 0 else (1.0 if g >= count[nid] else g / count[nid])
+            gpus = 0.0 if g == 0 else (float(k) if g >= k * count[nid] else g / count[nid])
         slots.append(
             {
                 "node_id": nid,
                 "ip": nodes[nid]["NodeManagerAddress"],
-                "threads": max(1, int(cpus)),
+                "threads": max(1, int(cpus // k)),  # per rank
                 "device": "cuda" if gpus > 0 else "cpu",
                 "options": {"num_cpus": cpus, "num_gpus": gpus, "resources": want},
             }

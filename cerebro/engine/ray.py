@@ -54,7 +54,7 @@ from cerebro.engine._ray_nodes import (
     spawn,
     spec_payload,
 )
-from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
+from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
 from cerebro.errors import ParamsError, UserCodeError, WorkerError
 from cerebro.spec import MinibatchSpec
 
@@ -106,6 +106,7 @@ class RayEngine:
         max_restarts: int = 3,
         num_cpus: int | None = None,
         start_timeout: float = 300.0,
+        ranks: list[int] | None = None,
     ):
         t0 = time.perf_counter()
         self._ray = ray = connect(address, num_cpus=num_cpus)
@@ -125,11 +126,12 @@ class RayEngine:
         self._early: list[EngineEvent] = []
         self._actors: list[Any] = []
         nodes, roots = _placement(ray, Path(data_dir), owned)
-        self.slots = plan_slots(ray, nodes, resources_per_worker)
+        self.slots = plan_slots(ray, nodes, resources_per_worker, ranks)
         misc = ray.put(misc_files(misc_dir))
         blob, paths = spec_payload(spec)
         self._setup_args = [
             (blob, paths, roots[w], owned[w], misc, s["threads"], s["device"])
+            + ((ranks[w],) if ranks and ranks[w] > 1 else ())
             for w, s in enumerate(self.slots)
         ]
         t1 = time.perf_counter()
@@ -319,6 +321,12 @@ class RayEngine:
             if actor is self._actors[w]:
                 self._restart(w, _first_line(e))
             return self._lost(w, task, actor, f"Ray error: {_first_line(e)}")
+        if isinstance(result, GroupBroken):  # the actor's process group: replace it all
+            if actor is self._actors[w]:
+                self._restart(w, result.reason)
+            if result.failure is not None:
+                return HopFailed(w, task, result.failure)
+            return self._lost(w, task, actor, f"worker process group broke: {result.reason}")
         if isinstance(result, UserFailure):
             return HopFailed(w, task, result)
         assert isinstance(result, HopOutcome)
