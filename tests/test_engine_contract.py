@@ -82,14 +82,15 @@ def _fake(folder: Path) -> FakeEngine:
         return done(task)
 
     def setup(worker: int) -> bool:
+        if (folder / "gate").exists():
+            return False
         if (folder / "fail").exists():
+            (folder / "failed").touch()
             raise UserCodeError(
                 "RuntimeError: no licence server",
                 function="LoggedSpec.initialize_worker",
                 where=f"worker {worker} set-up",
             )
-        if (folder / "gate").exists():
-            return False
         with open(folder / "setups", "a") as f:
             f.write(f"fake-{worker}\n")
         return True
@@ -325,20 +326,31 @@ def _running(pid: str) -> bool:
 def test_a_failed_replacement_set_up_is_raised_and_shutdown_ends_every_worker(
     own: Case,
 ) -> None:
+    """The failure is raised by a poll, after the hop another slot finished meanwhile has
+    been reported (Engine.poll: a finished hop is never lost to another slot's error)."""
     engine = own.engine
     assert own.setups() == engine.workers  # every slot set up once, before the first hop
-    own.start_held(0, hop_task(0, hold=True))
-    own.touch("fail")  # the replacement's initialize_worker raises
-    engine.kill_worker(0)
+    own.start_held(1, hop_task(1, hold=True))
+    own.touch("gate", "fail")  # the replacement waits, then its initialize_worker raises
+    engine.kill_worker(1)
     [lost] = poll_until(engine, 1)
-    assert isinstance(lost, WorkerLost) and lost.worker == 0
-    engine.submit(0, hop_task(0))
+    assert isinstance(lost, WorkerLost) and lost.worker == 1
+    finished = hop_task(0)
+    engine.submit(0, finished)
+    # once the next hop holds slot 0, ``finished`` has been answered (a worker answers
+    # each hop before it starts the next)
+    own.start_held(0, replace(hop_task(0, hold=True), model_id="m9"))
+    own.remove("gate")
+    if own.kind != "fake":  # (the fake runs set-ups and hops only when polled)
+        wait_for(own.folder / "failed")  # both answers are in, or within a millisecond
+    events: list[EngineEvent] = []
     with pytest.raises(UserCodeError, match="no licence server") as info:
-        poll_until(engine, 1)
+        while True:
+            events += engine.poll(timeout=1.0)
+    assert [(type(e), e.task) for e in events] == [(HopDone, finished)]
     assert "LoggedSpec.initialize_worker" in str(info.value)
-    assert "worker 0 set-up" in str(info.value)
-    engine.submit(1, hop_task(1))  # in flight at shutdown: abandoned
-    engine.shutdown()
+    assert "worker 1 set-up" in str(info.value)
+    engine.shutdown()  # the held hop, in flight: abandoned
     if own.kind != "fake":  # every process that started a worker's set-up has ended
         pids = own.lines("started")
         assert len(pids) == engine.workers + 1

@@ -196,8 +196,9 @@ def computed(catalog: Path) -> tuple[dict[tuple[Any, ...], Any], list[tuple[Any,
 
 
 class GatedSpec(ToySpec):
-    """Worker set-up waits while the file ``gate`` exists; a model with ``hold`` in its
-    hyperparameters waits in ``train`` while ``hold`` exists (after touching ``inside``).
+    """Worker set-up waits while the file ``gate`` exists, then fails if ``fail`` exists
+    (touching ``failed`` first); a model with ``hold`` in its hyperparameters waits in
+    ``train`` while ``hold`` exists (after touching ``inside``).
     Files, not timing, decide the order of events in the worker-restart tests."""
 
     def __init__(self, folder: Path) -> None:
@@ -205,10 +206,11 @@ class GatedSpec(ToySpec):
         self.fail = str(folder / "fail")
 
     def initialize_worker(self) -> None:
-        if os.path.exists(self.fail):
-            raise RuntimeError("no licence server")
         while os.path.exists(self.gate):
             time.sleep(0.01)
+        if os.path.exists(self.fail):
+            Path(self.fail + "ed").touch()  # "failed": the answer is on its way
+            raise RuntimeError("no licence server")
 
     def train(
         self, model_object: Any, minibatch: Any, hyperparams: dict[str, Any], device: Any

@@ -61,6 +61,9 @@ class Engine(Protocol):
         Raises:
             UserCodeError: a replacement worker's set-up hook failed.
             WorkerError: a slot died too often, or its replacement cannot start.
+            Either is raised by the poll that finds it only when that poll has no event
+            to return; otherwise its events come back and the next poll raises, so a hop
+            that finished on another slot at the same moment is never lost.
         """
         ...
 

@@ -93,6 +93,7 @@ class LocalEngine:
         # (all of them wait while the slot's replacement process sets up)
         self._tasks: dict[int, list[HopTask]] = {}
         self._setting_up: set[int] = set()  # slots whose replacement process is starting
+        self._error: UserCodeError | WorkerError | None = None  # for the next poll to raise
         self._children: list[Child] = []
         self._pool = pool
         self._output = pool.output if pool is not None else Output(quiet=quiet)
@@ -212,6 +213,9 @@ class LocalEngine:
         A replaced worker finishing its set-up also ends the wait (with no event): the hop
         queued for it has just been sent.
         """
+        if self._error is not None:  # found by the last poll, which had events to return
+            error, self._error = self._error, None
+            raise error
         busy = {self._children[w].conn: w for w, t in self._tasks.items() if t}
         busy.update((self._children[w].conn, w) for w in self._setting_up)
         if not busy:
@@ -220,13 +224,19 @@ class LocalEngine:
         ready = wait(list(busy), timeout)
         for conn in ready:
             w = busy[conn]  # type: ignore[index]
-            if w in self._setting_up:
-                self._setup_answered(w)  # no event: a replacement is ready (or retried)
-            else:
-                self._collect(w, events)
+            try:
+                if w in self._setting_up:
+                    self._setup_answered(w)  # no event: a replacement is ready (or retried)
+                else:
+                    self._collect(w, events)
+            except (UserCodeError, WorkerError) as e:
+                self._error = self._error or e  # the other slots' answers are still read
         for conn, w in busy.items():
             if conn not in ready and w < len(self._children):
                 self._children[w].stream()  # what a long hop has printed so far
+        if self._error is not None and not events:
+            error, self._error = self._error, None
+            raise error
         return events
 
     def _collect(self, w: int, events: list[EngineEvent]) -> None:

@@ -124,6 +124,7 @@ class RayEngine:
         self._dead: list[Any] = []  # actors whose death was reported (with their running hop)
         self._setting_up: dict[Any, tuple[int, Any, float]] = {}  # ref -> (slot, actor, by)
         self._early: list[EngineEvent] = []
+        self._error: UserCodeError | WorkerError | None = None  # for the next poll to raise
         self._actors: list[Any] = []
         nodes, roots = _placement(ray, Path(data_dir), owned)
         self.slots = plan_slots(ray, nodes, resources_per_worker, ranks)
@@ -265,6 +266,9 @@ class RayEngine:
             WorkerError: a replacement actor did not start within ``start_timeout``.
         """
         ray = self._ray
+        if self._error is not None:  # found by the last poll, which had events to return
+            error, self._error = self._error, None
+            raise error
         events, self._early = self._early, []
         now = time.monotonic()
         for w, _, by in self._setting_up.values():
@@ -282,7 +286,10 @@ class RayEngine:
         ready, rest = ray.wait(refs, num_returns=1, timeout=wait_s)
         if ready and rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        self._collect_setups([r for r in ready if r in self._setting_up])
+        try:
+            self._collect_setups([r for r in ready if r in self._setting_up])
+        except (UserCodeError, WorkerError) as e:
+            self._error = e  # the hops that finished meanwhile are still reported
         # Each slot's events in the order its hops were submitted (the controller completes
         # a queued hop only after the one before it); one whose elder is not in yet waits
         # for the next poll.
@@ -291,7 +298,13 @@ class RayEngine:
             if any(a is actor and m < n for _, _, a, m in self._running.values()):
                 continue
             del self._running[ref]
-            events.append(self._event(ref, w, task, actor))
+            try:
+                events.append(self._event(ref, w, task, actor))
+            except WorkerError as e:  # its replacement cannot start: the slot is done for
+                self._error = self._error or e
+        if self._error is not None and not events:
+            error, self._error = self._error, None
+            raise error
         return events
 
     def _order(self, ref: Any) -> int:

@@ -52,7 +52,8 @@ class FakeEngine:
             construction, and for each replacement) until it returns True, once per poll;
             the slot's hops wait until then. What it raises, :meth:`poll` (or the
             constructor) raises, as a real engine raises a failed set-up hook's
-            :class:`~cerebro.errors.UserCodeError`. Default: ready at once.
+            :class:`~cerebro.errors.UserCodeError` (after the events of that poll, as
+            :meth:`Engine.poll` says). Default: ready at once.
         max_restarts: how many times one slot may be replaced before :meth:`poll` raises
             :class:`~cerebro.errors.WorkerError`, as the real engines do.
 
@@ -84,6 +85,7 @@ class FakeEngine:
         self._setting_up = set(range(workers))
         self._lost: list[EngineEvent] = []  # killed by kill_worker, reported at the next poll
         self._closed = False
+        self._error: Exception | None = None  # for the next poll to raise (Engine.poll)
         for w in range(workers):
             self._set_up(w)
 
@@ -104,26 +106,38 @@ class FakeEngine:
         A poll after :meth:`kill_worker` reports only the hops it lost. ``timeout`` is
         ignored: the fake never waits.
         """
+        if self._error is not None:  # found by the last poll, which had events to return
+            error, self._error = self._error, None
+            raise error
         events, self._lost = self._lost, []
         if events:  # a kill is reported first; the replacement sets up from the next poll
             return events
         for w in range(self.workers):
-            if w in self._setting_up and not self._set_up(w):
-                continue
-            tasks = self._tasks[w]
-            while tasks:
-                result = self._run(w, tasks[0])
-                if result is None:
-                    break
-                if isinstance(result, Crash):
-                    events += self._lose(w, result.reason)
-                    break
-                task = tasks.pop(0)
-                if isinstance(result, UserFailure):
-                    events.append(HopFailed(w, task, result))
-                else:
-                    events.append(HopDone(w, task, result))
+            try:
+                self._poll_slot(w, events)
+            except Exception as e:  # noqa: BLE001 - raised once the other slots are read
+                self._error = self._error or e
+        if self._error is not None and not events:
+            error, self._error = self._error, None
+            raise error
         return events
+
+    def _poll_slot(self, w: int, events: list[EngineEvent]) -> None:
+        if w in self._setting_up and not self._set_up(w):
+            return
+        tasks = self._tasks[w]
+        while tasks:
+            result = self._run(w, tasks[0])
+            if result is None:
+                break
+            if isinstance(result, Crash):
+                events += self._lose(w, result.reason)
+                break
+            task = tasks.pop(0)
+            if isinstance(result, UserFailure):
+                events.append(HopFailed(w, task, result))
+            else:
+                events.append(HopDone(w, task, result))
 
     def shutdown(self) -> None:
         """Drop every hop in flight; later polls report nothing."""
