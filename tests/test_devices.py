@@ -313,3 +313,23 @@ def test_a_ray_worker_of_k_devices_is_one_actor_holding_k_gpus() -> None:
     assert [s["threads"] for s in slots] == [2, 4] and {s["device"] for s in slots} == {"cuda"}
     few = plan_slots(cluster, ["n1", "n1"], None, [8, 8])  # type: ignore[arg-type]
     assert [s["options"]["num_gpus"] for s in few] == [4.0, 4.0]  # an even share, as before
+
+
+def test_deterministic_fits_on_workers_of_two_ranks_are_the_same_at_any_worker_count(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """NOTE [ same bits at any scale ] holds with several devices per worker: one worker of
+    two ranks and two such workers train the very same bits (each hop splits its rows the
+    same way, whichever worker runs it)."""
+    runs = []
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        with Experiment(
+            dict(toy_data, output_dir=str(out)), workers=w, devices_per_worker=2, verbose=False
+        ) as exp:
+            exp.run_fit(ToySpec(), GRID, num_epochs=EPOCHS, seed=3, deterministic=True)
+        runs.append(_checkpoints(out))
+    assert len(runs[0]) == len(runs[1]) >= 2
+    for a, b in zip(*runs, strict=True):
+        for key, value in a["components"]["model"].items():
+            assert torch.equal(b["components"]["model"][key], value), key
