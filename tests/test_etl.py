@@ -263,3 +263,72 @@ def test_paths_are_checked_again_where_row_prep_runs(tmp_path: Path) -> None:
     message = str(e.value)
     assert "row id 3, column 'blob': '3.npy' is a symbolic link" in message
     assert f"checked on {platform.node()}, where row_prep reads them" in message
+
+
+class MixedETL(ToyETL):
+    """Leaves of dtypes numpy has (int8, bool) and one it lacks (bfloat16), in a dict."""
+
+    def row_prep(self, row: dict[str, Any], mode: str, object_dir: str | None) -> Any:
+        x, y = super().row_prep(row, mode, object_dir)
+        inputs = {"half": x.to(torch.bfloat16), "small": x.to(torch.int8), "pos": x > 0}
+        return inputs, (None if y is None else y.to(torch.int8))
+
+
+def test_every_dtype_reaches_the_partition_as_row_prep_made_it(
+    toy_params: dict[str, str], tmp_path: Path
+) -> None:
+    """Rows travel from the ETL processes as numpy arrays where numpy holds the dtype, as
+    tensors where it does not: the partitions get the very values and dtypes either way."""
+    from cerebro import etl
+    from cerebro.params import validate_params
+
+    params = validate_params(toy_params)
+    etl.run_etl(
+        MixedETL(), params, tmp_path / "data", tmp_path, partitions=1, fraction=1.0, seed=1,
+        processes=1, progress=False,
+    )  # fmt: skip
+    part = Partition(partition_path(tmp_path / "data", "train", 0))
+    inputs, labels = part.batch(slice(0, len(part)))
+    csv = pd.read_csv(toy_params["train_main"]).set_index("id").loc[part.ids.tolist()]
+    x = torch.tensor(csv[[f"f{i}" for i in range(6)]].to_numpy(), dtype=torch.float32)
+    assert torch.equal(inputs["half"], x.to(torch.bfloat16))
+    assert torch.equal(inputs["small"], x.to(torch.int8))
+    assert torch.equal(inputs["pos"], x > 0)
+    assert labels.dtype == torch.int8
+    assert labels.tolist() == csv["label"].tolist()
+
+
+def test_listing_a_folder_confines_as_resolving_each_path_does(tmp_path: Path) -> None:
+    """NOTE [ confining many paths ]: the same answer, path or error, for every value, in a
+    folder without links (listed), with a link (not listed) and with too many files."""
+    from cerebro.etl._paths import BadObjectPath, Confiner, confine
+
+    objs = tmp_path / "objs"
+    (objs / "a").mkdir(parents=True)
+    (objs / "d").mkdir()
+    for name in ("c.png", "a/b.png"):
+        (objs / name).write_bytes(b"x")
+    (tmp_path / "secret.png").write_bytes(b"s")
+    values = ["c.png", "./c.png", "a/../c.png", "a/b.png", "a//b.png", "missing.png", "d",
+              "a", "../secret.png", "/etc/passwd", "", "a/b.png/", "link", "a/link2"]  # fmt: skip
+
+    def answers(check: Any) -> list[str]:
+        out = []
+        for v in values:
+            try:
+                out.append(f"ok {check(v)}")
+            except BadObjectPath as e:
+                out.append(f"refused: {e}")
+        return out
+
+    root = str(objs)
+    listed = Confiner(root, len(values))
+    assert answers(listed) == answers(lambda v: confine(root, v))
+    assert listed._files == {"c.png", "a/b.png"}  # it did list the folder
+    assert Confiner(root, 0)._most < 1100  # (a small CSV lists at most ~1,000 entries)
+    (objs / "link").symlink_to(tmp_path / "secret.png")
+    (objs / "a" / "link2").symlink_to(objs / "c.png")
+    unlisted = Confiner(root, len(values))
+    assert answers(unlisted) == answers(lambda v: confine(root, v))
+    assert unlisted._files is None  # a link: every value resolved
+    assert "ok c.png" in answers(unlisted) and "ok c.png" == answers(unlisted)[-1]

@@ -19,7 +19,7 @@ import os
 import stat
 from typing import Any
 
-__all__ = ["MAX_PATH_CHARS", "BadObjectPath", "confine", "shorten"]
+__all__ = ["MAX_PATH_CHARS", "BadObjectPath", "Confiner", "confine", "shorten"]
 
 MAX_PATH_CHARS = 4096  # Linux's PATH_MAX; longer paths cannot be opened at all
 _MAX_NAME_BYTES = 255  # NAME_MAX of common file systems
@@ -48,6 +48,65 @@ def confine(object_dir: str, value: Any) -> str:
             absolute, resolves outside ``object_dir`` (``..`` or a symbolic link), or names
             nothing, a folder, or something that is not a regular file.
     """
+    _lexical(object_dir, value)
+    return _resolved(object_dir, value)
+
+
+class Confiner:
+    """:func:`confine` for many values of one folder, as fast as a set lookup.
+
+    NOTE [ confining many paths ]
+    Resolving a path (``realpath``: an ``lstat`` per component) costs tens of microseconds,
+    seconds for a data set of images. So the folder is listed once (``scandir``, whose
+    entries tell links and regular files apart for free): when it holds no symbolic link at
+    all, a value that passes the checks on the path alone and names a listed regular file
+    is inside, and nothing needs resolving. A folder with a link anywhere, or with many more
+    files than values to check, is not listed: every value is resolved as by
+    :func:`confine`, and so is any value that is not a listed file (for its error).
+    """
+
+    def __init__(self, object_dir: str, values: int):
+        self.object_dir = object_dir
+        self._most = 4 * values + 1024
+        self._files: set[str] | None = None
+        self._listed = False
+
+    def __call__(self, value: Any) -> str:
+        _lexical(self.object_dir, value)
+        if not self._listed:  # at the first value, not before: no value, no listing
+            self._files, self._listed = _regular_files(self.object_dir, self._most), True
+        if self._files is not None:
+            norm = os.path.normpath(value)
+            if norm in self._files:
+                return norm
+        return _resolved(self.object_dir, value)
+
+
+def _regular_files(root: str, most: int) -> set[str] | None:
+    """Every regular file under ``root`` (relative paths), or None if a symbolic link is
+    there or there are more than ``most`` entries."""
+    found: set[str] = set()
+    pending, seen = [""], 0
+    while pending:
+        rel = pending.pop()
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                for entry in it:
+                    seen += 1
+                    if seen > most or entry.is_symlink():
+                        return None
+                    name = os.path.join(rel, entry.name) if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(name)
+                    elif entry.is_file(follow_symlinks=False):
+                        found.add(name)
+        except OSError:
+            return None
+    return found
+
+
+def _lexical(object_dir: str, value: Any) -> None:
+    """The checks on the path alone (before anything on disk is looked at)."""
     if not isinstance(value, str):
         kind = "empty" if value is None or value != value else type(value).__name__  # NaN
         raise BadObjectPath(f"is not a path ({kind}); the cell must hold a file path")
@@ -66,6 +125,10 @@ def confine(object_dir: str, value: Any) -> str:
         raise BadObjectPath("is an absolute path; object paths must be relative to the folder")
     if not _inside(os.path.normpath(os.path.join(object_dir, value)), object_dir):
         raise BadObjectPath("leads outside the folder ('..'); paths must stay inside it")
+
+
+def _resolved(object_dir: str, value: str) -> str:
+    """The checks with every link resolved, on a value :func:`_lexical` passed."""
     # Not strict: a link is resolved even when its target is missing, so an outside target
     # is refused as outside whether or not it exists.
     real = os.path.realpath(os.path.join(object_dir, value))

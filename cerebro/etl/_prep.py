@@ -8,13 +8,19 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from cerebro.errors import CerebroError, ParamsError, UserCodeError
-from cerebro.etl._paths import BadObjectPath, confine
+from cerebro.etl._paths import BadObjectPath, Confiner
 from cerebro.etl._read import bad_object_paths, object_path_problem
 from cerebro.partitions import StructureError, flatten
 from cerebro.spec import ETLSpec
 
 __all__ = ["RowFailure", "prep_chunk"]
+
+# A process checks the object paths of chunks of a split it does not see whole: it lists a
+# folder of up to about 4x this many files (NOTE [ confining many paths ]).
+_LISTED_VALUES = 50_000
 
 
 @dataclass
@@ -50,12 +56,16 @@ def prep_chunk(
     on the disk ``row_prep`` reads: see NOTE [ object paths are confined ] in ``_paths``)."""
     spec: ETLSpec = state["spec"]
     name = f"{type(spec).__name__}.row_prep"
+    # one per folder and ETL run (set-up clears the state): NOTE [ confining many paths ]
+    confiners: dict[str, Confiner] = state.setdefault("confiners", {})
+    folder = object_dir or ""
+    confine = confiners.setdefault(folder, Confiner(folder, _LISTED_VALUES))
     out = []
     for row in rows:
         row_id = row["id"]
         for col in features:
             try:
-                row[col] = confine(object_dir or "", row[col])
+                row[col] = confine(row[col])
             except BadObjectPath as e:
                 problem = object_path_problem(row_id, col, row[col], str(e))
                 fix = f"checked on {platform.node()}, where row_prep reads them"
@@ -71,8 +81,28 @@ def prep_chunk(
         if why:
             return RowFailure(split, row_id, name, why, "")
         inputs, label = result
-        out.append((int(row_id), (inputs, None if split == "predict" else label)))
+        prepared = (inputs, None if split == "predict" else label)
+        out.append((int(row_id), _for_the_wire(prepared)))
     return out
+
+
+def _for_the_wire(obj: Any) -> Any:
+    """``obj`` with its CPU tensors as numpy arrays, the same bytes: a tensor pickles
+    through ``torch.save`` (about 0.2 ms each, paid again to load it in the process that
+    writes the partitions), an array in microseconds; the writer takes either and stores
+    the same leaves. Tensors numpy cannot hold (bfloat16, on a device) travel as they are."""
+    if isinstance(obj, torch.Tensor):
+        try:
+            return obj.detach().numpy()
+        except (TypeError, RuntimeError):  # a dtype numpy lacks, a device, a sparse layout
+            return obj
+    if isinstance(obj, tuple):
+        return tuple(_for_the_wire(o) for o in obj)
+    if isinstance(obj, list):
+        return [_for_the_wire(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _for_the_wire(v) for k, v in obj.items()}
+    return obj
 
 
 def _check_row(result: Any, split: str) -> str | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cerebro.errors import ParamsError
-from cerebro.etl._paths import BadObjectPath, confine, shorten
+from cerebro.etl._paths import BadObjectPath, Confiner, shorten
 
 __all__ = [
     "FeaturesError",
@@ -179,11 +179,12 @@ def _check_objects(
         )
     bad: list[str] = []
     ids = df["id"].tolist()
+    confine = Confiner(str(object_dir), len(df) * len(features))
     for col in features:
         safe = []
         for row_id, value in zip(ids, df[col].tolist(), strict=True):
             try:
-                safe.append(confine(str(object_dir), value))
+                safe.append(confine(value))
             except BadObjectPath as e:
                 bad.append(object_path_problem(row_id, col, value, str(e)))
                 if len(bad) >= _MAX_LISTED:

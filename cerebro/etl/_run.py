@@ -109,8 +109,10 @@ def run_etl(
     sizes = {(plan.split, p): s for plan in plans for p, s in enumerate(plan.sizes)}
     bar = progress_bar(total_rows, progress)
     try:
+        for child in children:  # all at once: each waits for its own start-up
+            child.submit(_setup, spec, str(misc_dir), 1, label="set-up")
         for child in children:
-            r = child.call(_setup, spec, str(misc_dir), 1, label="set-up")
+            r = child.result()
             if isinstance(r, RemoteError):
                 raise UserCodeError(
                     f"{r.type_name}: {r.message}",
