@@ -20,7 +20,7 @@ import torch
 
 from cerebro import Experiment, FitResult
 from cerebro.engine.local import default_devices, threads_per_worker
-from toy import ToyETL, ToySpec, hop_rows, write_toy_csvs
+from toy import ToyETL, ToySpec, hop_rows, worker_pids, write_toy_csvs
 
 GRID = {"lr": [0.05, 0.01], "batch_size": [32]}
 OFFSET = 7.25  # the content of the misc file
@@ -277,7 +277,7 @@ def test_local_engine_listens_on_no_network_port(tmp_path: Path, data: dict[str,
                 time.sleep(0.01)
             assert proc.poll() is None and (folder / flag).exists(), stage
             pids = _tree(proc.pid)
-            workers = [p for p in pids if b"cerebro.engine._child" in _cmdline(p)]
+            workers = worker_pids(proc.pid)
             assert len(workers) >= 2, (stage, pids)
             found, n_unix = _inet_sockets(pids)
             assert found == {}, f"{stage}: inet sockets {found}"
@@ -289,10 +289,3 @@ def test_local_engine_listens_on_no_network_port(tmp_path: Path, data: dict[str,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

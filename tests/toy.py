@@ -270,9 +270,12 @@ def wait_for(path: Path, within: float = 60) -> None:
         time.sleep(0.01)
 
 
-def worker_pids() -> list[int]:
-    """PIDs of this process's live worker children (``cerebro.engine._child``)."""
-    out = []
+def worker_pids(parent: int | None = None) -> list[int]:
+    """PIDs of the live worker children of ``parent`` (default: this process): those it
+    started (``cerebro.engine._child``) and those its fork server forked for it (the
+    zygote's children: NOTE [ the zygote ] in ``cerebro.engine._process``)."""
+    parent = os.getpid() if parent is None else parent
+    procs = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -282,10 +285,14 @@ def worker_pids() -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == os.getpid() and state != "Z" and b"cerebro.engine._child" in cmd:
-            out.append(int(d.name))
-    return out
+        if fields[0] != "Z":
+            procs.append((int(d.name), int(fields[1]), cmd))
+    zygotes = {p for p, ppid, cmd in procs if ppid == parent and b"engine._zygote" in cmd}
+    return [
+        p
+        for p, ppid, cmd in procs
+        if (ppid == parent and b"cerebro.engine._child" in cmd) or ppid in zygotes
+    ]
 
 
 def kill_driver_after(script: str, run_dir: Path, hops: int, within: float = 120) -> None:

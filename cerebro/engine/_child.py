@@ -5,6 +5,9 @@ imports torch's compiler stack, about a second), so a pooled worker is ready whe
 first call comes. Then it reads ``(fn, args)`` calls from the socket FD, runs
 ``fn(state, *args)``, and answers ``("ok", value)`` or ``("error", RemoteError)``. Exits
 when the parent closes the socket.
+
+A child forked by the fork server (``_zygote``) enters :func:`main` from there, already
+warm, instead of through this entry point.
 """
 
 from __future__ import annotations

@@ -1,16 +1,22 @@
 """Worker processes that outlive one step of an experiment.
 
-Starting a worker costs seconds of CPU (the interpreter, ``import torch``, and the lazy
-import of torch's compiler stack that the first optimizer triggers: about 2.4 s on one
-core), more than a whole small fit. An :class:`~cerebro.Experiment` therefore keeps its
+Starting a fresh worker costs seconds of CPU (the interpreter, ``import torch``, and the
+lazy import of torch's compiler stack that the first optimizer triggers: about 2.4 s on one
+core), more than a whole small fit. Children are forked from a fork server that paid it
+once (NOTE [ the zygote ] in ``_process``), which makes a start cheap, but a worker still
+holds what it loaded for a step (partitions, the spec's set-up, cached models), and a
+fork server is not always there (``CEREBRO_FORK_SERVER=0``, not Linux). An
+:class:`~cerebro.Experiment` therefore keeps its
 worker processes in a :class:`WorkerPool` from its first ``run_etl``/``run_fit``/``start``
 until ``close()``: the ETL, every fit and every test or predict run on the same warm
 processes, as the original's long-running workers did. Each step still sends its own
 set-up call (spec, partitions), so nothing of one step's state leaks into the next.
 
 NOTE [ pool processes start warm ]
-``start`` only launches processes (``Popen`` does not wait): they import torch and build a
-throw-away optimizer (``_child.py --warm``) while the driver goes on, e.g. reading CSVs.
+``start`` only launches processes and does not wait for them. A forked one is warm from
+the start; the fork request is answered when the fork server gets to it, the first time
+once it has imported torch, while the driver goes on (e.g. reading CSVs). A ``Popen`` one
+imports torch and builds a throw-away optimizer (``_child.py --warm``) meanwhile.
 """
 
 from __future__ import annotations

@@ -2,10 +2,26 @@
 
 Why not ``multiprocessing``: its "spawn" start re-runs the user's script in every child (a
 script without an ``if __name__ == "__main__"`` guard then recursively starts runs), and
-"fork" after torch has started its thread pools can deadlock. A child here is a fresh
-``python -m cerebro.engine._child`` joined to us by a socket pair: nothing of the user's
-script runs in it, and nothing listens on a port. Calls travel with cloudpickle, so specs
-defined in a notebook or a script's ``__main__`` work.
+its "fork" forks the driver itself, whose torch may have started its thread pools (a
+thread holding a lock at the fork deadlocks the child). A child here runs
+``cerebro.engine._child`` joined to us by a socket pair: nothing of the user's script runs
+in it, and nothing listens on a port. Calls travel with cloudpickle, so specs defined in a
+notebook or a script's ``__main__`` work.
+
+NOTE [ the zygote ]
+A fresh ``python -m cerebro.engine._child`` costs ~3.5 s of CPU before its first call
+(``import torch``, the first optimizer's compiler stack). So a child is forked instead,
+from a fork server (``_zygote``): one helper process per driver, started on first need,
+that paid that once and then only forks. Forking it is safe where forking the driver is
+not: it never runs a tensor operation and has no thread but its main one (it checks
+before each fork), as torch's DataLoader forks its workers from a process that only
+imported torch. The child gets the driver's environment, ``sys.path`` and working
+directory of the moment, and its own thread counts and random seeds (the NOTEs in
+``_zygote``). The answer to a fork comes when the zygote gets to it, so creating a
+:class:`Child` never waits; its first call (or :attr:`Child.pid`) does. Children are
+started with ``Popen`` as before where there is no fork (not Linux), with
+``CEREBRO_FORK_SERVER=0``, and when the zygote could not start, died while starting, or
+refused a fork; a zygote that died after it was ready is started again.
 
 NOTE [ child death ]
 A child that dies closes its end of the socket; ``recv`` raises ``EOFError`` at once, and
@@ -43,6 +59,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cloudpickle
+
+from cerebro.engine import _zygote
 
 __all__ = ["Child", "ChildDied", "Output", "RemoteError", "parallel_map"]
 
@@ -190,27 +208,64 @@ class Child:
         self.output = output if output is not None else Output()
         self._streams = (_Stream(stderr=False), _Stream(stderr=True))
         self._labels: collections.deque[str | None] = collections.deque()
-        ours, theirs = socket.socketpair()
         full_env = dict(os.environ)
         full_env.update(env or {})
         # The child must import the same cerebro and see the user's modules.
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        argv = [sys.executable, "-m", "cerebro.engine._child", str(theirs.fileno())]
-        self.proc = subprocess.Popen(
-            argv + (["--warm"] if warm else []),
-            pass_fds=[theirs.fileno()],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._streams[0].fd,
-            stderr=self._streams[1].fd,
+        self._env, self._warm = full_env, warm
+        ours, theirs = socket.socketpair()
+        zygote = _zygote.server()
+        forked = None
+        if zygote is not None:  # NOTE [ the zygote ]: forked (warm) when it answers
+            out, err = (s.fd for s in self._streams)
+            forked = zygote.fork(theirs.fileno(), out, err, full_env)
+        self.proc: subprocess.Popen[bytes] | _zygote.Forked = (
+            forked if forked is not None else self._popen(theirs)
         )
         theirs.close()
         self.conn = Connection(ours.detach())
         self.in_flight = 0  # calls sent and not yet answered
         self.used = False  # lent to a step by a WorkerPool (see WorkerPool.discard_unused)
 
+    def _popen(self, theirs: socket.socket) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "cerebro.engine._child", str(theirs.fileno())]
+        return subprocess.Popen(
+            argv + (["--warm"] if self._warm else []),
+            pass_fds=[theirs.fileno()],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._streams[0].fd,
+            stderr=self._streams[1].fd,
+        )
+
+    def _started(self, block: bool = True) -> bool:
+        """Whether the process exists; False while the zygote has not answered its fork
+        (only when not ``block``ing). A fork the zygote could not make is started with
+        ``Popen`` here, on a new socket pair (nothing was sent on the first: every send
+        waits for this), so that a child forked after all hears EOF and exits."""
+        proc = self.proc
+        if not isinstance(proc, _zygote.Forked):
+            return True
+        forked = proc.resolve(block)
+        if forked is None:
+            return False
+        if not forked:
+            ours, theirs = socket.socketpair()
+            self.proc = self._popen(theirs)
+            theirs.close()
+            self.conn.close()
+            self.conn = Connection(ours.detach())
+        return True
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process was forked by the zygote (else started with ``Popen``)."""
+        self._started()
+        return isinstance(self.proc, _zygote.Forked)
+
     @property
     def pid(self) -> int:
+        self._started()
         return self.proc.pid
 
     @property
@@ -222,6 +277,7 @@ class Child:
         """Send one call (it runs after those in flight); its answer comes from
         :meth:`result`. ``label`` names the call in the prefix of what it prints, e.g.
         the model id: ``[worker 1 · m003]``."""
+        self._started()
         try:
             self.conn.send_bytes(cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, ConnectionResetError, OSError) as e:
@@ -312,18 +368,39 @@ class Child:
 
     def _exitcode(self) -> int | None:
         try:
-            return self.proc.wait(timeout=5)
+            code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return None
+        return None if getattr(self.proc, "status_lost", False) else code
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Whether the process runs (one still being forked counts: it is starting)."""
+        return not self._started(block=False) or self.proc.poll() is None
+
+    def _abandoned(self) -> bool:
+        """For a child being stopped: True if it never started (a pending fork, cancelled:
+        its socket is closed, so the zygote skips it or it exits at once), or never will
+        (a fork that failed is not started with ``Popen`` just to be stopped). A zygote
+        that is ready answers in a millisecond: then the answer is awaited, so that a
+        child it forked meanwhile is killed and reaped, not left to exit on its own; one
+        still importing torch is not waited for."""
+        proc = self.proc
+        if not isinstance(proc, _zygote.Forked):
+            return False
+        forked = proc.resolve(block=False)
+        if forked is None and proc.server.ready:
+            forked = proc.resolve(block=True)
+        if not forked:
+            proc.cancel()
+            return True
+        return False
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
         self.conn.close()
+        if not self._abandoned():
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
         self._close_files()
 
     def close_start(self) -> None:
@@ -336,11 +413,12 @@ class Child:
     def close(self, timeout: float = 10.0) -> None:
         """Ask the child to exit (closing its socket), then kill it if it lingers."""
         self.close_start()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if not self._abandoned():
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._close_files()
 
     def _close_files(self) -> None:
