@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cerebro.engine import _zygote
+from cerebro.engine import _fork_server, _zygote
 from cerebro.engine._process import Child, ChildDied, Output
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's fork")
@@ -84,8 +84,8 @@ def _ppid(pid: int) -> int:
 
 
 def _zygote_pid() -> int:
-    server = _zygote.server()
-    assert server is not None, _zygote.why_off()
+    server = _fork_server.server()
+    assert server is not None, _fork_server.why_off()
     return server.pid
 
 
@@ -209,7 +209,7 @@ def test_a_killed_zygote_is_started_again_and_its_children_go_on() -> None:
     old = Child("old")
     try:
         old.call(_draws)
-        first = _zygote.server()
+        first = _fork_server.server()
         assert first is not None and old.forked
         os.kill(first.pid, signal.SIGKILL)
         first.proc.wait()
@@ -232,14 +232,14 @@ def test_a_killed_zygote_is_started_again_and_its_children_go_on() -> None:
 DRIVER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from cerebro.engine import _zygote
+from cerebro.engine import _fork_server
 from cerebro.engine._process import Child
 from test_zygote import _draws
 
 child = Child("w")
 if sys.argv[1] != "starting":
     child.call(_draws)
-print(_zygote.server().pid, child.pid if sys.argv[1] != "starting" else 0, flush=True)
+print(_fork_server.server().pid, child.pid if sys.argv[1] != "starting" else 0, flush=True)
 if sys.argv[1] != "exit":
     time.sleep(600)
 """
@@ -275,7 +275,7 @@ def test_cerebro_fork_server_0_starts_children_with_popen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CEREBRO_FORK_SERVER", "0")
-    assert _zygote.server() is None and _zygote.why_off() == "CEREBRO_FORK_SERVER=0"
+    assert _fork_server.server() is None and _fork_server.why_off() == "CEREBRO_FORK_SERVER=0"
     child = Child("plain")
     try:
         where = child.call(_where)

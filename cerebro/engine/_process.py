@@ -11,17 +11,18 @@ notebook or a script's ``__main__`` work.
 NOTE [ the zygote ]
 A fresh ``python -m cerebro.engine._child`` costs ~3.5 s of CPU before its first call
 (``import torch``, the first optimizer's compiler stack). So a child is forked instead,
-from a fork server (``_zygote``): one helper process per driver, started on first need,
-that paid that once and then only forks. Forking it is safe where forking the driver is
-not: it never runs a tensor operation and has no thread but its main one (it checks
-before each fork), as torch's DataLoader forks its workers from a process that only
-imported torch. The child gets the driver's environment, ``sys.path`` and working
-directory of the moment, and its own thread counts and random seeds (the NOTEs in
-``_zygote``). The answer to a fork comes when the zygote gets to it, so creating a
-:class:`Child` never waits; its first call (or :attr:`Child.pid`) does. Children are
-started with ``Popen`` as before where there is no fork (not Linux), with
-``CEREBRO_FORK_SERVER=0``, and when the zygote could not start, died while starting, or
-refused a fork; a zygote that died after it was ready is started again.
+from a fork server (the process ``_zygote``, driven by ``_fork_server``): one helper
+process per driver, started on first need, that paid that once and then only forks.
+Forking it is safe where forking the driver is not: it never runs a tensor operation and
+has no thread but its main one (it checks before each fork), as torch's DataLoader forks
+its workers from a process that only imported torch. The child gets the driver's
+environment, ``sys.path`` and working directory of the moment, and its own thread counts
+and random seeds (the NOTEs in ``_zygote``). The answer to a fork comes when the zygote
+gets to it, so creating a :class:`Child` never waits; its first call (or
+:attr:`Child.pid`) does. Children are started with ``Popen`` as before where there is no
+fork (not Linux), with ``CEREBRO_FORK_SERVER=0``, and when the zygote could not start,
+died while starting, or refused a fork; a zygote that died after it was ready is started
+again.
 
 NOTE [ child death ]
 A child that dies closes its end of the socket; ``recv`` raises ``EOFError`` at once, and
@@ -60,7 +61,7 @@ from typing import Any
 
 import cloudpickle
 
-from cerebro.engine import _zygote
+from cerebro.engine import _fork_server
 
 __all__ = ["Child", "ChildDied", "Output", "RemoteError", "parallel_map"]
 
@@ -214,12 +215,12 @@ class Child:
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self._env, self._warm = full_env, warm
         ours, theirs = socket.socketpair()
-        zygote = _zygote.server()
+        zygote = _fork_server.server()
         forked = None
         if zygote is not None:  # NOTE [ the zygote ]: forked (warm) when it answers
             out, err = (s.fd for s in self._streams)
             forked = zygote.fork(theirs.fileno(), out, err, full_env)
-        self.proc: subprocess.Popen[bytes] | _zygote.Forked = (
+        self.proc: subprocess.Popen[bytes] | _fork_server.Forked = (
             forked if forked is not None else self._popen(theirs)
         )
         theirs.close()
@@ -244,7 +245,7 @@ class Child:
         ``Popen`` here, on a new socket pair (nothing was sent on the first: every send
         waits for this), so that a child forked after all hears EOF and exits."""
         proc = self.proc
-        if not isinstance(proc, _zygote.Forked):
+        if not isinstance(proc, _fork_server.Forked):
             return True
         forked = proc.resolve(block)
         if forked is None:
@@ -261,7 +262,7 @@ class Child:
     def forked(self) -> bool:
         """Whether this process was forked by the zygote (else started with ``Popen``)."""
         self._started()
-        return isinstance(self.proc, _zygote.Forked)
+        return isinstance(self.proc, _fork_server.Forked)
 
     @property
     def pid(self) -> int:
@@ -385,7 +386,7 @@ class Child:
         child it forked meanwhile is killed and reaped, not left to exit on its own; one
         still importing torch is not waited for."""
         proc = self.proc
-        if not isinstance(proc, _zygote.Forked):
+        if not isinstance(proc, _fork_server.Forked):
             return False
         forked = proc.resolve(block=False)
         if forked is None and proc.server.ready:
