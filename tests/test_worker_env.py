@@ -104,14 +104,26 @@ def test_threads_per_worker_is_cores_divided_by_workers() -> None:
     assert threads_per_worker(2) == max(1, cores // 2)  # this machine's cores by default
 
 
-def test_worker_i_gets_gpu_i_mod_n(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert default_devices(5) == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert default_devices(2) == ["cuda:0", "cuda:0"]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert default_devices(3) == ["cpu", "cpu", "cpu"]
+def test_worker_i_gets_accelerator_i_mod_n_named_as_torch_names_it() -> None:
+    """Any accelerator torch finds (CUDA, XPU, MPS, a plugin's hpu); ranks take the next
+    ones after their worker's; collectives use the backend torch registers for it."""
+    from cerebro.worker._devices import accelerator, backend, devices_for, rank_device
+
+    assert devices_for(5, ("cuda", 3)) == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert devices_for(2, ("xpu", 1)) == ["xpu:0", "xpu:0"]
+    assert devices_for(3, None) == ["cpu", "cpu", "cpu"]
+    assert [rank_device("cuda:1", r, count=4) for r in range(4)] == [
+        "cuda:1", "cuda:2", "cuda:3", "cuda:0",
+    ]  # fmt: skip
+    assert rank_device("hpu:0", 1, count=8) == "hpu:1" and rank_device("cpu", 3) == "cpu"
+    assert (backend("cpu"), backend("cuda:0"), backend("xpu:1")) == ("gloo", "nccl", "xccl")
+    assert backend("hpu:0") == "hccl"  # (Gaudi's plugin registers it when imported)
+    # this machine: what torch finds decides the workers' devices
+    if torch.accelerator.current_accelerator() is None:
+        assert accelerator() is None and default_devices(3) == ["cpu", "cpu", "cpu"]
+    else:
+        kind = torch.accelerator.current_accelerator().type
+        assert default_devices(3)[0] == f"{kind}:0"
 
 
 def test_fit_workers_train_with_cores_over_workers_threads_and_their_device(

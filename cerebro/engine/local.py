@@ -32,11 +32,11 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def default_devices(workers: int) -> list[str]:
-    """``cuda:i mod n`` per worker when this machine has GPUs, else ``cpu``."""
-    import torch
+    """``<accelerator>:i mod n`` per worker (``cuda:0``, ``xpu:1``...) when this machine has
+    an accelerator, else ``cpu`` (``cerebro/worker/_devices.py``)."""
+    from cerebro.worker._devices import accelerator, devices_for
 
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i % n}" if n else "cpu" for i in range(workers)]
+    return devices_for(workers, accelerator())
 
 
 class LocalEngine:

@@ -80,7 +80,7 @@ def ddp_wrapped(components: dict[str, Any], device: torch.device) -> dict[str, A
     """The components with each module that has trainable parameters in DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index] if device.type == "cuda" else None
+    ids = [device.index] if device.type != "cpu" and device.index is not None else None
     out = dict(components)
     for name, obj in components.items():
         if isinstance(obj, torch.nn.Module) and any(p.requires_grad for p in obj.parameters()):

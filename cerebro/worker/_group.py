@@ -39,7 +39,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
-import torch
 import torch.distributed as dist
 
 from cerebro._scratch import private_dir
@@ -47,8 +46,9 @@ from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailur
 from cerebro.model_cache import ModelCache
 from cerebro.worker._checkpoint import save_checkpoint
 from cerebro.worker._ddp import RankRun, collective_failure, combine, rank_share
+from cerebro.worker._devices import backend, rank_device
 
-__all__ = ["Group", "collective_timeout", "group_hop", "loopback_only", "rank_device"]
+__all__ = ["Group", "collective_timeout", "group_hop", "loopback_only"]
 
 # How long a collective (one step's all-reduce, the gather at a hop's end) may wait for
 # the slowest rank before the hop is reported broken.
@@ -88,15 +88,6 @@ def loopback_only(env: MutableMapping[str, str]) -> None:
         env.setdefault("NCCL_SOCKET_IFNAME", lo)
 
 
-def rank_device(device: str, rank: int) -> str:
-    """Rank ``rank``'s device: the worker's own on CPUs, the next GPUs after it on GPUs."""
-    if not device.startswith("cuda"):
-        return device
-    n = max(1, torch.cuda.device_count())
-    first = int(device.split(":")[1]) if ":" in device else 0
-    return f"cuda:{(first + rank) % n}"
-
-
 def _failure_key(seq: int) -> str:
     return f"failure/{seq}"
 
@@ -113,7 +104,7 @@ class Group:
         store_path = os.path.join(self._store_dir, "store")
         self.store = dist.FileStore(store_path, world)
         self.store.set_timeout(delta)
-        self.backend = "nccl" if device.startswith("cuda") else "gloo"
+        self.backend = backend(device)  # gloo on CPUs, NCCL on CUDA...
         loopback_only(os.environ)  # rank 0 is this process
         self.procs: list[subprocess.Popen[bytes]] = []
         self.conns: list[Connection] = []

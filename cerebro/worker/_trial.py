@@ -30,6 +30,7 @@ from cerebro.model_cache import ModelCache
 from cerebro.worker import _fsdp
 from cerebro.worker._checkpoint import build_model
 from cerebro.worker._ddp import ddp_wrapped, shard
+from cerebro.worker._devices import empty_cache, synchronize
 from cerebro.worker._hop import HopRun, index_rows, minibatch_indices
 
 __all__ = ["TIMED", "choose"]
@@ -83,15 +84,13 @@ def _time(state: dict[str, Any], task: HopTask, rank: int, world: int, mode: str
     if why is None:
         try:
             why = run.metrics_loop("train", components, part, jobs[1:])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
         except Exception as e:  # noqa: BLE001
             why = _reason(e)
     dist.barrier()
     seconds = time.perf_counter() - t0
     built = components = None  # type: ignore[assignment]
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    empty_cache(device)
     if why is not None:
         return why
     return seconds / max(1, len(indices) - 1)
