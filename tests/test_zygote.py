@@ -169,11 +169,18 @@ def test_a_forked_child_is_what_a_popen_child_is(
             child.close()
     forked, popen = seen
     assert forked["ppid"] != popen["ppid"] == os.getpid()
-    for key in ("cwd", "env", "path", "threads", "limits", "sigint"):
+    for key in ("cwd", "env", "threads", "limits", "sigint"):
         assert forked[key] == popen[key], key
+    # the folders imports search, in order (an editable install's path-hook entry, not a
+    # folder, is made absolute in a Popen child's PYTHONPATH and left as is when forked)
+    assert _folders(forked["path"]) == _folders(popen["path"])
     if "OMP_NUM_THREADS" in env and env["OMP_NUM_THREADS"] != "64":
         want = int(env.get("MKL_NUM_THREADS", env["OMP_NUM_THREADS"]))
         assert forked["threads"] == min(want, len(os.sched_getaffinity(0)))
+
+
+def _folders(path: list[str]) -> list[str]:
+    return [p for p in dict.fromkeys(path) if os.path.exists(p)]
 
 
 def test_forked_children_draw_their_own_random_numbers() -> None:
