@@ -17,6 +17,7 @@ from typing import Any, cast
 from cerebro import _early_stopping, _live, _ranking
 from cerebro._bar import step
 from cerebro._fit_state import FitState, derive_seed
+from cerebro._settings import PARALLELISM
 from cerebro.catalog import Catalog, StopRecord
 from cerebro.engine import Engine, EngineEvent, HopDone, HopFailed, WorkerLost
 from cerebro.engine._process import Output
@@ -95,11 +96,36 @@ def _task(state: FitState, hop: Hop) -> HopTask:
 
 
 def _parallelism(state: FitState, hop: Hop) -> Parallelism:
-    """How a train hop uses a several-device worker: the fit's setting, or under "auto"
-    the model's choice once its first such hop made it (NOTE [ choosing the parallelism ])."""
+    """How a train hop uses a several-device worker: the fit's setting, what the fit's
+    function says for this model's hyperparameters, or under "auto" the model's choice
+    once its first such hop made it (NOTE [ choosing the parallelism ])."""
     if hop.kind != "train":
         return "ddp"  # (an evaluation shares each minibatch's rows, whatever the model's)
-    return cast(Parallelism, state.chosen.get(hop.model_id, state.parallelism))
+    model_id = hop.model_id
+    if model_id in state.chosen:
+        return cast(Parallelism, state.chosen[model_id])
+    rule = state.parallelism
+    if not callable(rule):
+        return cast(Parallelism, rule)
+    name = getattr(rule, "__qualname__", type(rule).__name__)
+    try:
+        with Output(state.quiet).capture(f"[driver · {model_id}]"):
+            mode = rule(dict(state.configs[model_id].hyperparams))
+    except Exception as e:
+        raise UserCodeError(
+            f"{type(e).__name__}: {e}",
+            function=f"parallelism ({name})",
+            where=_where(state, model_id),
+            user_traceback=traceback.format_exc(),
+        ) from e
+    if mode not in PARALLELISM:
+        raise UserCodeError(
+            f"returned {mode!r}; it must return one of {PARALLELISM} for each model",
+            function=f"parallelism ({name})",
+            where=_where(state, model_id),
+        )
+    state.chosen[model_id] = mode  # asked once per model ("auto": until its trials)
+    return cast(Parallelism, mode)
 
 
 def _where(state: FitState, model_id: str) -> str:

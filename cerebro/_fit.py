@@ -84,8 +84,9 @@ def run_fit_loop(
         stopper=settings.make_stopper(search_dir),
         threads=settings.threads_per_hop,
         deterministic=settings.deterministic,
-        parallelism=settings.parallelism,
-        chosen={m: c["choice"] for m, c in catalog.parallelism(fit_id).items()},
+        parallelism=settings.parallelism_rule(search_dir),
+        # "auto"'s choices (those that timed trials); a fixed setting may have changed
+        chosen={m: c["choice"] for m, c in catalog.parallelism(fit_id).items() if c["trials"]},
     )
     per_model = settings.num_epochs * (len(train_owner) + len(val_owner))
     state.total_hops = settings.planned_models() * per_model

@@ -65,8 +65,9 @@ class FitState:
     progress: Any = None  # the progress bar (run_loop's)
     threads: int | None = None  # torch threads per hop (NOTE [ same bits at any scale ])
     deterministic: bool = False
-    parallelism: str = "ddp"  # the fit's; "auto": each model's choice once it is made
-    chosen: dict[str, str] = field(default_factory=dict)  # model -> "auto"'s choice
+    # the fit's: "ddp", "fsdp", "auto" or a function of a model's hyperparameters
+    parallelism: Any = "ddp"
+    chosen: dict[str, str] = field(default_factory=dict)  # model -> its function's or auto's
 
     def __post_init__(self) -> None:
         self.index = {m: i for i, m in enumerate(sorted(self.configs, key=ask_order))}

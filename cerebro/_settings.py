@@ -88,7 +88,19 @@ def _sampler_key(sampler: Any) -> str:
 
 
 _PRUNER = "pruner.pkl"
+_RULE = "parallelism.pkl"  # a per-model parallelism function
+_PER_MODEL = "per model"  # how the record names one
 DETERMINISTIC_GENERATION = 8  # a deterministic adaptive search's max_live_models default
+
+
+def _load_rule(search_dir: Path) -> Any:
+    try:
+        return pickle.loads((search_dir / _RULE).read_bytes())
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{search_dir} holds no saved parallelism function ({_RULE}): run the fit "
+            "again with it (parallelism=...)."
+        ) from None
 
 
 def _load_pruner(search_dir: Path) -> Any:
@@ -120,7 +132,9 @@ class FitSettings:
     sampler_key: str | None = None  # the sampler as given: NOTE [ a sampler's identity ]
     early_stopping: EarlyStopping | None = None
     threads_per_hop: int | None = None  # None: the worker's (cores / workers)
-    parallelism: str = "ddp"  # on several-device workers: "ddp", "fsdp" or "auto"
+    # on several-device workers: "ddp", "fsdp", "auto", or a function of a model's
+    # hyperparameters that says which (kept in the search folder for resume)
+    parallelism: Any = field(default="ddp", compare=False)
 
     @classmethod
     def check(
@@ -139,7 +153,7 @@ class FitSettings:
         deterministic: bool = False,
         early_stopping: Any = None,
         threads_per_hop: int | None = None,
-        parallelism: str = "ddp",
+        parallelism: Any = "ddp",
     ) -> FitSettings:
         """Check every argument before any work; errors name the argument and the fix."""
         name, sampler = _search_name(search)
@@ -189,10 +203,11 @@ class FitSettings:
             )
         if deterministic and threads_per_hop is None:
             threads_per_hop = 1  # NOTE [ same bits at any scale ]
-        if parallelism not in PARALLELISM:
+        if not callable(parallelism) and parallelism not in PARALLELISM:
             raise ParamsError(
-                f"parallelism must be one of {PARALLELISM}, got {parallelism!r}: how a "
-                "worker of several devices (devices_per_worker) trains a model."
+                f"parallelism must be one of {PARALLELISM} or a function of a model's "
+                f"hyperparameters that returns one, got {parallelism!r}: how a worker of "
+                "several devices (devices_per_worker) trains a model."
             )
         rule = parse_early_stopping(early_stopping, num_epochs)
         if rule is not None and deterministic and name not in ("grid", "random"):
@@ -266,7 +281,9 @@ class FitSettings:
         out |= self._search_fields()
         if self.sampler_key is not None:
             out["sampler_key"] = self.sampler_key
-        if self.parallelism != "ddp":  # (not in the signature: it changes how, not what)
+        if callable(self.parallelism):  # (not in the signature: it changes how, not what)
+            out["parallelism"] = _PER_MODEL
+        elif self.parallelism != "ddp":
             out["parallelism"] = self.parallelism
         return out
 
@@ -321,7 +338,9 @@ class FitSettings:
             d.get("sampler_key"),
             stopping_from_json(stopping, pruner),
             d.get("threads_per_hop"),
-            d.get("parallelism", "ddp"),
+            _load_rule(search_dir)
+            if d.get("parallelism") == _PER_MODEL
+            else d.get("parallelism", "ddp"),
         )
 
     def signature(self, spec: object, data: str, workers: int) -> str:
@@ -350,6 +369,13 @@ class FitSettings:
         if isinstance(rule, OptunaPruner) and not (search_dir / _PRUNER).is_file():
             write_atomic(search_dir / _PRUNER, cloudpickle.dumps(rule.pruner))
         return rule.make(self.num_epochs, self.planned_models(), self.mode)
+
+    def parallelism_rule(self, search_dir: Path) -> Any:
+        """The fit's ``parallelism``; a per-model function is kept in ``search_dir`` for
+        resume, as a pruner is."""
+        if callable(self.parallelism) and not (search_dir / _RULE).is_file():
+            write_atomic(search_dir / _RULE, cloudpickle.dumps(self.parallelism))
+        return self.parallelism
 
     def make_search(self, search_dir: Path, workers: int) -> Search:
         """The search that asks for this fit's models (its study kept in ``search_dir``)."""

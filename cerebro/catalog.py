@@ -280,16 +280,20 @@ class Catalog:
                     "WHERE fit_id=? AND model_id=?",
                     (checkpoint, row["fit_id"], row["model_id"]),
                 )
-            if outcome.trials is not None:  # NOTE [ choosing the parallelism ]
+            if outcome.parallelism is not None:  # a train hop on several devices
+                # the model's first such hop says how it trains; "auto"'s, which timed the
+                # trials (NOTE [ choosing the parallelism ]), is the one that chose
+                verb = "REPLACE" if outcome.trials is not None else "IGNORE"
                 db.execute(
-                    "INSERT OR REPLACE INTO parallelism SELECT fit_id, model_id, ?, ?, worker,"
-                    " hop_id FROM hops WHERE hop_id=?",
-                    (outcome.parallelism, json.dumps(outcome.trials), hop_id),
+                    f"INSERT OR {verb} INTO parallelism SELECT fit_id, model_id, ?, ?, "
+                    "worker, hop_id FROM hops WHERE hop_id=?",
+                    (outcome.parallelism, json.dumps(outcome.trials or {}), hop_id),
                 )
 
     def parallelism(self, fit_id: int) -> dict[str, dict[str, Any]]:
-        """``parallelism="auto"``'s choice per model: ``{model_id: {"choice", "trials"
-        (seconds per minibatch, or why not feasible), "worker"}}``."""
+        """How each model that trained on a worker of several devices trains: ``{model_id:
+        {"choice", "trials" (``parallelism="auto"``'s seconds per minibatch, or why not
+        feasible; empty without trials), "worker"}}``."""
         try:
             rows = self.db.execute(
                 "SELECT model_id, choice, trials, worker FROM parallelism WHERE fit_id=?",

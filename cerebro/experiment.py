@@ -361,10 +361,12 @@ class Experiment:
             parallelism: how a worker of several devices (``devices_per_worker``) trains
                 a model: ``"ddp"`` (data-parallel, each device a share of every
                 minibatch), ``"fsdp"`` (the same, with parameters, gradients and optimizer
-                state sharded across the devices) or ``"auto"``: each model's first train
+                state sharded across the devices), ``"auto"`` (each model's first train
                 hop on such a worker times rank 0 alone, DDP and FSDP on a few minibatches
-                and the model keeps the fastest (``FitResult.table``'s ``parallelism`` and
-                ``trial_*`` columns; out of memory counts as not feasible).
+                and the model keeps the fastest: ``FitResult.table``'s ``trial_*``
+                columns; out of memory counts as not feasible), or a function of a
+                model's hyperparameters that returns one of those, per model
+                (``lambda hp: "fsdp" if hp["width"] > 4096 else "ddp"``).
             early_stopping: stop models early at epoch boundaries: ``"sha"``
                 (synchronous successive halving: same seed, same survivors), ``"asha"``
                 (asynchronous, never waits), ``"hyperband"`` (synchronous brackets),

@@ -141,11 +141,12 @@ class FitResult:
         value of the objective (column ``best_<objective>``) and the epoch it was reached
         (``best_epoch``, from 1), training seconds (sum of its hops), status and error.
         With early stopping also ``stopped_epoch``: the epoch (from 1) after which a
-        ``stopped`` model stopped, its last; empty for the others. With
-        ``parallelism="auto"`` also ``parallelism`` (each model's choice) and
-        ``trial_single_s``, ``trial_ddp_s``, ``trial_fsdp_s``: each candidate's seconds
-        per minibatch in the model's trial, empty where it was not feasible (the catalog's
-        ``parallelism`` table says why).
+        ``stopped`` model stopped, its last; empty for the others. When workers of several
+        devices trained: ``parallelism``, how each model's first train hop on one ran
+        (``ddp``, ``fsdp``, or ``single``: rank 0 alone); with ``parallelism="auto"``
+        also ``trial_single_s``, ``trial_ddp_s``, ``trial_fsdp_s``: each candidate's
+        seconds per minibatch in the model's trial, empty where it was not feasible (the
+        catalog's ``parallelism`` table says why).
 
         ``table.attrs`` holds the ``objective`` and ``mode`` that ranked it, and
         ``best_among``: which models may be :attr:`best` (early-stopped ones only with
@@ -156,6 +157,8 @@ class FitResult:
             last[m["model_id"]] = max(last.get(m["model_id"], -1), m["epoch"])
         bests = {b.model_id: b for b in self._per_model}
         stopping = self.early_stopping is not None
+        trials = any(c["trials"] for c in self._parallelism.values())
+        chosen: dict[str, Any] = {}
         rows = []
         for model in self._models:
             mid = model["model_id"]
@@ -177,6 +180,7 @@ class FitResult:
             if self._parallelism:
                 chosen = self._parallelism.get(mid, {})
                 row["parallelism"] = chosen.get("choice")
+            if trials:
                 for mode in CANDIDATES:
                     t = chosen.get("trials", {}).get(mode)
                     row[f"trial_{mode}_s"] = t if isinstance(t, float) else None

@@ -661,7 +661,8 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[BaseException], str]] = [
         "unknown parallelism",
         _run_fit(ToySpec(), parallelism="pipeline"),
         ParamsError,
-        r"parallelism must be one of \('ddp', 'fsdp', 'auto'\), got 'pipeline'",
+        r"parallelism must be one of \('ddp', 'fsdp', 'auto'\) or a function .*, got "
+        "'pipeline'",
     ),
     (
         "unknown mode",

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cerebro import Experiment
-from cerebro.errors import ParamsError
+from cerebro.errors import ParamsError, UserCodeError
 from toy import ToySpec, computed, hop_rows
 
 GRID = {"lr": [0.05], "batch_size": [16]}
@@ -182,6 +182,46 @@ def test_auto_leaves_the_trained_model_as_without_trials(
             else:
                 assert torch.equal(got, value), (choice, key)
         assert torch.equal(a["rng"], b["rng"])
+
+
+def _by_width(hp: dict[str, Any]) -> str:
+    """A per-model choice, as a user writes one: shard the wide models."""
+    return "fsdp" if hp["hidden"] >= 16 else "ddp"
+
+
+def test_a_function_of_the_hyperparameters_chooses_per_model(
+    toy_data: dict[str, str], tmp_path: Path
+) -> None:
+    """``parallelism=fn``: each model trains as ``fn(its hyperparameters)`` says (the
+    table's ``parallelism``); the function is kept with the run, so resume needs none."""
+    grid = {"lr": [0.05], "batch_size": [16], "hidden": [8, 16]}
+    params = dict(toy_data, output_dir=str(tmp_path / "run"))
+    with Experiment(params, workers=2, devices_per_worker=2, verbose=False) as exp:
+        result = exp.run_fit(ToySpec(), grid, num_epochs=1, seed=3, parallelism=_by_width)
+    table = result.table.set_index("model_id")
+    assert table["parallelism"].to_dict() == {"m000": "ddp", "m001": "fsdp"}
+    assert "trial_ddp_s" not in table.columns  # no trials: nothing was timed
+    assert (table["status"] == "done").all()
+    again = Experiment.resume(tmp_path / "run", verbose=False)
+    assert again.table["parallelism"].tolist() == ["ddp", "fsdp"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "match"),
+    [
+        (lambda hp: {"ddp": 1}[hp["hidden"]], r"KeyError: 8"),
+        (lambda hp: "pipeline", r"returned 'pipeline'; it must return one of \('ddp'"),
+    ],
+)
+def test_a_failing_parallelism_function_names_itself_and_the_model(
+    toy_data: dict[str, str], tmp_path: Path, rule: Any, match: str
+) -> None:
+    params = dict(toy_data, output_dir=str(tmp_path / "run"))
+    with Experiment(params, workers=2, devices_per_worker=2, verbose=False) as exp:
+        with pytest.raises(UserCodeError, match=match) as info:
+            exp.run_fit(ToySpec(), GRID, num_epochs=1, seed=3, parallelism=rule)
+    assert "parallelism (<lambda>)" in str(info.value)
+    assert 'model m000 {"lr": 0.05, "batch_size": 16}' in str(info.value)
 
 
 class FitsEightRows(ToySpec):
