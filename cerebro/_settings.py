@@ -93,24 +93,30 @@ _PER_MODEL = "per model"  # how the record names one
 DETERMINISTIC_GENERATION = 8  # a deterministic adaptive search's max_live_models default
 
 
-def _load_rule(search_dir: Path) -> Any:
+def _load_kept(search_dir: Path, name: str, what: str) -> Any:
+    """An object a fit keeps in its search folder for resume (a pruner, a parallelism
+    function); ``what`` names it and says how to run the fit without it."""
     try:
-        return pickle.loads((search_dir / _RULE).read_bytes())
+        return pickle.loads((search_dir / name).read_bytes())
     except FileNotFoundError:
-        raise ParamsError(
-            f"{search_dir} holds no saved parallelism function ({_RULE}): run the fit "
-            "again with it (parallelism=...)."
-        ) from None
+        raise ParamsError(f"{search_dir} holds no saved {what}") from None
+
+
+def _load_rule(search_dir: Path) -> Any:
+    return _load_kept(
+        search_dir,
+        _RULE,
+        f"parallelism function ({_RULE}): run the fit again with it (parallelism=...).",
+    )
 
 
 def _load_pruner(search_dir: Path) -> Any:
-    try:
-        return pickle.loads((search_dir / _PRUNER).read_bytes())
-    except FileNotFoundError:
-        raise ParamsError(
-            f"{search_dir} holds no saved pruner ({_PRUNER}): this fit's early stopping "
-            "cannot be resumed; run it again with the pruner instance (early_stopping=...)."
-        ) from None
+    return _load_kept(
+        search_dir,
+        _PRUNER,
+        f"pruner ({_PRUNER}): this fit's early stopping cannot be resumed; run it again "
+        "with the pruner instance (early_stopping=...).",
+    )
 
 
 @dataclass(frozen=True)

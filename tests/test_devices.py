@@ -373,3 +373,17 @@ def test_deterministic_fits_on_workers_of_two_ranks_are_the_same_at_any_worker_c
     for a, b in zip(*runs, strict=True):
         for key, value in a["components"]["model"].items():
             assert torch.equal(b["components"]["model"][key], value), key
+
+
+def test_a_per_model_fit_cannot_resume_without_its_saved_function(tmp_path: Path) -> None:
+    from cerebro._settings import FitSettings
+
+    settings = FitSettings.check(GRID, 1, parallelism=_by_width)
+    record = settings.to_json()
+    assert record["parallelism"] == "per model"
+    with pytest.raises(ParamsError, match=r"holds no saved parallelism function .*run the"):
+        FitSettings.from_json(record, tmp_path / "search")
+    (tmp_path / "search").mkdir()
+    settings.parallelism_rule(tmp_path / "search")  # a fit's start keeps it
+    back = FitSettings.from_json(record, tmp_path / "search").parallelism
+    assert back({"hidden": 16}) == "fsdp" and back({"hidden": 8}) == "ddp"
