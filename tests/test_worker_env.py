@@ -106,7 +106,9 @@ def test_threads_per_worker_is_cores_divided_by_workers() -> None:
 
 def test_worker_i_gets_accelerator_i_mod_n_named_as_torch_names_it() -> None:
     """Any accelerator torch finds (CUDA, XPU, MPS, a plugin's hpu); ranks take the next
-    ones after their worker's; collectives use the backend torch registers for it."""
+    ones after their worker's; collectives use the type's backend, whatever else has
+    registered itself for the type in this process (torch's test-only "fake" group
+    does, for cpu, cuda and hpu)."""
     from cerebro.worker._devices import accelerator, backend, devices_for, rank_device
 
     assert devices_for(5, ("cuda", 3)) == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]

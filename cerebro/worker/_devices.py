@@ -3,8 +3,8 @@
 The accelerator is found as torch finds it (``torch.accelerator``): CUDA, XPU, MPS, or a
 plugin's such as Gaudi's ``hpu``; none means CPUs. Worker ``i`` gets accelerator
 ``i mod n``; the ranks of a worker of several devices take the next ones after it. A
-process group uses the collective backend torch registers for the device type (NCCL for
-CUDA, XCCL for XPU, HCCL once Gaudi's plugin is imported) and gloo on CPUs.
+process group uses the device type's collective backend (NCCL for CUDA, XCCL for XPU,
+HCCL for Gaudi, gloo on CPUs; for another plugin's type, the one it registers).
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ __all__ = [
     "synchronize",
 ]
 
-_PLUGIN_BACKENDS = {"hpu": "hccl"}  # registered by the plugin, not known to torch itself
+# The collective backend of each device type torch knows (Gaudi's plugin registers HCCL
+# when imported); another type (a plugin's) gets the one registered for it. Not looked up
+# for these: a test helper torch may import (its "fake" group) registers itself for
+# cpu, cuda and hpu.
+_BACKENDS = {"cpu": "gloo", "mps": "gloo", "cuda": "nccl", "xpu": "xccl", "hpu": "hccl"}
 
 
 def accelerator() -> tuple[str, int] | None:
@@ -55,10 +59,13 @@ def backend(device: str) -> str:
     import torch.distributed as dist
 
     kind = device.partition(":")[0]
+    if kind in _BACKENDS:
+        return _BACKENDS[kind]
     try:
-        return str(dist.get_default_backend_for_device(kind))
-    except (ValueError, RuntimeError):
-        return _PLUGIN_BACKENDS.get(kind, "gloo")
+        found = str(dist.get_default_backend_for_device(kind))
+    except (ValueError, RuntimeError):  # none registered
+        return "gloo"
+    return found if found != "fake" else "gloo"
 
 
 def synchronize(device: torch.device) -> None:
