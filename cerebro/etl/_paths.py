@@ -62,7 +62,10 @@ class Confiner:
     all, a value that passes the checks on the path alone and names a listed regular file
     is inside, and nothing needs resolving. A folder with a link anywhere, or with many more
     files than values to check, is not listed: every value is resolved as by
-    :func:`confine`, and so is any value that is not a listed file (for its error).
+    :func:`confine`, and so is any value that is not a listed file (for its error). Only
+    the driver's check, of every row before any process starts, lists: where ``row_prep``
+    runs each value is resolved right before its row, since earlier rows' ``row_prep``
+    (or anything else) may change the folder meanwhile.
     """
 
     def __init__(self, object_dir: str, values: int):

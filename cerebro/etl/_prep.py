@@ -11,16 +11,12 @@ from typing import Any
 import torch
 
 from cerebro.errors import CerebroError, ParamsError, UserCodeError
-from cerebro.etl._paths import BadObjectPath, Confiner
+from cerebro.etl._paths import BadObjectPath, confine
 from cerebro.etl._read import bad_object_paths, object_path_problem
 from cerebro.partitions import StructureError, flatten
 from cerebro.spec import ETLSpec
 
 __all__ = ["RowFailure", "prep_chunk"]
-
-# A process checks the object paths of chunks of a split it does not see whole: it lists a
-# folder of up to about 4x this many files (NOTE [ confining many paths ]).
-_LISTED_VALUES = 50_000
 
 
 @dataclass
@@ -56,16 +52,12 @@ def prep_chunk(
     on the disk ``row_prep`` reads: see NOTE [ object paths are confined ] in ``_paths``)."""
     spec: ETLSpec = state["spec"]
     name = f"{type(spec).__name__}.row_prep"
-    # one per folder and ETL run (set-up clears the state): NOTE [ confining many paths ]
-    confiners: dict[str, Confiner] = state.setdefault("confiners", {})
-    folder = object_dir or ""
-    confine = confiners.setdefault(folder, Confiner(folder, _LISTED_VALUES))
     out = []
     for row in rows:
         row_id = row["id"]
         for col in features:
-            try:
-                row[col] = confine(row[col])
+            try:  # resolved right before this row's row_prep (NOTE [ confining many paths ])
+                row[col] = confine(object_dir or "", row[col])
             except BadObjectPath as e:
                 problem = object_path_problem(row_id, col, row[col], str(e))
                 fix = f"checked on {platform.node()}, where row_prep reads them"

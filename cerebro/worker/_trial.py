@@ -63,6 +63,8 @@ def _time(state: dict[str, Any], task: HopTask, rank: int, world: int, mode: str
         jobs = indices if rank == 0 else []
     else:
         jobs = [shard(ix, rank, world) for ix in indices if index_rows(ix) >= world]
+    # a hop of a single minibatch has no warm-up: that one is timed (ranks agree on it)
+    warm, timed = (jobs[:1], jobs[1:]) if len(jobs) > 1 else ([], jobs)
     why: str | None = None
     try:
         built = build_model(spec, task, device, ModelCache(0))  # a throwaway copy
@@ -76,14 +78,14 @@ def _time(state: dict[str, Any], task: HopTask, rank: int, world: int, mode: str
         else:
             components = dict(built)
         run = HopRun(spec, task, device, stop_on_nonfinite=False)
-        why = run.metrics_loop("train", components, part, jobs[:1])  # warm-up
+        why = run.metrics_loop("train", components, part, warm) if warm else None
     except Exception as e:  # noqa: BLE001 - out of memory above all: not feasible
         why = _reason(e)
     dist.barrier()  # every rank ready: the timed part starts together
     t0 = time.perf_counter()
     if why is None:
         try:
-            why = run.metrics_loop("train", components, part, jobs[1:])
+            why = run.metrics_loop("train", components, part, timed) if timed else None
             synchronize(device)
         except Exception as e:  # noqa: BLE001
             why = _reason(e)
@@ -93,7 +95,7 @@ def _time(state: dict[str, Any], task: HopTask, rank: int, world: int, mode: str
     empty_cache(device)
     if why is not None:
         return why
-    return seconds / max(1, len(indices) - 1)
+    return seconds / max(1, len(timed))
 
 
 def _reason(e: BaseException) -> str:
