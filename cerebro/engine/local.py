@@ -15,6 +15,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._pending import PendingError
 from cerebro.engine._pool import WorkerPool
 from cerebro.engine._process import Child, ChildDied, Output, RemoteError
 from cerebro.engine.messages import GroupBroken, HopOutcome, HopTask, UserFailure
@@ -93,7 +94,7 @@ class LocalEngine:
         # (all of them wait while the slot's replacement process sets up)
         self._tasks: dict[int, list[HopTask]] = {}
         self._setting_up: set[int] = set()  # slots whose replacement process is starting
-        self._error: UserCodeError | WorkerError | None = None  # for the next poll to raise
+        self._pending = PendingError()  # for the next poll to raise (Engine.poll)
         self._children: list[Child] = []
         self._pool = pool
         self._output = pool.output if pool is not None else Output(quiet=quiet)
@@ -213,9 +214,7 @@ class LocalEngine:
         A replaced worker finishing its set-up also ends the wait (with no event): the hop
         queued for it has just been sent.
         """
-        if self._error is not None:  # found by the last poll, which had events to return
-            error, self._error = self._error, None
-            raise error
+        self._pending.raise_unless()  # found by the last poll, which had events to return
         busy = {self._children[w].conn: w for w, t in self._tasks.items() if t}
         busy.update((self._children[w].conn, w) for w in self._setting_up)
         if not busy:
@@ -230,13 +229,11 @@ class LocalEngine:
                 else:
                     self._collect(w, events)
             except (UserCodeError, WorkerError) as e:
-                self._error = self._error or e  # the other slots' answers are still read
+                self._pending.keep(e)  # the other slots' answers are still read
         for conn, w in busy.items():
             if conn not in ready and w < len(self._children):
                 self._children[w].stream()  # what a long hop has printed so far
-        if self._error is not None and not events:
-            error, self._error = self._error, None
-            raise error
+        self._pending.raise_unless(events)
         return events
 
     def _collect(self, w: int, events: list[EngineEvent]) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 from cerebro._atomic import write_atomic
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._pending import PendingError
 from cerebro.engine._ray_etl import ray_etl
 from cerebro.engine._ray_nodes import (
     alive_nodes,
@@ -124,7 +125,7 @@ class RayEngine:
         self._dead: list[Any] = []  # actors whose death was reported (with their running hop)
         self._setting_up: dict[Any, tuple[int, Any, float]] = {}  # ref -> (slot, actor, by)
         self._early: list[EngineEvent] = []
-        self._error: UserCodeError | WorkerError | None = None  # for the next poll to raise
+        self._pending = PendingError()  # for the next poll to raise (Engine.poll)
         self._actors: list[Any] = []
         nodes, roots = _placement(ray, Path(data_dir), owned)
         self.slots = plan_slots(ray, nodes, resources_per_worker, ranks)
@@ -266,9 +267,7 @@ class RayEngine:
             WorkerError: a replacement actor did not start within ``start_timeout``.
         """
         ray = self._ray
-        if self._error is not None:  # found by the last poll, which had events to return
-            error, self._error = self._error, None
-            raise error
+        self._pending.raise_unless()  # found by the last poll, which had events to return
         events, self._early = self._early, []
         now = time.monotonic()
         for w, _, by in self._setting_up.values():
@@ -289,7 +288,7 @@ class RayEngine:
         try:
             self._collect_setups([r for r in ready if r in self._setting_up])
         except (UserCodeError, WorkerError) as e:
-            self._error = e  # the hops that finished meanwhile are still reported
+            self._pending.keep(e)  # the hops that finished meanwhile are still reported
         # Each slot's events in the order its hops were submitted (the controller completes
         # a queued hop only after the one before it); one whose elder is not in yet waits
         # for the next poll.
@@ -301,10 +300,8 @@ class RayEngine:
             try:
                 events.append(self._event(ref, w, task, actor))
             except WorkerError as e:  # its replacement cannot start: the slot is done for
-                self._error = self._error or e
-        if self._error is not None and not events:
-            error, self._error = self._error, None
-            raise error
+                self._pending.keep(e)
+        self._pending.raise_unless(events)
         return events
 
     def _order(self, ref: Any) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cerebro.engine import EngineEvent, HopDone, HopFailed, WorkerLost
+from cerebro.engine._pending import PendingError
 from cerebro.engine.messages import HopOutcome, HopTask, UserFailure
 from cerebro.errors import WorkerError
 
@@ -85,7 +86,7 @@ class FakeEngine:
         self._setting_up = set(range(workers))
         self._lost: list[EngineEvent] = []  # killed by kill_worker, reported at the next poll
         self._closed = False
-        self._error: Exception | None = None  # for the next poll to raise (Engine.poll)
+        self._pending = PendingError()  # for the next poll to raise (Engine.poll)
         for w in range(workers):
             self._set_up(w)
 
@@ -106,9 +107,7 @@ class FakeEngine:
         A poll after :meth:`kill_worker` reports only the hops it lost. ``timeout`` is
         ignored: the fake never waits.
         """
-        if self._error is not None:  # found by the last poll, which had events to return
-            error, self._error = self._error, None
-            raise error
+        self._pending.raise_unless()  # found by the last poll, which had events to return
         events, self._lost = self._lost, []
         if events:  # a kill is reported first; the replacement sets up from the next poll
             return events
@@ -116,10 +115,8 @@ class FakeEngine:
             try:
                 self._poll_slot(w, events)
             except Exception as e:  # noqa: BLE001 - raised once the other slots are read
-                self._error = self._error or e
-        if self._error is not None and not events:
-            error, self._error = self._error, None
-            raise error
+                self._pending.keep(e)
+        self._pending.raise_unless(events)
         return events
 
     def _poll_slot(self, w: int, events: list[EngineEvent]) -> None:
