@@ -158,7 +158,6 @@ class FitResult:
         bests = {b.model_id: b for b in self._per_model}
         stopping = self.early_stopping is not None
         trials = any(c["trials"] for c in self._parallelism.values())
-        chosen: dict[str, Any] = {}
         rows = []
         for model in self._models:
             mid = model["model_id"]
@@ -177,8 +176,8 @@ class FitResult:
                 row["stopped_epoch"] = (
                     row["epochs"] if model["status"] == ModelStatus.STOPPED else None
                 )
+            chosen = self._parallelism.get(mid, {})
             if self._parallelism:
-                chosen = self._parallelism.get(mid, {})
                 row["parallelism"] = chosen.get("choice")
             if trials:
                 for mode in CANDIDATES:
