@@ -149,7 +149,7 @@ def rank_share(
     sharded: Sharded | None = None
     try:
         if train and mode == "fsdp":
-            sharded = _fsdp.shard(components)  # NOTE [ FSDP in a hop ]
+            sharded = _fsdp.shard(components, keep=rank == 0)  # NOTE [ FSDP in a hop ]
             users = sharded.components
         elif train and mode == "ddp":
             users = ddp_wrapped(components, device)

@@ -1,19 +1,21 @@
 """A train hop's model sharded across a worker's ranks with FSDP (``parallelism="fsdp"``).
 
 NOTE [ FSDP in a hop ]
-Each rank builds the model as a one-device worker does (loaded from the hop's checkpoint,
-full size), then shards a copy with ``torch.distributed.fsdp.fully_shard`` (FSDP2: every
-child module that holds parameters is one unit, the module itself the root): parameters,
-gradients and optimizer state are then split across the ranks, each forward all-gathers
-one unit at a time and each backward reduce-scatters (averages) the gradients. The user's
-optimizers are kept, pointed at the sharded parameters, with their state (momentum, Adam
-moments) sharded the same way through ``torch.distributed.checkpoint.state_dict``. The
-user's hooks run unchanged on their rank's rows of each minibatch (NOTE [ a minibatch split
-across ranks ] in ``_ddp``). At the hop's end the full state is gathered to rank 0 into the
-unsharded model, its optimizers and any other stateful component (an LR scheduler), so the
-checkpoint is today's format and rank 0 can finish a tail minibatch alone. Works on CPUs
-(gloo) and GPUs (NCCL). Not yet: a model too large to build whole on one device (that
-needs meta-device initialisation and a sharded load).
+Each rank builds the model as a one-device worker does (loaded from the hop's
+checkpoint, full size), then shards it (rank 0 a copy: it keeps its model between hops)
+with ``torch.distributed.fsdp.fully_shard`` (FSDP2: every child module that holds
+parameters is one unit, the module itself the root): parameters, gradients and optimizer
+state are then split across the ranks, each forward all-gathers one unit at a time and
+each backward reduce-scatters (averages) the gradients. The user's optimizers are kept,
+pointed at the sharded parameters, with their state (momentum, Adam moments) sharded the
+same way through ``torch.distributed.checkpoint.state_dict``. The user's hooks run
+unchanged on their rank's rows of each minibatch
+(NOTE [ a minibatch split across ranks ] in ``_ddp``). At the hop's end the full state
+is gathered to rank 0 into the unsharded model, its optimizers and any other stateful
+component (an LR scheduler), so the checkpoint is today's format and rank 0 can finish a
+tail minibatch alone. Runs on CPUs (gloo); on GPUs it goes through NCCL, which no GPU
+has run yet. Not yet: a model too large to build whole on one device (that needs
+meta-device initialisation and a sharded load).
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def _optimizers(components: dict[str, Any]) -> list[torch.optim.Optimizer]:
     return [v for v in components.values() if isinstance(v, torch.optim.Optimizer)]
 
 
-def shard(components: dict[str, Any]) -> Sharded:
-    """Shard a copy of ``components`` across the process group (a collective: every rank
-    calls it, with the same model); ``components`` themselves are left as they were."""
+def shard(components: dict[str, Any], *, keep: bool) -> Sharded:
+    """Shard ``components`` across the process group (a collective: every rank calls it,
+    with the same model). ``keep``: shard a copy and leave ``components`` as they were
+    (rank 0, which keeps its model between hops and gathers the trained state into it);
+    else shard them in place (a model the rank builds for this hop only)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,
@@ -58,7 +62,8 @@ def shard(components: dict[str, Any]) -> Sharded:
     )
     from torch.distributed.fsdp import fully_shard
 
-    work = copy.deepcopy(components)  # keeps the optimizer -> parameter links, in the copy
+    # (a deep copy keeps the optimizer -> parameter links, in the copy)
+    work = copy.deepcopy(components) if keep else dict(components)
     modules = _trainable(work)
     holder = torch.nn.ModuleDict(modules)
     optimizers = _optimizers(work)

@@ -72,7 +72,7 @@ def _time(state: dict[str, Any], task: HopTask, rank: int, world: int, mode: str
             if isinstance(obj, torch.nn.Module):
                 obj.train(True)
         if mode == "fsdp":
-            components = _fsdp.shard(built).components
+            components = _fsdp.shard(built, keep=False).components
         elif mode == "ddp":
             components = ddp_wrapped(built, device)
         else:
